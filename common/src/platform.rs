@@ -1,0 +1,339 @@
+//! A service's platform: its settings, the dependencies it declared, their readiness checks and
+//! the background tasks that keep them (migrations, script loading, the AMQP connection).
+//!
+//! A service says what it needs ([`Needs`]) and gets one [`Platform`] back. Nothing here blocks
+//! on a dependency that is down: pools are lazy, and what must happen once a dependency answers
+//! (migrations, loading scripts, declaring topology) is retried in the background while
+//! `/readyz` reports it.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::amqp::{Amqp, AmqpSettings, Topology};
+use crate::config::{ConfigError, Vars};
+use crate::db::{DatabaseSettings, Db, validate_schema};
+use crate::health::Readiness;
+use crate::http::StackSettings;
+use crate::redis::{LuaScript, Redis, RedisSettings, ScriptLoadError};
+
+/// Per-service defaults: its name, port and schema (DESIGN.md, "Services, ports, owned state").
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceDefaults {
+    /// Short name: `product`, `order`, ...
+    pub name: &'static str,
+    /// Default listen port.
+    pub port: u16,
+    /// Default Postgres schema.
+    pub schema: &'static str,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `MALL_HTTP_ADDR`.
+    pub addr: SocketAddr,
+    /// `MALL_REQUEST_TIMEOUT`.
+    pub request_timeout: Duration,
+    /// `MALL_BODY_LIMIT` (bytes).
+    pub body_limit: usize,
+    /// `MALL_SHUTDOWN_TIMEOUT`: grace for in-flight requests and background work at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// The development internal secret; the gateway warns when it is in use.
+pub const DEV_INTERNAL_SECRET: &str = "mall-dev-internal-secret-change-me";
+
+/// Settings every service shares.
+#[derive(Debug, Clone)]
+pub struct PlatformSettings {
+    /// `MALL_INTERNAL_SECRET`: the key of the gateway-signed identity headers (the same in every
+    /// process).
+    pub internal_secret: crate::config::Secret,
+    /// The HTTP server.
+    pub http: HttpSettings,
+    /// Postgres.
+    pub database: DatabaseSettings,
+    /// Redis.
+    pub redis: RedisSettings,
+    /// RabbitMQ.
+    pub amqp: AmqpSettings,
+}
+
+/// Default URLs: the services of a prepared machine on loopback (no TLS on loopback).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/mall?sslmode=disable";
+/// Default Redis URL.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default RabbitMQ URL.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+impl PlatformSettings {
+    /// Reads the shared `MALL_*` variables over `defaults`.
+    pub fn from_vars(vars: &Vars, defaults: &ServiceDefaults) -> Result<Self, ConfigError> {
+        let schema = vars.string("MALL_DATABASE_SCHEMA", defaults.schema);
+        validate_schema("MALL_DATABASE_SCHEMA", &schema)?;
+        let pool_size: usize = vars.parse("MALL_REDIS_POOL_SIZE", 64)?;
+        if pool_size == 0 {
+            return Err(ConfigError::new(
+                "MALL_REDIS_POOL_SIZE",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        let max_connections: u32 = vars.parse("MALL_DATABASE_MAX_CONNECTIONS", 16)?;
+        if max_connections == 0 {
+            return Err(ConfigError::new(
+                "MALL_DATABASE_MAX_CONNECTIONS",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        let body_limit: usize = vars.parse("MALL_BODY_LIMIT", 1024 * 1024)?;
+        Ok(Self {
+            internal_secret: vars.secret("MALL_INTERNAL_SECRET", DEV_INTERNAL_SECRET),
+            http: HttpSettings {
+                addr: vars.socket_addr(
+                    "MALL_HTTP_ADDR",
+                    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, defaults.port)),
+                )?,
+                request_timeout: vars.duration("MALL_REQUEST_TIMEOUT", Duration::from_secs(10))?,
+                body_limit,
+                shutdown_timeout: vars.duration("MALL_SHUTDOWN_TIMEOUT", Duration::from_secs(10))?,
+            },
+            database: DatabaseSettings {
+                url: vars.url(
+                    "MALL_DATABASE_URL",
+                    DEFAULT_DATABASE_URL,
+                    &["postgres", "postgresql"],
+                )?,
+                schema,
+                max_connections,
+                acquire_timeout: vars.duration("MALL_DATABASE_ACQUIRE_TIMEOUT", Duration::from_secs(3))?,
+            },
+            redis: RedisSettings {
+                url: vars.url("MALL_REDIS_URL", DEFAULT_REDIS_URL, &["redis", "rediss"])?,
+                key_prefix: vars.string("MALL_REDIS_PREFIX", "mall:"),
+                pool_size,
+                timeout: vars.duration("MALL_REDIS_TIMEOUT", Duration::from_secs(1))?,
+            },
+            amqp: AmqpSettings {
+                url: vars.url("MALL_AMQP_URL", DEFAULT_AMQP_URL, &["amqp", "amqps"])?,
+                prefix: vars.string("MALL_AMQP_PREFIX", ""),
+                confirm_timeout: vars.duration("MALL_AMQP_CONFIRM_TIMEOUT", Duration::from_secs(5))?,
+            },
+        })
+    }
+
+    /// The middleware knobs for `service`.
+    pub fn stack(&self, service: &'static str) -> StackSettings {
+        StackSettings {
+            service,
+            request_timeout: self.http.request_timeout,
+            body_limit: self.http.body_limit,
+        }
+    }
+}
+
+/// The dependencies a service declares.
+#[derive(Default)]
+pub struct Needs {
+    /// Postgres, with the service's own migrations (platform ones are added).
+    pub postgres: Option<&'static Migrator>,
+    /// Redis, with the scripts to load at start-up.
+    pub redis: Option<Vec<&'static LuaScript>>,
+    /// RabbitMQ, with the topology to declare on every connect.
+    pub amqp: Option<Topology>,
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A pool could not be created from its settings.
+    #[error("{0}")]
+    Setup(String),
+    /// A Lua script is broken.
+    #[error(transparent)]
+    Script(#[from] ScriptLoadError),
+}
+
+/// A running service's dependencies and background work.
+pub struct Platform {
+    service: &'static str,
+    settings: PlatformSettings,
+    db: Option<Db>,
+    redis: Option<Redis>,
+    amqp: Option<Amqp>,
+    readiness: Readiness,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Platform {
+    /// Creates the declared dependencies and starts their background work.
+    pub async fn start(
+        service: &'static str,
+        settings: PlatformSettings,
+        needs: Needs,
+    ) -> Result<Self, StartError> {
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let mut readiness = Readiness::default();
+
+        let db = match needs.postgres {
+            None => None,
+            Some(migrator) => {
+                let db = Db::connect_lazy(&settings.database, &format!("mall-{service}"))
+                    .map_err(|e| StartError::Setup(format!("MALL_DATABASE_URL: {e}")))?;
+                tasks.spawn(db.spawn_migrations(migrator, cancel.clone()));
+                let check = db.clone();
+                readiness.add("postgres", move || {
+                    let db = check.clone();
+                    async move { db.check().await }
+                });
+                Some(db)
+            }
+        };
+
+        let redis = match needs.redis {
+            None => None,
+            Some(scripts) => {
+                let redis = Redis::connect_lazy(&settings.redis)
+                    .map_err(|e| StartError::Setup(format!("MALL_REDIS_URL: {e}")))?;
+                let loaded = Arc::new(AtomicBool::new(false));
+                let mut all: Vec<&'static LuaScript> = crate::redis::lock::scripts().to_vec();
+                all.extend(scripts);
+                match LuaScript::load_all(&redis, &all).await {
+                    Ok(()) => loaded.store(true, Ordering::Release),
+                    Err(e @ ScriptLoadError::Broken { .. }) => return Err(e.into()),
+                    Err(ScriptLoadError::Unreachable(e)) => {
+                        tracing::warn!(error = %e, "redis unreachable; scripts will load when it answers");
+                        tasks.spawn(load_scripts_later(
+                            redis.clone(),
+                            all,
+                            loaded.clone(),
+                            cancel.clone(),
+                        ));
+                    }
+                }
+                let check = redis.clone();
+                readiness.add("redis", move || {
+                    let redis = check.clone();
+                    let loaded = loaded.clone();
+                    async move {
+                        redis.check().await?;
+                        if loaded.load(Ordering::Acquire) {
+                            Ok(())
+                        } else {
+                            Err("lua scripts not loaded yet".into())
+                        }
+                    }
+                });
+                Some(redis)
+            }
+        };
+
+        let amqp = match needs.amqp {
+            None => None,
+            Some(topology) => {
+                let amqp = Amqp::new(settings.amqp.clone(), &format!("mall-{service}"), topology);
+                tasks.spawn(amqp.clone().run(cancel.clone()));
+                let check = amqp.clone();
+                readiness.add("rabbitmq", move || {
+                    let amqp = check.clone();
+                    async move { amqp.check().await }
+                });
+                Some(amqp)
+            }
+        };
+
+        Ok(Self {
+            service,
+            settings,
+            db,
+            redis,
+            amqp,
+            readiness,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// The service's short name.
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &PlatformSettings {
+        &self.settings
+    }
+
+    /// Postgres, if declared.
+    pub fn db(&self) -> Option<&Db> {
+        self.db.as_ref()
+    }
+
+    /// Redis, if declared.
+    pub fn redis(&self) -> Option<&Redis> {
+        self.redis.as_ref()
+    }
+
+    /// RabbitMQ, if declared.
+    pub fn amqp(&self) -> Option<&Amqp> {
+        self.amqp.as_ref()
+    }
+
+    /// The readiness checks; a service may add its own before serving.
+    pub fn readiness_mut(&mut self) -> &mut Readiness {
+        &mut self.readiness
+    }
+
+    /// The readiness checks.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// Cancelled when shutdown starts; background loops select on it.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Tracks background tasks so shutdown can wait for them to finish their current item.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+}
+
+async fn load_scripts_later(
+    redis: Redis,
+    scripts: Vec<&'static LuaScript>,
+    loaded: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        match LuaScript::load_all(&redis, &scripts).await {
+            Ok(()) => {
+                tracing::info!("lua scripts loaded");
+                loaded.store(true, Ordering::Release);
+                return;
+            }
+            Err(ScriptLoadError::Broken { name, error }) => {
+                // Stays unready: a broken script must never serve traffic.
+                tracing::error!(script = name, %error, "lua script does not compile");
+                return;
+            }
+            Err(ScriptLoadError::Unreachable(_)) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,445 @@
+//! The routes of mall-flashsale; health, readiness, metrics, the JSON 404 fallback and the
+//! middleware stack are added around them by `mall-common`.
+//!
+//! The purchase path touches no database: token check (HMAC), the in-process sold-out flag,
+//! the in-flight limit, the Redis breaker, then ONE script call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use http::{HeaderValue, StatusCode, header};
+use mall_common::amqp::Amqp;
+use mall_common::db::Db;
+use mall_common::error::{ApiError, ValidationError};
+use mall_common::http::{Json, Path};
+use mall_common::identity::{RequireAdmin, RequireUser};
+use mall_common::peer::Peer;
+use mall_common::redis::Redis;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::FlashSettings;
+use crate::domain::{self, NewSession, Purchase};
+use crate::inventory::{self, Reserved};
+use crate::live::{Breaker, Catalog, Permit, SoldOut, Uncertain};
+use crate::store::admission::{self, Admission, Attempt, ItemKeys};
+use crate::store::sessions::{self, Session};
+
+/// How long one admission may wait on Redis before the buyer is told to retry (with the same
+/// request id, which then gets the first answer if the script did run).
+const ADMIT_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// What the handlers and the background tasks share.
+pub struct Shared {
+    /// Sessions (admin and jobs only).
+    pub db: Db,
+    /// Counters, admissions, catalog.
+    pub redis: Redis,
+    /// The hand-off's broker.
+    pub amqp: Amqp,
+    /// Inventory instances.
+    pub inventory: Peer,
+    /// The sale's settings.
+    pub flash: FlashSettings,
+    /// The in-memory catalog.
+    pub catalog: Catalog,
+    /// Sold-out flags.
+    pub sold_out: SoldOut,
+    /// Purchases whose retries must reach Redis even when sold out.
+    pub uncertain: Uncertain,
+    /// The Redis breaker of the purchase path.
+    pub breaker: Breaker,
+    /// Purchases in flight.
+    pub permits: Semaphore,
+    /// Stops background waits at shutdown.
+    pub cancel: CancellationToken,
+}
+
+/// The service's own routes.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/admin/flashsale/sessions", post(create_session))
+        .route("/admin/flashsale/sessions/{session_id}", get(show_session))
+        .route("/api/flashsale/sessions", get(browse))
+        .route(
+            "/api/flashsale/sessions/{session_id}/items/{sku_id}/token",
+            post(token),
+        )
+        .route("/api/flashsale/purchase", post(purchase))
+        .route("/openapi.json", get(openapi))
+        .with_state(shared)
+}
+
+fn validation(e: ValidationError, status: StatusCode) -> ApiError {
+    ApiError::new(status, "validation_failed", e.to_string())
+}
+
+fn conflict(code: &'static str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, code, message)
+}
+
+/// Create a session: every item's quantity is reserved at inventory first, or nothing is.
+#[utoipa::path(post, path = "/admin/flashsale/sessions", tag = "admin", request_body = NewSession,
+    responses((status = 201, body = Session),
+              (status = 409, description = "out_of_stock (with `skus`): inventory cannot hold the quantity; nothing is reserved"),
+              (status = 422, description = "validation_failed, unknown_sku (with `skus`)"),
+              (status = 503, description = "unavailable: inventory or Postgres is down; nothing is reserved")))]
+async fn create_session(
+    State(shared): State<Arc<Shared>>,
+    RequireAdmin(who): RequireAdmin,
+    Json(body): Json<NewSession>,
+) -> Result<Response, ApiError> {
+    let now = Utc::now();
+    let new = body
+        .validated(now)
+        .map_err(|e| validation(e, StatusCode::UNPROCESSABLE_ENTITY))?;
+    let session = sessions::begin(&shared.db, &new, &who.user_id)
+        .await
+        .map_err(ApiError::unavailable)?;
+    // The session's reservation must outlive every order carved from it.
+    let ttl_secs = (session.ends_at - now).num_seconds().max(1) as u64
+        + shared.flash.settle_after.as_secs()
+        + shared.flash.key_tail.as_secs()
+        + 3600;
+    let (mut short, mut unknown, mut failure) = (Vec::new(), Vec::new(), None);
+    for item in &session.items {
+        let reference = format!("flashsale:{}:{}", session.session_id, item.sku_id);
+        match inventory::reserve(
+            &shared.inventory,
+            item.reservation_id,
+            &reference,
+            item.sku_id,
+            item.quantity,
+            ttl_secs,
+        )
+        .await
+        {
+            Ok(Reserved::Held) => {}
+            Ok(Reserved::OutOfStock) => short.push(item.sku_id),
+            Ok(Reserved::UnknownSku) => unknown.push(item.sku_id),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if failure.is_some() || !short.is_empty() || !unknown.is_empty() {
+        // All or nothing: give back whatever was reserved (an unknown id is fine to release).
+        for item in &session.items {
+            if let Err(e) = inventory::release(&shared.inventory, item.reservation_id).await {
+                tracing::warn!(error = %e, "release after a failed creation did not go through; the job retries");
+                return Err(ApiError::unavailable(e));
+            }
+        }
+        let _ = sessions::finish_creating(&shared.db, session.session_id, "failed").await;
+        let (status, code, skus) = match failure {
+            Some(e) => return Err(ApiError::unavailable(e)),
+            None if !unknown.is_empty() => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_sku", unknown),
+            None => (StatusCode::CONFLICT, "out_of_stock", short),
+        };
+        let body = json!({ "code": code, "message": format!("not enough stock for SKUs {skus:?}; nothing was reserved"), "skus": skus });
+        return Ok((status, axum::Json(body)).into_response());
+    }
+    sessions::finish_creating(&shared.db, session.session_id, "active")
+        .await
+        .map_err(ApiError::unavailable)?;
+    let session = sessions::session(&shared.db, session.session_id)
+        .await
+        .map_err(ApiError::unavailable)?
+        .ok_or_else(|| ApiError::internal("session vanished"))?;
+    metrics::counter!("flashsale_sessions_created_total").increment(1);
+    Ok((StatusCode::CREATED, axum::Json(session)).into_response())
+}
+
+/// A session as recorded, with each item's live numbers from Redis (admin).
+#[utoipa::path(get, path = "/admin/flashsale/sessions/{session_id}", tag = "admin",
+    params(("session_id" = i64, Path, description = "session id")),
+    responses((status = 200, description = "the session with `remaining`, `admitted` and `handed_off` per item"),
+              (status = 404, description = "not_found")))]
+async fn show_session(
+    State(shared): State<Arc<Shared>>,
+    RequireAdmin(_): RequireAdmin,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let session = sessions::session(&shared.db, id)
+        .await
+        .map_err(ApiError::unavailable)?
+        .ok_or_else(|| ApiError::not_found("no such session"))?;
+    let mut items = Vec::new();
+    for item in &session.items {
+        let keys = ItemKeys::new(&shared.redis, id, item.sku_id);
+        let left = admission::stock_left(&shared.redis, std::slice::from_ref(&keys))
+            .await
+            .map_err(ApiError::unavailable)?;
+        let progress = admission::progress(&shared.redis, &keys)
+            .await
+            .map_err(ApiError::unavailable)?;
+        let mut v = serde_json::to_value(item).expect("json");
+        v["remaining"] = json!(left.first().copied().flatten());
+        v["admitted"] = json!(progress.recorded);
+        v["handed_off"] = json!(progress.handed);
+        items.push(v);
+    }
+    let mut v = serde_json::to_value(&session).expect("json");
+    v["items"] = Value::Array(items);
+    Ok(axum::Json(v))
+}
+
+/// Current and upcoming sessions with remaining quantities, from memory (refreshed from Redis).
+#[utoipa::path(get, path = "/api/flashsale/sessions", tag = "flashsale",
+    responses((status = 200, description = "`{sessions: [{session_id, starts_at, ends_at, status, items: [{sku_id, price_cents, quantity, per_user_limit, remaining}]}]}`")))]
+async fn browse(State(shared): State<Arc<Shared>>) -> Response {
+    let body = shared.catalog.get().public.clone();
+    let mut res = body.into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+fn running_item(session: Option<&Session>, sku: i64, now_ms: i64) -> Result<&Session, ApiError> {
+    let s = session.ok_or_else(|| ApiError::not_found("no such session"))?;
+    if s.item(sku).is_none() {
+        return Err(ApiError::not_found("the session does not sell this SKU"));
+    }
+    if now_ms < s.starts_ms() {
+        return Err(conflict("not_started", "the session has not started"));
+    }
+    if now_ms >= s.ends_ms() {
+        return Err(conflict("ended", "the session has ended"));
+    }
+    Ok(s)
+}
+
+/// A purchase token for the caller, only while the session runs.
+#[utoipa::path(post, path = "/api/flashsale/sessions/{session_id}/items/{sku_id}/token", tag = "flashsale",
+    params(("session_id" = i64, Path, description = "session id"), ("sku_id" = i64, Path, description = "SKU id")),
+    responses((status = 200, description = "`{token, expires_at}`"), (status = 401, description = "unauthorized"),
+              (status = 404, description = "not_found"), (status = 409, description = "not_started, ended")))]
+async fn token(
+    State(shared): State<Arc<Shared>>,
+    RequireUser(who): RequireUser,
+    Path((session_id, sku_id)): Path<(i64, i64)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let now_ms = Utc::now().timestamp_millis();
+    let snapshot = shared.catalog.get();
+    let s = running_item(snapshot.session(session_id), sku_id, now_ms)?;
+    let ttl_ms = shared.flash.token_ttl.as_millis() as i64;
+    let exp_ms = (now_ms + ttl_ms).min(s.ends_ms());
+    let token = domain::sign_token(
+        shared.flash.token_secret.expose().as_bytes(),
+        &who.user_id,
+        session_id,
+        sku_id,
+        exp_ms,
+    );
+    let expires_at = chrono::DateTime::from_timestamp_millis(exp_ms).unwrap_or_default();
+    Ok(axum::Json(json!({ "token": token, "expires_at": expires_at })))
+}
+
+fn reject(reason: &'static str, e: ApiError) -> ApiError {
+    metrics::counter!("flashsale_rejections_total", "reason" => reason).increment(1);
+    e
+}
+
+/// Buy: one Lua script decides. 202 `{order_id}`; poll `GET /api/orders/{order_id}`.
+#[utoipa::path(post, path = "/api/flashsale/purchase", tag = "flashsale", request_body = Purchase,
+    responses((status = 202, description = "`{order_id}`: admitted; the order is created asynchronously"),
+              (status = 400, description = "malformed_json, invalid_body, validation_failed"),
+              (status = 401, description = "unauthorized"), (status = 403, description = "invalid_token"),
+              (status = 409, description = "sold_out, limit_exceeded, not_started, ended"),
+              (status = 503, description = "overloaded, unavailable (with Retry-After)")))]
+async fn purchase(
+    State(shared): State<Arc<Shared>>,
+    RequireUser(who): RequireUser,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p: Purchase = serde_json::from_slice(&body).map_err(|e| {
+        let code = if e.is_data() {
+            "invalid_body"
+        } else {
+            "malformed_json"
+        };
+        reject("bad_request", ApiError::bad_request(code, e.to_string()))
+    })?;
+    let p = p
+        .validated()
+        .map_err(|e| reject("bad_request", validation(e, StatusCode::BAD_REQUEST)))?;
+    let now_ms = Utc::now().timestamp_millis();
+    let secret = shared.flash.token_secret.expose().as_bytes();
+    if !domain::verify_token(secret, &p.token, &who.user_id, p.session_id, p.sku_id, now_ms) {
+        return Err(reject(
+            "invalid_token",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_token",
+                "no valid purchase token for this user, session and SKU",
+            ),
+        ));
+    }
+    if shared.sold_out.is_set(p.session_id, p.sku_id)
+        && !shared.uncertain.contains(&who.user_id, &p.request_id)
+    {
+        metrics::counter!("flashsale_sold_out_answers_total").increment(1);
+        return Err(reject("sold_out", conflict("sold_out", "sold out")));
+    }
+    let Ok(_permit) = shared.permits.try_acquire() else {
+        return Err(reject(
+            "overloaded",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many purchases in flight; retry",
+            )
+            .with_retry_after(1),
+        ));
+    };
+    let permit = shared.breaker.permit();
+    if permit == Permit::Open {
+        return Err(reject(
+            "unavailable",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the sale's store is failing; retry",
+            )
+            .with_retry_after(1),
+        ));
+    }
+
+    let span = tracing::info_span!(
+        "flashsale.admit",
+        session_id = p.session_id,
+        sku_id = p.sku_id,
+        quantity = p.quantity,
+        result = tracing::field::Empty,
+        left = tracing::field::Empty,
+    );
+    // The admission's trace context goes into the stream entry, so the hand-off continues it.
+    let trace = span.in_scope(|| {
+        let mut carrier = http::HeaderMap::new();
+        mall_common::telemetry::propagation::inject_http(&mut carrier);
+        carrier
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    });
+    let order_id = Uuid::now_v7().to_string();
+    let keys = ItemKeys::new(&shared.redis, p.session_id, p.sku_id);
+    let attempt = Attempt {
+        user_id: &who.user_id,
+        request_id: &p.request_id,
+        quantity: p.quantity,
+        now_ms,
+        order_id: &order_id,
+        trace: &trace,
+    };
+    let outcome = {
+        use tracing::Instrument;
+        tokio::time::timeout(ADMIT_TIMEOUT, admission::admit(&shared.redis, &keys, attempt))
+            .instrument(span.clone())
+            .await
+    };
+    let verdict = match outcome {
+        Ok(Ok(v)) => {
+            shared.breaker.record(permit, true);
+            v
+        }
+        Ok(Err(e)) => {
+            shared.breaker.record(permit, false);
+            if matches!(e, mall_common::redis::RedisError::Command(_)) {
+                shared.uncertain.add(&who.user_id, &p.request_id);
+            }
+            span.record("result", "redis_error");
+            return Err(reject("unavailable", ApiError::unavailable(e)));
+        }
+        Err(_) => {
+            shared.breaker.record(permit, false);
+            shared.uncertain.add(&who.user_id, &p.request_id);
+            span.record("result", "redis_timeout");
+            return Err(reject(
+                "unavailable",
+                ApiError::unavailable("Redis did not answer in time"),
+            ));
+        }
+    };
+    let result = match &verdict {
+        Admission::Admitted { .. } => "admitted",
+        Admission::Repeat { .. } => "repeat",
+        Admission::NotWarmed => "not_warmed",
+        Admission::NotStarted => "not_started",
+        Admission::Ended => "ended",
+        Admission::SoldOut { .. } => "sold_out",
+        Admission::LimitExceeded => "limit_exceeded",
+        Admission::BadQuantity => "bad_quantity",
+    };
+    span.record("result", result);
+    match verdict {
+        Admission::Admitted { order_id, left } => {
+            span.record("left", left);
+            metrics::counter!("flashsale_admissions_total").increment(1);
+            if left == 0 {
+                shared.sold_out.set(p.session_id, p.sku_id);
+            }
+            Ok((StatusCode::ACCEPTED, axum::Json(json!({ "order_id": order_id }))).into_response())
+        }
+        Admission::Repeat { order_id } => {
+            Ok((StatusCode::ACCEPTED, axum::Json(json!({ "order_id": order_id }))).into_response())
+        }
+        Admission::SoldOut { left } => {
+            if left == 0 {
+                shared.sold_out.set(p.session_id, p.sku_id);
+            }
+            Err(reject("sold_out", conflict("sold_out", "sold out")))
+        }
+        Admission::LimitExceeded => Err(reject(
+            "limit_exceeded",
+            conflict("limit_exceeded", "this would exceed the per-user limit"),
+        )),
+        Admission::NotStarted => Err(reject(
+            "not_started",
+            conflict("not_started", "the session has not started"),
+        )),
+        Admission::Ended => Err(reject("ended", conflict("ended", "the session has ended"))),
+        Admission::NotWarmed => Err(reject(
+            "not_ready",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the session is being loaded; retry",
+            )
+            .with_retry_after(1),
+        )),
+        Admission::BadQuantity => Err(reject(
+            "bad_request",
+            ApiError::bad_request(
+                "validation_failed",
+                "quantity: must be a positive number of units",
+            ),
+        )),
+    }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "mall-flashsale",
+        description = "Flash-sale sessions, purchase tokens and admission"
+    ),
+    paths(create_session, show_session, browse, token, purchase)
+)]
+struct ApiDoc;
+
+/// `GET /openapi.json`: generated from the handlers.
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    axum::Json(ApiDoc::openapi())
+}

@@ -1,0 +1,312 @@
+//! What every instance keeps in memory for the hot path: the catalog of sessions (read from
+//! Redis, never from Postgres, refreshed in the background), sold-out flags, the Redis breaker
+//! and the in-flight limit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use mall_common::redis::{Redis, RedisError, client};
+use serde_json::json;
+
+use crate::store::admission::{self, ItemKeys};
+use crate::store::sessions::Session;
+
+/// The Redis key of the catalog the job publishes (every session not yet settled).
+pub fn catalog_key(redis: &Redis) -> String {
+    redis.key("fs:catalog")
+}
+
+/// One instance's view of the sale.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Sessions not yet settled, by start.
+    pub sessions: Vec<Session>,
+    /// The public `GET /api/flashsale/sessions` body, rendered once per refresh.
+    pub public: Bytes,
+}
+
+impl Snapshot {
+    /// A session by id.
+    pub fn session(&self, id: i64) -> Option<&Session> {
+        self.sessions.iter().find(|s| s.session_id == id)
+    }
+}
+
+/// Reads the catalog and the live stock counters from Redis into a new snapshot.
+pub async fn load(redis: &Redis) -> Result<Snapshot, RedisError> {
+    let raw: Option<String> = {
+        let mut conn = redis.conn().await?;
+        client::cmd("GET")
+            .arg(catalog_key(redis))
+            .query_async(&mut *conn)
+            .await?
+    };
+    let sessions: Vec<Session> = raw
+        .and_then(|r| serde_json::from_str(&r).ok())
+        .unwrap_or_default();
+    let keys: Vec<ItemKeys> = sessions
+        .iter()
+        .flat_map(|s| {
+            s.items
+                .iter()
+                .map(|i| ItemKeys::new(redis, s.session_id, i.sku_id))
+        })
+        .collect();
+    let mut left = admission::stock_left(redis, &keys).await?.into_iter();
+    let now = Utc::now();
+    let mut public = Vec::new();
+    for s in &sessions {
+        let items: Vec<_> = s
+            .items
+            .iter()
+            .map(|i| {
+                let remaining = left.next().flatten().unwrap_or(i.quantity);
+                json!({
+                    "sku_id": i.sku_id,
+                    "price_cents": i.price_cents,
+                    "quantity": i.quantity,
+                    "per_user_limit": i.per_user_limit,
+                    "remaining": remaining,
+                })
+            })
+            .collect();
+        if s.ends_at <= now || s.status != "active" {
+            continue;
+        }
+        public.push(json!({
+            "session_id": s.session_id,
+            "starts_at": s.starts_at,
+            "ends_at": s.ends_at,
+            "status": if s.starts_at <= now { "running" } else { "upcoming" },
+            "items": items,
+        }));
+    }
+    let body = serde_json::to_vec(&json!({ "sessions": public })).expect("json");
+    Ok(Snapshot {
+        sessions,
+        public: Bytes::from(body),
+    })
+}
+
+/// The snapshot shared by the request handlers and the background tasks.
+#[derive(Debug, Default, Clone)]
+pub struct Catalog(Arc<RwLock<Arc<Snapshot>>>);
+
+impl Catalog {
+    /// The current snapshot.
+    pub fn get(&self) -> Arc<Snapshot> {
+        self.0.read().expect("not poisoned").clone()
+    }
+
+    /// Replaces the snapshot.
+    pub fn set(&self, s: Snapshot) {
+        *self.0.write().expect("not poisoned") = Arc::new(s);
+    }
+}
+
+/// Items known to be sold out, remembered for a short time so late buyers are answered
+/// without Redis. Short, because units of cancelled orders come back.
+#[derive(Debug)]
+pub struct SoldOut {
+    ttl: Duration,
+    flags: RwLock<HashMap<(i64, i64), Instant>>,
+}
+
+impl SoldOut {
+    /// Flags live `ttl` (zero turns them off).
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            flags: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `(session, sku)` is flagged now.
+    pub fn is_set(&self, session: i64, sku: i64) -> bool {
+        let flags = self.flags.read().expect("not poisoned");
+        flags
+            .get(&(session, sku))
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
+    /// Flags `(session, sku)`.
+    pub fn set(&self, session: i64, sku: i64) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut flags = self.flags.write().expect("not poisoned");
+        let now = Instant::now();
+        flags.retain(|_, until| *until > now);
+        flags.insert((session, sku), now + self.ttl);
+        metrics::gauge!("flashsale_sold_out_flags").set(flags.len() as f64);
+    }
+
+    /// Drops the flag of `(session, sku)` (units came back).
+    pub fn clear(&self, session: i64, sku: i64) {
+        let mut flags = self.flags.write().expect("not poisoned");
+        flags.remove(&(session, sku));
+        metrics::gauge!("flashsale_sold_out_flags").set(flags.len() as f64);
+    }
+}
+
+/// Purchases whose admission call may have run in Redis although this instance never got the
+/// answer (a timeout, or an error after the command was sent). The sold-out flag must not
+/// answer their retries: the script remembers their first answer, which may be an admission.
+#[derive(Debug, Default)]
+pub struct Uncertain {
+    entries: std::sync::Mutex<HashMap<(String, String), Instant>>,
+}
+
+/// How long a retry of an uncertain purchase bypasses the sold-out flag.
+const UNCERTAIN_TTL: Duration = Duration::from_secs(60);
+
+impl Uncertain {
+    /// Remembers `(user, request_id)`.
+    pub fn add(&self, user: &str, request_id: &str) {
+        let mut entries = self.entries.lock().expect("not poisoned");
+        let now = Instant::now();
+        if entries.len() > 10_000 {
+            entries.retain(|_, at| now.duration_since(*at) < UNCERTAIN_TTL);
+        }
+        entries.insert((user.to_owned(), request_id.to_owned()), now);
+    }
+
+    /// Whether `(user, request_id)` is a retry of an uncertain purchase.
+    pub fn contains(&self, user: &str, request_id: &str) -> bool {
+        let entries = self.entries.lock().expect("not poisoned");
+        if entries.is_empty() {
+            return false;
+        }
+        entries
+            .get(&(user.to_owned(), request_id.to_owned()))
+            .is_some_and(|at| at.elapsed() < UNCERTAIN_TTL)
+    }
+}
+
+/// A circuit breaker around Redis on the purchase path: after `threshold` consecutive
+/// failures it opens for `open_for`, answering at once instead of queueing on a sick Redis;
+/// then one probe goes through, and its result closes or reopens it.
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    open_for: Duration,
+    failures: AtomicU32,
+    /// Milliseconds since `epoch` until which the breaker is open (0: closed).
+    open_until_ms: AtomicU64,
+    probing: AtomicBool,
+    epoch: Instant,
+}
+
+/// The breaker's answer for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Go ahead.
+    Call,
+    /// Go ahead as the one probe of a half-open breaker.
+    Probe,
+    /// Refuse now.
+    Open,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(threshold: u32, open_for: Duration) -> Self {
+        Self {
+            threshold,
+            open_for,
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// May a call go to Redis now?
+    pub fn permit(&self) -> Permit {
+        let until = self.open_until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return Permit::Call;
+        }
+        if self.now_ms() < until {
+            return Permit::Open;
+        }
+        // Half-open: exactly one caller probes.
+        if self
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            Permit::Probe
+        } else {
+            Permit::Open
+        }
+    }
+
+    /// Reports a call's result.
+    pub fn record(&self, permit: Permit, ok: bool) {
+        if ok {
+            self.failures.store(0, Ordering::Release);
+            if permit == Permit::Probe || self.open_until_ms.load(Ordering::Acquire) != 0 {
+                self.open_until_ms.store(0, Ordering::Release);
+                self.probing.store(false, Ordering::Release);
+                metrics::gauge!("flashsale_redis_breaker_open").set(0.0);
+            }
+            return;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if permit == Permit::Probe || failures >= self.threshold {
+            let until = self.now_ms() + self.open_for.as_millis() as u64;
+            self.open_until_ms.store(until.max(1), Ordering::Release);
+            self.probing.store(false, Ordering::Release);
+            metrics::gauge!("flashsale_redis_breaker_open").set(1.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_the_threshold_probes_once_and_closes_on_success() {
+        let b = Breaker::new(3, Duration::from_millis(30));
+        for _ in 0..2 {
+            assert_eq!(b.permit(), Permit::Call);
+            b.record(Permit::Call, false);
+        }
+        assert_eq!(b.permit(), Permit::Call);
+        b.record(Permit::Call, false);
+        assert_eq!(b.permit(), Permit::Open, "open after 3 failures");
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.permit(), Permit::Probe);
+        assert_eq!(b.permit(), Permit::Open, "one probe at a time");
+        b.record(Permit::Probe, false);
+        assert_eq!(b.permit(), Permit::Open, "a failed probe reopens");
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.permit(), Permit::Probe);
+        b.record(Permit::Probe, true);
+        assert_eq!(b.permit(), Permit::Call, "a good probe closes");
+    }
+
+    #[test]
+    fn sold_out_flags_expire() {
+        let s = SoldOut::new(Duration::from_millis(20));
+        assert!(!s.is_set(1, 2));
+        s.set(1, 2);
+        assert!(s.is_set(1, 2));
+        assert!(!s.is_set(1, 3));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!s.is_set(1, 2));
+        s.set(1, 2);
+        s.clear(1, 2);
+        assert!(!s.is_set(1, 2));
+    }
+}

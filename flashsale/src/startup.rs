@@ -1,0 +1,120 @@
+//! Building and running mall-flashsale.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mall_common::amqp::Topology;
+use mall_common::amqp::consumer::consume;
+use mall_common::events::{FLASHSALE_EVENTS, ORDER_CANCELLED, ORDER_EVENTS};
+use mall_common::peer::{Peer, client};
+use mall_common::platform::{Needs, Platform};
+use mall_common::server::Server;
+use sqlx::migrate::Migrator;
+use tokio::sync::Semaphore;
+
+use crate::config::{DEFAULTS, DEV_TOKEN_SECRET, Settings};
+use crate::http::Shared;
+use crate::live::{Breaker, Catalog, SoldOut};
+use crate::mq::{self, ORDER_EVENTS_QUEUE};
+
+/// This service's own migrations (the platform's outbox and inbox tables are added to them).
+pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// The exchanges and queues this service declares on every connect: its events exchange, and
+/// its queue of order cancellations (the order exchange is declared too, so the binding exists
+/// whichever service starts first).
+pub fn topology(delivery_limit: u32) -> Topology {
+    Topology::new()
+        .topic_exchange(FLASHSALE_EVENTS)
+        .topic_exchange(ORDER_EVENTS)
+        .queue(
+            ORDER_EVENTS_QUEUE,
+            ORDER_EVENTS,
+            &[ORDER_CANCELLED],
+            delivery_limit,
+        )
+}
+
+/// A built mall-flashsale: listener bound, pools created, background work started.
+pub struct Application {
+    server: Server,
+}
+
+impl Application {
+    /// Binds, creates lazy pools, loads scripts, starts migrations, the AMQP connection, the
+    /// catalog refresh, the warm-up/settle job, the hand-off and the cancellation consumer.
+    /// Never waits on a dependency that is down: `/readyz` reports it instead.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let flash = settings.flash;
+        if flash.token_secret.expose() == DEV_TOKEN_SECRET {
+            tracing::warn!(
+                "MALL_FLASHSALE_TOKEN_SECRET is the development default; set your own outside development"
+            );
+        }
+        let mut scripts = crate::store::admission::scripts();
+        scripts.extend(mall_common::redis::lock::scripts());
+        let needs = Needs {
+            postgres: Some(&MIGRATIONS),
+            // Loaded at start-up: a script Redis cannot compile stops the service here.
+            redis: Some(scripts),
+            amqp: Some(topology(flash.delivery_limit)),
+        };
+        let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
+        let cancel = platform.cancel_token();
+        let shared = Arc::new(Shared {
+            db: platform.db().expect("declared").clone(),
+            redis: platform.redis().expect("declared").clone(),
+            amqp: platform.amqp().expect("declared").clone(),
+            inventory: Peer::new(
+                "inventory",
+                client(flash.peer_timeout),
+                flash.inventory_urls.clone(),
+            ),
+            catalog: Catalog::default(),
+            sold_out: SoldOut::new(flash.sold_out_ttl),
+            uncertain: Default::default(),
+            breaker: Breaker::new(flash.breaker_failures, flash.breaker_open),
+            permits: Semaphore::new(flash.max_in_flight),
+            cancel: cancel.clone(),
+            flash,
+        });
+        let tasks = platform.tasks();
+        tasks.spawn(crate::jobs::refresh(shared.clone(), cancel.clone()));
+        tasks.spawn(crate::jobs::leader(shared.clone(), cancel.clone()));
+        tasks.spawn(crate::jobs::handoff(shared.clone(), cancel.clone()));
+        let consumer = shared.clone();
+        tasks.spawn(consume(
+            shared.amqp.clone(),
+            ORDER_EVENTS_QUEUE,
+            "mall-flashsale",
+            cancel,
+            move |d| {
+                let shared = consumer.clone();
+                async move {
+                    let outcome = mq::handle(&shared, &d).await;
+                    (d, outcome)
+                }
+            },
+        ));
+        let server = Server::bind(platform, crate::http::router(shared)).await?;
+        Ok(Self { server })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains within `MALL_SHUTDOWN_TIMEOUT`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        Ok(self.server.run_until_stopped(shutdown).await?)
+    }
+
+    /// The underlying server (tests run it through `mall-testkit`).
+    pub fn into_server(self) -> Server {
+        self.server
+    }
+}

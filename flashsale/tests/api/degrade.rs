@@ -1,0 +1,213 @@
+//! Under pressure: excess purchases are shed at once, a failing Redis opens the breaker and is
+//! answered fast, and the trace of a purchase runs through the hand-off to the order consumer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mall_testkit::{ChaosProxy, TestEnv, eventually};
+use serde_json::json;
+
+use crate::helpers::{Options, Tweak, buy, purchase, running, sale, token_ok};
+
+fn through(proxy_url: url::Url, dependency: &'static str) -> Tweak<'static> {
+    Box::new(move |s: &mut mall_flashsale::Settings| {
+        *mall_testkit::checks::dependency_url(&mut s.platform, dependency) = proxy_url;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excess_purchases_are_shed_with_503_and_retry_after_instead_of_queueing() {
+    let env = TestEnv::new().await;
+    let redis_url = env.platform_settings(&mall_flashsale::config::DEFAULTS).redis.url;
+    let (proxy, url) = ChaosProxy::for_url(&redis_url).await;
+    let sale = Arc::new(
+        sale(
+            &env,
+            &[31],
+            100,
+            Options {
+                single: true,
+                flash: &[("MALL_FLASHSALE_MAX_IN_FLIGHT", "2")],
+                tweak_first: Some(through(url, "redis")),
+                ..Options::default()
+            },
+        )
+        .await,
+    );
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 31, "price_cents": 100, "quantity": 100, "per_user_limit": 1}]),
+    )
+    .await;
+    let mut tokens = Vec::new();
+    for i in 0..30 {
+        tokens.push(token_ok(&sale.fs[0], &format!("rush-{i}"), session, 31).await);
+    }
+    // Redis answers slowly: two purchases hold the two slots, the rest must not wait for them.
+    proxy.set_delay(Duration::from_millis(200));
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let sale = sale.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let res = crate::helpers::user(
+                    sale.fs[0]
+                        .client()
+                        .post(sale.fs[0].url("/api/flashsale/purchase")),
+                    &format!("rush-{i}"),
+                )
+                .json(&purchase(session, 31, 1, &t, "r"))
+                .send()
+                .await
+                .unwrap();
+                let retry_after = res.headers().get("retry-after").is_some();
+                let status = res.status().as_u16();
+                let body: serde_json::Value = res.json().await.unwrap();
+                (status, body, retry_after, started.elapsed())
+            })
+        })
+        .collect();
+    let (mut shed, mut served) = (0, 0);
+    for t in tasks {
+        let (status, body, retry_after, took) = t.await.unwrap();
+        match (status, body["code"].as_str()) {
+            (503, Some("overloaded")) => {
+                assert!(retry_after, "Retry-After on a shed request");
+                assert!(
+                    took < Duration::from_millis(150),
+                    "shed at once, not after the slow call: {took:?}"
+                );
+                shed += 1;
+            }
+            // Went to the slow Redis: admitted, or timed out there (the slow call's own answer).
+            (202, _) | (503, Some("unavailable")) => served += 1,
+            _ => panic!("{status}: {body}"),
+        }
+    }
+    assert!(
+        shed >= 20,
+        "most of the rush is shed: {shed} shed, {served} served"
+    );
+    assert!(served >= 1, "the slots still serve");
+    assert!(served <= 10, "only what the slots hold reaches Redis: {served}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_redis_opens_the_breaker_which_answers_503_fast_and_closes_after_recovery() {
+    let env = TestEnv::new().await;
+    let redis_url = env.platform_settings(&mall_flashsale::config::DEFAULTS).redis.url;
+    let (proxy, url) = ChaosProxy::for_url(&redis_url).await;
+    let sale = sale(
+        &env,
+        &[32],
+        100,
+        Options {
+            single: true,
+            flash: &[
+                ("MALL_FLASHSALE_BREAKER_FAILURES", "3"),
+                ("MALL_FLASHSALE_BREAKER_OPEN", "500ms"),
+                ("MALL_REDIS_TIMEOUT", "200ms"),
+            ],
+            tweak_first: Some(through(url, "redis")),
+            ..Options::default()
+        },
+    )
+    .await;
+    let fs = &sale.fs[0];
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 32, "price_cents": 100, "quantity": 100, "per_user_limit": 5}]),
+    )
+    .await;
+    let t = token_ok(fs, "steady", session, 32).await;
+    proxy.cut();
+    for i in 0..3 {
+        let (status, body) = buy(fs, "steady", purchase(session, 32, 1, &t, &format!("down-{i}"))).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (503, Some("unavailable")),
+            "{body}"
+        );
+    }
+    // Open: answered without touching Redis.
+    for i in 0..20 {
+        let started = Instant::now();
+        let (status, body) = buy(fs, "steady", purchase(session, 32, 1, &t, &format!("open-{i}"))).await;
+        assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")));
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "fast while open: {:?}",
+            started.elapsed()
+        );
+    }
+    proxy.restore();
+    let (status, body) = eventually(
+        Duration::from_secs(10),
+        "the breaker closes after a good probe",
+        || async {
+            let (status, body) = buy(fs, "steady", purchase(session, 32, 1, &t, "after")).await;
+            if status == 202 {
+                Ok((status, body))
+            } else {
+                Err((status, body))
+            }
+        },
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_purchase_through_the_hand_off_to_the_order_consumer() {
+    use mall_testkit::spans::Via;
+    let spans = mall_testkit::collector();
+    let env = TestEnv::new().await;
+    let sale = sale(
+        &env,
+        &[33],
+        10,
+        Options {
+            single: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let fs = &sale.fs[0];
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 33, "price_cents": 100, "quantity": 5, "per_user_limit": 1}]),
+    )
+    .await;
+    let t = token_ok(fs, "traced", session, 33).await;
+    let trace_id = "7e1f0a2b3c4d5e6f708192a3b4c5d6e7";
+    let res = crate::helpers::user(fs.client().post(fs.url("/api/flashsale/purchase")), "traced")
+        .header("traceparent", format!("00-{trace_id}-3333333333333333-01"))
+        .json(&purchase(session, 33, 1, &t, "traced"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+
+    let consumer = spans
+        .wait_for(Via::Otlp, trace_id, "the order consumer's span", |s| {
+            s.kind == "consumer" && s.name.contains("flashsale-admissions")
+        })
+        .await;
+    let parent = |child: &mall_testkit::spans::CollectedSpan| spans.parent_of(Via::Otlp, child);
+    let handoff = parent(&consumer);
+    assert_eq!(handoff.kind, "producer", "the hand-off's publish span");
+    let admit = parent(&handoff);
+    assert_eq!(admit.name, "flashsale.admit");
+    assert_eq!(
+        admit.attributes.get("result").map(String::as_str),
+        Some("admitted"),
+        "{admit:?}"
+    );
+    let server = parent(&admit);
+    assert_eq!(server.kind, "server");
+}

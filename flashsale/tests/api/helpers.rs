@@ -1,0 +1,312 @@
+//! A small mall for the sale: inventory (stocked), order, and two flashsale instances sharing
+//! one test env (one database, Redis prefix and AMQP prefix).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mall_common::config::Vars;
+use mall_common::db::Db;
+use mall_common::redis::{Redis, client};
+use mall_common::telemetry::TelemetrySettings;
+use mall_flashsale::store::admission::ItemKeys;
+use mall_testkit::{TestEnv, TestServer, eventually};
+use serde_json::{Value, json};
+
+/// Long enough for the hand-off, the order consumer, the outbox and the timeouts.
+pub(crate) const SETTLE: Duration = Duration::from_secs(60);
+
+/// The services of a sale.
+pub(crate) struct Sale {
+    /// Kept running for order and flashsale to call.
+    pub(crate) _inventory: TestServer,
+    pub(crate) order: TestServer,
+    pub(crate) fs: Vec<TestServer>,
+}
+
+/// A change to one instance's settings.
+pub(crate) type Tweak<'a> = Box<dyn FnOnce(&mut mall_flashsale::Settings) + 'a>;
+
+/// How to start the sale.
+#[derive(Default)]
+pub(crate) struct Options<'a> {
+    /// Extra variables for both flashsale instances.
+    pub(crate) flash: &'a [(&'a str, &'a str)],
+    /// Extra variables for the order service.
+    pub(crate) order: &'a [(&'a str, &'a str)],
+    /// Changes the first flashsale instance's settings (e.g. a proxy in front of a dependency).
+    pub(crate) tweak_first: Option<Tweak<'a>>,
+    /// Start only one flashsale instance.
+    pub(crate) single: bool,
+}
+
+/// Starts inventory with `skus` (each with `stock` units), order, and two flashsale instances.
+pub(crate) async fn sale(env: &TestEnv, skus: &[i64], stock: i64, opts: Options<'_>) -> Sale {
+    let inventory_settings = {
+        let mut s = mall_inventory::Settings::from_vars(&Vars::default()).unwrap();
+        s.platform = env.platform_settings(&mall_inventory::config::DEFAULTS);
+        s.telemetry = TelemetrySettings::local("mall-inventory");
+        s
+    };
+    let inventory = env
+        .start(
+            mall_inventory::Application::build(inventory_settings)
+                .await
+                .unwrap()
+                .into_server(),
+        )
+        .await;
+    for sku in skus {
+        let res = admin(
+            inventory
+                .client()
+                .post(inventory.url(&format!("/admin/stock/{sku}/receive"))),
+        )
+        .json(&json!({ "quantity": stock }))
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+
+    let mut pairs: Vec<(String, String)> = vec![
+        ("MALL_INVENTORY_URLS".into(), inventory.url("")),
+        ("MALL_OUTBOX_INTERVAL".into(), "50ms".into()),
+    ];
+    pairs.extend(opts.order.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let mut order_settings = mall_order::Settings::from_vars(&Vars::from_pairs(pairs)).unwrap();
+    order_settings.platform = env.platform_settings(&mall_order::config::DEFAULTS);
+    order_settings.telemetry = TelemetrySettings::local("mall-order");
+    let order = env
+        .start(
+            mall_order::Application::build(order_settings)
+                .await
+                .unwrap()
+                .into_server(),
+        )
+        .await;
+
+    let mut tweak = opts.tweak_first;
+    let mut fs = Vec::new();
+    for _ in 0..if opts.single { 1 } else { 2 } {
+        let mut pairs: Vec<(String, String)> = vec![
+            ("MALL_INVENTORY_URLS".into(), inventory.url("")),
+            ("MALL_FLASHSALE_JOB_INTERVAL".into(), "100ms".into()),
+        ];
+        pairs.extend(opts.flash.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let mut s = mall_flashsale::Settings::from_vars(&Vars::from_pairs(pairs)).unwrap();
+        s.platform = env.platform_settings(&mall_flashsale::config::DEFAULTS);
+        s.telemetry = TelemetrySettings::local("mall-flashsale");
+        if let Some(t) = tweak.take() {
+            t(&mut s);
+        }
+        let app = mall_flashsale::Application::build(s).await.unwrap();
+        fs.push(env.start(app.into_server()).await);
+    }
+    Sale {
+        _inventory: inventory,
+        order,
+        fs,
+    }
+}
+
+pub(crate) use mall_testkit::checks::{as_admin as admin, as_user as user};
+
+async fn answer(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// `POST /admin/flashsale/sessions`; status and body.
+pub(crate) async fn create(
+    fs: &TestServer,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    items: Value,
+) -> (u16, Value) {
+    answer(
+        admin(fs.client().post(fs.url("/admin/flashsale/sessions")))
+            .json(&json!({ "starts_at": starts_at, "ends_at": ends_at, "items": items }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// A session running from now for `minutes`, created and loaded; its id.
+pub(crate) async fn running(sale: &Sale, minutes: i64, items: Value) -> i64 {
+    let now = Utc::now();
+    let (status, body) = create(
+        &sale.fs[0],
+        now - chrono::Duration::seconds(1),
+        now + chrono::Duration::minutes(minutes),
+        items,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["session_id"].as_i64().unwrap();
+    wait_loaded(sale, id).await;
+    id
+}
+
+/// Waits until every flashsale instance shows session `id` as running and it is in Redis.
+pub(crate) async fn wait_loaded(sale: &Sale, id: i64) {
+    for fs in &sale.fs {
+        eventually(Duration::from_secs(10), "the session is on sale", || async {
+            let (_, body) = answer(fs.get("/api/flashsale/sessions").await).await;
+            let found = body["sessions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["session_id"] == id && s["status"] == "running");
+            let (_, shown) = answer(
+                admin(
+                    fs.client()
+                        .get(fs.url(&format!("/admin/flashsale/sessions/{id}"))),
+                )
+                .send()
+                .await
+                .unwrap(),
+            )
+            .await;
+            let warm = shown["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|i| !i["remaining"].is_null());
+            if found && warm { Ok(()) } else { Err(body) }
+        })
+        .await;
+    }
+}
+
+/// A purchase token of `buyer`; status and body.
+pub(crate) async fn token(fs: &TestServer, buyer: &str, session: i64, sku: i64) -> (u16, Value) {
+    answer(
+        user(
+            fs.client()
+                .post(fs.url(&format!("/api/flashsale/sessions/{session}/items/{sku}/token"))),
+            buyer,
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await
+}
+
+/// The token of `buyer`, which must be granted.
+pub(crate) async fn token_ok(fs: &TestServer, buyer: &str, session: i64, sku: i64) -> String {
+    let (status, body) = token(fs, buyer, session, sku).await;
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// `POST /api/flashsale/purchase` as `buyer`; status and body.
+pub(crate) async fn buy(fs: &TestServer, buyer: &str, body: Value) -> (u16, Value) {
+    answer(
+        user(fs.client().post(fs.url("/api/flashsale/purchase")), buyer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// `POST /api/flashsale/purchase` as a patient buyer: a 503 (shed, or Redis busy) is retried
+/// with the same request id after its `Retry-After` (one second), spread by a jitter so the
+/// retries do not come back as one wave.
+pub(crate) async fn buy_patiently(fs: &TestServer, buyer: &str, body: Value) -> (u16, Value) {
+    let jitter = buyer
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % 1000;
+    for _ in 0..60 {
+        let (status, answer) = buy(fs, buyer, body.clone()).await;
+        if status != 503 {
+            return (status, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(1000 + jitter)).await;
+    }
+    panic!("503 for a minute")
+}
+
+/// A purchase body.
+pub(crate) fn purchase(session: i64, sku: i64, quantity: i64, token: &str, request_id: &str) -> Value {
+    json!({ "session_id": session, "sku_id": sku, "quantity": quantity, "token": token, "request_id": request_id })
+}
+
+/// The env's Redis, as the services see it.
+pub(crate) fn redis(env: &TestEnv) -> Redis {
+    Redis::connect_lazy(&env.platform_settings(&mall_flashsale::config::DEFAULTS).redis).unwrap()
+}
+
+/// (stock left, stream length) of an item in Redis.
+pub(crate) async fn redis_numbers(env: &TestEnv, session: i64, sku: i64) -> (i64, i64) {
+    let redis = redis(env);
+    let keys = ItemKeys::new(&redis, session, sku);
+    let mut conn = redis.conn().await.unwrap();
+    let (left, len): (Option<i64>, i64) = client::pipe()
+        .cmd("GET")
+        .arg(&keys.stock)
+        .cmd("XLEN")
+        .arg(&keys.admissions)
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    (left.unwrap_or(-1), len)
+}
+
+/// Order ids recorded in an item's admission stream.
+pub(crate) async fn admitted_orders(env: &TestEnv, session: i64, sku: i64) -> Vec<String> {
+    let redis = redis(env);
+    let keys = ItemKeys::new(&redis, session, sku);
+    mall_flashsale::store::admission::recorded_after(&redis, &keys, "0-0", 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.order_id)
+        .collect()
+}
+
+/// The order service's database.
+pub(crate) fn order_db(env: &TestEnv) -> Db {
+    Db::connect_lazy(
+        &env.platform_settings(&mall_order::config::DEFAULTS).database,
+        "t",
+    )
+    .unwrap()
+}
+
+/// Ids of the flash orders of `session`, as text.
+pub(crate) async fn flash_orders(env: &TestEnv, session: i64) -> Vec<String> {
+    sqlx::query_scalar("SELECT id::text FROM orders WHERE flash_session_id = $1 ORDER BY id")
+        .bind(session)
+        .fetch_all(order_db(env).pool())
+        .await
+        .unwrap()
+}
+
+/// (available, reserved, sold, received) of a SKU at inventory.
+pub(crate) async fn stock(env: &TestEnv, sku: i64) -> (i64, i64, i64, i64) {
+    let db = Db::connect_lazy(
+        &env.platform_settings(&mall_inventory::config::DEFAULTS).database,
+        "t",
+    )
+    .unwrap();
+    sqlx::query_as("SELECT available, reserved, sold, received FROM stock WHERE sku_id = $1")
+        .bind(sku)
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+}
+
+/// Waits until the session's flash orders number `n`.
+pub(crate) async fn wait_orders(env: &TestEnv, session: i64, n: usize) -> Vec<String> {
+    eventually(SETTLE, "every admission became an order", || async {
+        let ids = flash_orders(env, session).await;
+        if ids.len() == n { Ok(ids) } else { Err(ids.len()) }
+    })
+    .await
+}

@@ -1,0 +1,8 @@
+//! Black-box tests of mall-flashsale against real dependencies (one test binary; a file per feature).
+
+mod admission;
+mod cluster;
+mod degrade;
+mod helpers;
+mod platform;
+mod sale;

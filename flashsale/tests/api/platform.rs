@@ -1,0 +1,6 @@
+//! The platform contract every mall process keeps: health, readiness per dependency, metrics,
+//! JSON errors, trace continuation, graceful shutdown, start-up validation.
+
+mall_testkit::platform_conformance! {
+    krate: mall_flashsale, binary: "mall-flashsale", dependencies: [postgres, redis, rabbitmq]
+}

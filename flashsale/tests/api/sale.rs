@@ -1,0 +1,590 @@
+//! The sale end to end, through two flashsale instances, the order service and inventory:
+//! admissions exact under a crowd, every admission one order, limits, repeats, a broker outage,
+//! unpaid orders giving their unit back, and bad requests that change nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use mall_testkit::{ChaosProxy, TestEnv, eventually};
+use serde_json::json;
+
+use crate::helpers::{
+    Options, SETTLE, admitted_orders, buy, buy_patiently, create, purchase, redis_numbers, running, sale,
+    stock, token, token_ok, wait_loaded, wait_orders,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_buyers_for_a_hundred_units_make_exactly_a_hundred_orders() {
+    let env = TestEnv::new().await;
+    let sale = Arc::new(sale(&env, &[11], 150, Options::default()).await);
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 11, "price_cents": 990, "quantity": 100, "per_user_limit": 1}]),
+    )
+    .await;
+    // The session's 100 units are reserved out of inventory: 50 stay for normal sales.
+    assert_eq!(stock(&env, 11).await, (50, 100, 0, 150));
+
+    let buyers: Vec<_> = (0..2000)
+        .map(|i| {
+            let sale = sale.clone();
+            tokio::spawn(async move {
+                let fs = &sale.fs[i % 2];
+                let buyer = format!("crowd-{i}");
+                let t = token_ok(fs, &buyer, session, 11).await;
+                let (status, body) =
+                    buy_patiently(fs, &buyer, purchase(session, 11, 1, &t, &format!("r{i}"))).await;
+                (status, body)
+            })
+        })
+        .collect();
+    let mut admitted = HashSet::new();
+    let mut sold_out = 0;
+    for b in buyers {
+        match b.await.unwrap() {
+            (202, body) => assert!(admitted.insert(body["order_id"].as_str().unwrap().to_owned())),
+            (409, body) => {
+                assert_eq!(body["code"], "sold_out");
+                sold_out += 1;
+            }
+            (status, body) => panic!("{status}: {body}"),
+        }
+    }
+    assert_eq!((admitted.len(), sold_out), (100, 1900));
+    assert_eq!(
+        redis_numbers(&env, session, 11).await,
+        (0, 100),
+        "stock 0, 100 recorded"
+    );
+
+    // Every admission becomes exactly one order, and every order is an admission.
+    let orders: HashSet<String> = wait_orders(&env, session, 100).await.into_iter().collect();
+    let recorded: HashSet<String> = admitted_orders(&env, session, 11).await.into_iter().collect();
+    assert_eq!(orders, admitted);
+    assert_eq!(recorded, admitted);
+    // The orders' units are carved out of the session's reservation: counters unchanged.
+    assert_eq!(stock(&env, 11).await, (50, 100, 0, 150));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        crate::helpers::flash_orders(&env, session).await.len(),
+        100,
+        "no order twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_user_gets_more_than_the_limit_and_a_repeated_request_id_is_admitted_once() {
+    let env = TestEnv::new().await;
+    let sale = Arc::new(sale(&env, &[12], 500, Options::default()).await);
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 12, "price_cents": 500, "quantity": 400, "per_user_limit": 2}]),
+    )
+    .await;
+
+    // 20 users x 5 concurrent tries for one unit each, spread over both instances.
+    let tries: Vec<_> = (0..100)
+        .map(|i| {
+            let sale = sale.clone();
+            tokio::spawn(async move {
+                let buyer = format!("greedy-{}", i % 20);
+                let fs = &sale.fs[i % 2];
+                let t = token_ok(fs, &buyer, session, 12).await;
+                let (status, body) =
+                    buy_patiently(fs, &buyer, purchase(session, 12, 1, &t, &format!("try-{i}"))).await;
+                (buyer, status, body)
+            })
+        })
+        .collect();
+    let mut per_user: HashMap<String, usize> = HashMap::new();
+    for t in tries {
+        let (buyer, status, body) = t.await.unwrap();
+        match status {
+            202 => *per_user.entry(buyer).or_default() += 1,
+            409 => assert_eq!(body["code"], "limit_exceeded"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(per_user.len(), 20);
+    assert!(per_user.values().all(|n| *n == 2), "{per_user:?}");
+    assert_eq!(redis_numbers(&env, session, 12).await, (360, 40));
+
+    // One request id sent 20 times at once: one admission, the same order id every time.
+    let t = token_ok(&sale.fs[0], "once", session, 12).await;
+    let repeats: Vec<_> = (0..20)
+        .map(|i| {
+            let (sale, t) = (sale.clone(), t.clone());
+            tokio::spawn(async move {
+                buy(
+                    &sale.fs[i % 2],
+                    "once",
+                    purchase(session, 12, 1, &t, "same-request"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for r in repeats {
+        let (status, body) = r.await.unwrap();
+        assert_eq!(status, 202, "{body}");
+        ids.insert(body["order_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(redis_numbers(&env, session, 12).await, (359, 41));
+    wait_orders(&env, session, 41).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admissions_made_while_rabbitmq_is_unreachable_become_orders_once_it_is_back() {
+    let env = TestEnv::new().await;
+    let amqp_url = env.platform_settings(&mall_flashsale::config::DEFAULTS).amqp.url;
+    let (proxy, through) = ChaosProxy::for_url(&amqp_url).await;
+    let sale = sale(
+        &env,
+        &[13],
+        50,
+        Options {
+            single: true,
+            tweak_first: Some(Box::new(move |s: &mut mall_flashsale::Settings| {
+                *mall_testkit::checks::dependency_url(&mut s.platform, "rabbitmq") = through;
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 13, "price_cents": 100, "quantity": 30, "per_user_limit": 1}]),
+    )
+    .await;
+    let fs = &sale.fs[0];
+    fs.wait_ready().await;
+    proxy.cut();
+
+    let mut admitted = HashSet::new();
+    for i in 0..30 {
+        let buyer = format!("patient-{i}");
+        let t = token_ok(fs, &buyer, session, 13).await;
+        let (status, body) = buy(fs, &buyer, purchase(session, 13, 1, &t, "r")).await;
+        assert_eq!(status, 202, "admission does not need the broker: {body}");
+        admitted.insert(body["order_id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        crate::helpers::flash_orders(&env, session).await.is_empty(),
+        "nothing handed off yet"
+    );
+    let shown: serde_json::Value = crate::helpers::admin(
+        fs.client()
+            .get(fs.url(&format!("/admin/flashsale/sessions/{session}"))),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            shown["items"][0]["admitted"].as_i64(),
+            shown["items"][0]["handed_off"].as_i64()
+        ),
+        (Some(30), Some(0)),
+        "{shown}"
+    );
+
+    proxy.restore();
+    let orders: HashSet<String> = wait_orders(&env, session, 30).await.into_iter().collect();
+    assert_eq!(orders, admitted);
+    assert_eq!(redis_numbers(&env, session, 13).await, (0, 30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaid_flash_order_times_out_and_its_unit_is_bought_by_someone_else_a_paid_one_is_sold() {
+    let env = TestEnv::new().await;
+    let sale = sale(
+        &env,
+        &[14],
+        10,
+        Options {
+            order: &[("MALL_ORDER_TTL", "2s"), ("MALL_ORDER_SWEEP_INTERVAL", "500ms")],
+            flash: &[("MALL_FLASHSALE_SOLD_OUT_TTL", "200ms")],
+            ..Options::default()
+        },
+    )
+    .await;
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 14, "price_cents": 700, "quantity": 2, "per_user_limit": 1}]),
+    )
+    .await;
+    let fs = &sale.fs[0];
+
+    let t = token_ok(fs, "payer", session, 14).await;
+    let (status, paid) = buy(fs, "payer", purchase(session, 14, 1, &t, "p")).await;
+    assert_eq!(status, 202);
+    let paid = paid["order_id"].as_str().unwrap().to_owned();
+    // The buyer polls the order: 404 until the hand-off created it, then the order at the flash price.
+    let order = eventually(SETTLE, "the order is created", || async {
+        let res = crate::helpers::user(
+            sale.order
+                .client()
+                .get(sale.order.url(&format!("/api/orders/{paid}"))),
+            "payer",
+        )
+        .send()
+        .await
+        .unwrap();
+        if res.status() == 200 {
+            Ok(res.json::<serde_json::Value>().await.unwrap())
+        } else {
+            Err(res.status())
+        }
+    })
+    .await;
+    assert_eq!(order["total_cents"], 700);
+    let body =
+        json!({ "payment_id": "pay-flash-1", "order_id": paid, "amount_cents": 700, "status": "succeeded" });
+    let raw = serde_json::to_vec(&body).unwrap();
+    let sig = mall_order::domain::sign(mall_order::config::DEV_PAYMENT_SECRET.as_bytes(), &raw);
+    let res = sale
+        .order
+        .client()
+        .post(sale.order.url("/api/payments/callback"))
+        .header("content-type", "application/json")
+        .header("x-signature", sig)
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let t = token_ok(fs, "dawdler", session, 14).await;
+    let (status, _) = buy(fs, "dawdler", purchase(session, 14, 1, &t, "d")).await;
+    assert_eq!(status, 202);
+    let t = token_ok(fs, "late", session, 14).await;
+    let (status, body) = buy(fs, "late", purchase(session, 14, 1, &t, "l1")).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("sold_out")));
+
+    // The paid unit is sold out of the session's reservation; the dawdler's order times out and
+    // its unit comes back to the session, where "late" gets it.
+    eventually(SETTLE, "the paid unit is sold", || async {
+        let s = stock(&env, 14).await;
+        if s == (8, 1, 1, 10) { Ok(()) } else { Err(s) }
+    })
+    .await;
+    eventually(SETTLE, "the unpaid unit is back for sale", || async {
+        let n = redis_numbers(&env, session, 14).await;
+        if n.0 == 1 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    let (status, body) = eventually(SETTLE, "someone else buys it", || async {
+        let (status, body) = buy(
+            fs,
+            "late",
+            purchase(
+                session,
+                14,
+                1,
+                &t,
+                &format!("l-{}", Utc::now().timestamp_millis()),
+            ),
+        )
+        .await;
+        if status == 202 {
+            Ok((status, body))
+        } else {
+            Err((status, body))
+        }
+    })
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(redis_numbers(&env, session, 14).await.0, 0);
+    wait_orders(&env, session, 3).await;
+    // Inventory still balances: 1 sold, 1 held by the new order, 8 available.
+    assert_eq!(stock(&env, 14).await, (8, 1, 1, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_purchases_get_the_right_4xx_and_change_nothing() {
+    let env = TestEnv::new().await;
+    let sale = sale(
+        &env,
+        &[15, 16],
+        20,
+        Options {
+            single: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let fs = &sale.fs[0];
+    let items = json!([
+        {"sku_id": 15, "price_cents": 100, "quantity": 5, "per_user_limit": 2},
+        {"sku_id": 16, "price_cents": 100, "quantity": 5, "per_user_limit": 2}
+    ]);
+    let session = running(&sale, 10, items.clone()).await;
+    let mine = token_ok(fs, "alice", session, 15).await;
+    let other_sku = token_ok(fs, "alice", session, 16).await;
+
+    let cases = [
+        ("bob", purchase(session, 15, 1, &mine, "a"), 403, "invalid_token"),
+        (
+            "alice",
+            purchase(session, 15, 1, &other_sku, "b"),
+            403,
+            "invalid_token",
+        ),
+        (
+            "alice",
+            purchase(session, 15, 1, "123.abcd", "c"),
+            403,
+            "invalid_token",
+        ),
+        (
+            "alice",
+            purchase(session, 15, 0, &mine, "d"),
+            400,
+            "validation_failed",
+        ),
+        (
+            "alice",
+            purchase(session, 15, -1, &mine, "e"),
+            400,
+            "validation_failed",
+        ),
+        (
+            "alice",
+            purchase(session, 15, 3, &mine, "f"),
+            409,
+            "limit_exceeded",
+        ),
+        (
+            "alice",
+            purchase(session, 15, 1, &mine, ""),
+            400,
+            "validation_failed",
+        ),
+        (
+            "alice",
+            purchase(session, 15, 1, &mine, "bad id!"),
+            400,
+            "validation_failed",
+        ),
+        (
+            "alice",
+            json!({"session_id": session, "sku_id": 15}),
+            400,
+            "invalid_body",
+        ),
+    ];
+    for (buyer, body, status, code) in cases {
+        let (s, b) = buy(fs, buyer, body.clone()).await;
+        assert_eq!((s, b["code"].as_str()), (status, Some(code)), "{body}");
+    }
+    let res = crate::helpers::user(fs.client().post(fs.url("/api/flashsale/purchase")), "alice")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = fs
+        .client()
+        .post(fs.url("/api/flashsale/purchase"))
+        .json(&purchase(session, 15, 1, &mine, "anon"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "no identity");
+    assert_eq!(redis_numbers(&env, session, 15).await, (5, 0), "nothing changed");
+
+    // Before the start: no token; a token forged for it is refused.
+    let now = Utc::now();
+    let (status, body) = create(
+        fs,
+        now + chrono::Duration::hours(1),
+        now + chrono::Duration::hours(2),
+        json!([{"sku_id": 15, "price_cents": 100, "quantity": 1, "per_user_limit": 1}]),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let later = body["session_id"].as_i64().unwrap();
+    wait_loaded_upcoming(fs, later).await;
+    let (status, body) = token(fs, "alice", later, 15).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("not_started")));
+    let (status, body) = buy(fs, "alice", purchase(later, 15, 1, &mine, "g")).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("invalid_token")));
+    // Unknown session or SKU: 404.
+    assert_eq!(token(fs, "alice", 999_999, 15).await.0, 404);
+    assert_eq!(token(fs, "alice", session, 17).await.0, 404);
+
+    // After the end: no token, and a token from before is answered `ended`.
+    // The window leaves room for a slow machine to load the session and hand out the token
+    // before it ends.
+    let now = Utc::now();
+    let ends_at = now + chrono::Duration::seconds(10);
+    let (status, body) = create(
+        fs,
+        now - chrono::Duration::seconds(1),
+        ends_at,
+        json!([{"sku_id": 16, "price_cents": 100, "quantity": 1, "per_user_limit": 1}]),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let short = body["session_id"].as_i64().unwrap();
+    wait_loaded(&sale, short).await;
+    let t = token_ok(fs, "alice", short, 16).await;
+    let until_end = (ends_at - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(until_end + Duration::from_millis(500)).await;
+    let (status, body) = token(fs, "alice", short, 16).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("ended")));
+    let (status, body) = buy(fs, "alice", purchase(short, 16, 1, &t, "h")).await;
+    assert!(
+        (status == 409 && body["code"] == "ended") || (status == 403 && body["code"] == "invalid_token"),
+        "{status} {body}"
+    );
+    assert_eq!(redis_numbers(&env, short, 16).await, (1, 0), "nothing changed");
+}
+
+async fn wait_loaded_upcoming(fs: &mall_testkit::TestServer, id: i64) {
+    eventually(
+        Duration::from_secs(10),
+        "the session is listed as upcoming",
+        || async {
+            let body: serde_json::Value = fs.get("/api/flashsale/sessions").await.json().await.unwrap();
+            let found = body["sessions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["session_id"] == id && s["status"] == "upcoming");
+            if found { Ok(()) } else { Err(body) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_reserve_their_stock_or_fail_cleanly_and_give_back_what_is_unsold() {
+    let env = TestEnv::new().await;
+    let sale = sale(
+        &env,
+        &[21, 22],
+        10,
+        Options {
+            single: true,
+            flash: &[("MALL_FLASHSALE_SETTLE_AFTER", "0s")],
+            ..Options::default()
+        },
+    )
+    .await;
+    let fs = &sale.fs[0];
+    let now = Utc::now();
+    let soon = now + chrono::Duration::minutes(5);
+
+    // Not enough stock of one item: 409 naming it, nothing reserved.
+    let (status, body) = create(
+        fs,
+        now,
+        soon,
+        json!([
+            {"sku_id": 21, "price_cents": 100, "quantity": 5, "per_user_limit": 1},
+            {"sku_id": 22, "price_cents": 100, "quantity": 11, "per_user_limit": 1}
+        ]),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("out_of_stock")),
+        "{body}"
+    );
+    assert_eq!(body["skus"], json!([22]));
+    assert_eq!(stock(&env, 21).await, (10, 0, 0, 10));
+    assert_eq!(stock(&env, 22).await, (10, 0, 0, 10));
+
+    let (status, body) = create(
+        fs,
+        now,
+        soon,
+        json!([{"sku_id": 99, "price_cents": 100, "quantity": 1, "per_user_limit": 1}]),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("unknown_sku")),
+        "{body}"
+    );
+    for bad in [
+        json!([]),
+        json!([{"sku_id": 21, "price_cents": 0, "quantity": 1, "per_user_limit": 1}]),
+        json!([{"sku_id": 21, "price_cents": 100, "quantity": 1, "per_user_limit": 2}]),
+    ] {
+        let (status, body) = create(fs, now, soon, bad).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some("validation_failed")),
+            "{body}"
+        );
+    }
+    let (status, _) = create(
+        fs,
+        soon,
+        now,
+        json!([{"sku_id": 21, "price_cents": 1, "quantity": 1, "per_user_limit": 1}]),
+    )
+    .await;
+    assert_eq!(status, 422, "end before start");
+    let res = crate::helpers::user(fs.client().post(fs.url("/admin/flashsale/sessions")), "mallory")
+        .json(&json!({"starts_at": now, "ends_at": soon, "items": [{"sku_id": 21, "price_cents": 1, "quantity": 1, "per_user_limit": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403, "admins only");
+    assert_eq!(stock(&env, 21).await, (10, 0, 0, 10));
+
+    // A short session sells 2 of 4 units; after its end the other 2 go back to inventory. The
+    // window leaves room for a slow machine to load the session and admit both buyers in it.
+    let now = Utc::now();
+    let (status, body) = create(
+        fs,
+        now - chrono::Duration::seconds(1),
+        now + chrono::Duration::seconds(10),
+        json!([{"sku_id": 21, "price_cents": 100, "quantity": 4, "per_user_limit": 1}]),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let session = body["session_id"].as_i64().unwrap();
+    assert_eq!(stock(&env, 21).await, (6, 4, 0, 10));
+    wait_loaded(&sale, session).await;
+    for buyer in ["x", "y"] {
+        let t = token_ok(fs, buyer, session, 21).await;
+        let (status, body) = buy_patiently(fs, buyer, purchase(session, 21, 1, &t, "r")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    wait_orders(&env, session, 2).await;
+    eventually(SETTLE, "unsold units are back in inventory", || async {
+        let s = stock(&env, 21).await;
+        if s == (8, 2, 0, 10) { Ok(()) } else { Err(s) }
+    })
+    .await;
+    let shown: serde_json::Value = crate::helpers::admin(
+        fs.client()
+            .get(fs.url(&format!("/admin/flashsale/sessions/{session}"))),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(shown["status"], "settled", "{shown}");
+    assert_eq!(shown["items"][0]["admitted"], 2);
+    assert_eq!(shown["items"][0]["handed_off"], 2);
+}

@@ -1,0 +1,144 @@
+//! Upstream pools: each is tower's power-of-two-choices balancer over peak-EWMA latency, fed by a
+//! discovery stream that active health checks and passive ejection drive, wrapped in the
+//! resilience stack.
+//!
+//! The stack of one pool, outermost first:
+//! 1. load shed: when the concurrency limit is full, answer 503 `overloaded` at once;
+//! 2. concurrency limit (`MALL_GW_MAX_CONCURRENCY`);
+//! 3. circuit breaker (503 `upstream_unavailable` while open);
+//! 4. overall timeout (`MALL_GW_UPSTREAM_TIMEOUT`, 504 `upstream_timeout`);
+//! 5. retries under a budget, only for requests that are safe to repeat;
+//! 6. per-try timeout (`MALL_GW_TRY_TIMEOUT`);
+//! 7. the balancer's shared handle (`shared.rs`, in place of tower's `Buffer`);
+//! 8. p2c balancer over peak-EWMA endpoints (ranked behind any with recent failures).
+
+mod breaker;
+mod endpoint;
+mod health;
+mod retry;
+mod shared;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::CancellationToken;
+use tower::balance::p2c::Balance;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use url::Url;
+
+use crate::config::GatewaySettings;
+use crate::routes::PoolName;
+
+pub use breaker::{Breaker, BreakerOpen, BreakerState};
+pub use endpoint::{EndpointError, UpstreamInstance};
+pub use health::Registry;
+
+/// The HTTP/1.1 client shared by every pool: keep-alive pooling per instance.
+pub type HttpClient = Client<HttpConnector, Body>;
+
+/// Builds the shared upstream client.
+pub fn http_client(connect_timeout: Duration) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
+/// No instance of the pool is in rotation.
+#[derive(Debug, thiserror::Error)]
+#[error("no healthy instance")]
+pub struct NoHealthyInstance;
+
+type PoolService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+/// One upstream pool.
+#[derive(Clone)]
+pub struct Pool {
+    name: PoolName,
+    service: PoolService,
+    registry: Arc<Registry>,
+    breaker: Arc<Breaker>,
+}
+
+impl Pool {
+    /// Builds the pool, inserts every instance into rotation and starts its health checks.
+    pub fn start(
+        name: PoolName,
+        instances: &[Url],
+        settings: &GatewaySettings,
+        client: HttpClient,
+        cancel: CancellationToken,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (registry, discover) = Registry::new(name, instances, client, &settings.health);
+        let r = &settings.resilience;
+        let balance = Balance::new(discover);
+        let shared = shared::Shared::new(balance);
+        let breaker = Arc::new(Breaker::new(name, settings.breaker.clone()));
+        let service = ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(r.max_concurrency)
+            .layer(breaker::BreakerLayer::new(breaker.clone()))
+            .timeout(r.upstream_timeout)
+            .layer(tower::retry::RetryLayer::new(retry::RetryPolicy::new(name, r)))
+            .timeout(r.try_timeout)
+            .service(shared);
+        let health = health::run(registry.clone(), settings.health.clone(), cancel);
+        (
+            Self {
+                name,
+                service: BoxCloneSyncService::new(service),
+                registry,
+                breaker,
+            },
+            health,
+        )
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> PoolName {
+        self.name
+    }
+
+    /// Instances in rotation right now.
+    pub fn healthy(&self) -> usize {
+        self.registry.in_rotation()
+    }
+
+    /// The breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Sends `req` to one instance, with the whole resilience stack.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+        if self.registry.in_rotation() == 0 {
+            return Err(NoHealthyInstance.into());
+        }
+        self.service.clone().oneshot(req).await
+    }
+}
+
+/// The first error of type `T` in `error`'s source chain (tower layers wrap errors).
+pub fn find_cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}

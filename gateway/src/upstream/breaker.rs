@@ -1,0 +1,350 @@
+//! A circuit breaker per upstream pool.
+//!
+//! Closed: calls pass, and the last `MALL_GW_BREAKER_WINDOW` outcomes are kept. Once at least
+//! `MALL_GW_BREAKER_MIN_CALLS` are known and the failed share reaches
+//! `MALL_GW_BREAKER_ERROR_RATIO` (errors, timeouts, 5xx) or the slow share reaches
+//! `MALL_GW_BREAKER_SLOW_RATIO`, it opens. Open: calls fail at once with [`BreakerOpen`] (503
+//! `upstream_unavailable`) for `MALL_GW_BREAKER_OPEN`. Half-open: up to
+//! `MALL_GW_BREAKER_PROBES` calls go through as probes; as many successes close it, one failure
+//! opens it again.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use http::Response;
+use tower::{BoxError, Layer, Service};
+
+use crate::config::BreakerSettings;
+use crate::routes::PoolName;
+
+/// The circuit is open: the pool is failing, calls are refused without trying.
+#[derive(Debug, thiserror::Error)]
+#[error("circuit open for {pool}; retry in {retry_after:?}")]
+pub struct BreakerOpen {
+    /// The pool.
+    pub pool: &'static str,
+    /// Until the next probe.
+    pub retry_after: Duration,
+}
+
+/// The externally visible state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls pass.
+    Closed,
+    /// Probing.
+    HalfOpen,
+    /// Calls are refused.
+    Open,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    failed: bool,
+    slow: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed {
+        window: VecDeque<Outcome>,
+        failed: u32,
+        slow: u32,
+    },
+    Open {
+        since: Instant,
+    },
+    HalfOpen {
+        in_flight: u32,
+        passed: u32,
+    },
+}
+
+/// The breaker of one pool.
+#[derive(Debug)]
+pub struct Breaker {
+    pool: PoolName,
+    cfg: BreakerSettings,
+    state: Mutex<State>,
+}
+
+/// What [`Breaker::admit`] let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ticket {
+    Normal,
+    Probe,
+}
+
+fn closed() -> State {
+    State::Closed {
+        window: VecDeque::new(),
+        failed: 0,
+        slow: 0,
+    }
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(pool: PoolName, cfg: BreakerSettings) -> Self {
+        Self::publish(pool, BreakerState::Closed);
+        Self {
+            pool,
+            cfg,
+            state: Mutex::new(closed()),
+        }
+    }
+
+    fn publish(pool: PoolName, state: BreakerState) {
+        let v = match state {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+        };
+        metrics::gauge!("gateway_circuit_state", "pool" => pool.as_str()).set(v);
+    }
+
+    fn transition(&self, state: &mut State, to: State) {
+        let visible = match to {
+            State::Closed { .. } => BreakerState::Closed,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+            State::Open { .. } => BreakerState::Open,
+        };
+        tracing::warn!(pool = self.pool.as_str(), state = ?visible, "circuit breaker");
+        Self::publish(self.pool, visible);
+        *state = to;
+    }
+
+    /// The current state (an expired open state reads as half-open).
+    pub fn state(&self) -> BreakerState {
+        match &*self.state.lock().expect("breaker lock") {
+            State::Closed { .. } => BreakerState::Closed,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+            State::Open { since } if since.elapsed() >= self.cfg.open_for => BreakerState::HalfOpen,
+            State::Open { .. } => BreakerState::Open,
+        }
+    }
+
+    fn admit(&self) -> Result<Ticket, BreakerOpen> {
+        let mut state = self.state.lock().expect("breaker lock");
+        match &mut *state {
+            State::Closed { .. } => Ok(Ticket::Normal),
+            State::Open { since } => {
+                let elapsed = since.elapsed();
+                if elapsed < self.cfg.open_for {
+                    return Err(BreakerOpen {
+                        pool: self.pool.as_str(),
+                        retry_after: self.cfg.open_for - elapsed,
+                    });
+                }
+                self.transition(
+                    &mut state,
+                    State::HalfOpen {
+                        in_flight: 1,
+                        passed: 0,
+                    },
+                );
+                Ok(Ticket::Probe)
+            }
+            State::HalfOpen { in_flight, passed } => {
+                if *in_flight + *passed < self.cfg.probes {
+                    *in_flight += 1;
+                    Ok(Ticket::Probe)
+                } else {
+                    Err(BreakerOpen {
+                        pool: self.pool.as_str(),
+                        retry_after: Duration::from_secs(1),
+                    })
+                }
+            }
+        }
+    }
+
+    fn record(&self, ticket: Ticket, outcome: Outcome) {
+        let mut state = self.state.lock().expect("breaker lock");
+        let cfg = &self.cfg;
+        match (&mut *state, ticket) {
+            (State::Closed { window, failed, slow }, Ticket::Normal) => {
+                window.push_back(outcome);
+                *failed += u32::from(outcome.failed);
+                *slow += u32::from(outcome.slow);
+                if window.len() > cfg.window as usize
+                    && let Some(old) = window.pop_front()
+                {
+                    *failed -= u32::from(old.failed);
+                    *slow -= u32::from(old.slow);
+                }
+                let n = window.len() as f64;
+                if window.len() >= cfg.min_calls as usize
+                    && (f64::from(*failed) / n >= cfg.error_ratio || f64::from(*slow) / n >= cfg.slow_ratio)
+                {
+                    self.transition(
+                        &mut state,
+                        State::Open {
+                            since: Instant::now(),
+                        },
+                    );
+                }
+            }
+            (State::HalfOpen { in_flight, passed }, Ticket::Probe) => {
+                *in_flight = in_flight.saturating_sub(1);
+                if outcome.failed || outcome.slow {
+                    self.transition(
+                        &mut state,
+                        State::Open {
+                            since: Instant::now(),
+                        },
+                    );
+                } else {
+                    *passed += 1;
+                    if *passed >= cfg.probes {
+                        self.transition(&mut state, closed());
+                    }
+                }
+            }
+            // An outcome from before the last transition says nothing about the current state.
+            _ => {}
+        }
+    }
+}
+
+/// Puts a [`Breaker`] in a tower stack.
+#[derive(Clone)]
+pub(super) struct BreakerLayer {
+    breaker: Arc<Breaker>,
+}
+
+impl BreakerLayer {
+    pub(super) fn new(breaker: Arc<Breaker>) -> Self {
+        Self { breaker }
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = BreakerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BreakerService {
+            inner,
+            breaker: self.breaker.clone(),
+        }
+    }
+}
+
+/// The breaker around the rest of a pool's stack.
+#[derive(Clone)]
+pub(super) struct BreakerService<S> {
+    inner: S,
+    breaker: Arc<Breaker>,
+}
+
+impl<S, Req, B> Service<Req> for BreakerService<S>
+where
+    S: Service<Req, Response = Response<B>, Error = BoxError> + Send,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<B>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let ticket = match self.breaker.admit() {
+            Ok(t) => t,
+            Err(open) => return Box::pin(std::future::ready(Err(open.into()))),
+        };
+        let breaker = self.breaker.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = fut.await;
+            let failed = match &result {
+                Ok(res) => res.status().is_server_error(),
+                Err(_) => true,
+            };
+            let slow = started.elapsed() >= breaker.cfg.slow_call;
+            breaker.record(ticket, Outcome { failed, slow });
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BreakerSettings {
+        BreakerSettings {
+            window: 10,
+            min_calls: 4,
+            error_ratio: 0.5,
+            slow_ratio: 0.9,
+            slow_call: Duration::from_secs(1),
+            open_for: Duration::from_millis(50),
+            probes: 2,
+        }
+    }
+
+    const OK: Outcome = Outcome {
+        failed: false,
+        slow: false,
+    };
+    const FAIL: Outcome = Outcome {
+        failed: true,
+        slow: false,
+    };
+
+    #[test]
+    fn opens_on_errors_then_probes_and_closes() {
+        let b = Breaker::new(PoolName::Product, cfg());
+        for o in [OK, FAIL, OK] {
+            b.record(b.admit().unwrap(), o);
+        }
+        assert_eq!(b.state(), BreakerState::Closed, "too few calls for a verdict");
+        b.record(b.admit().unwrap(), FAIL);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.admit().is_err(), "open fails fast");
+
+        std::thread::sleep(Duration::from_millis(60));
+        let p1 = b.admit().unwrap();
+        let p2 = b.admit().unwrap();
+        assert_eq!((p1, p2), (Ticket::Probe, Ticket::Probe));
+        assert!(b.admit().is_err(), "no more than the probe count at once");
+        b.record(p1, OK);
+        b.record(p2, OK);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_failed_probe_opens_again() {
+        let b = Breaker::new(PoolName::Order, cfg());
+        for _ in 0..4 {
+            b.record(b.admit().unwrap(), FAIL);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        let probe = b.admit().unwrap();
+        b.record(probe, FAIL);
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn slow_calls_open_it_too() {
+        let b = Breaker::new(PoolName::Inventory, cfg());
+        for _ in 0..4 {
+            b.record(
+                b.admit().unwrap(),
+                Outcome {
+                    failed: false,
+                    slow: true,
+                },
+            );
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+}

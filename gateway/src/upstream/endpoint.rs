@@ -1,0 +1,224 @@
+//! One upstream instance as a tower `Service`: rewrites the request to the instance, sends it
+//! over the shared keep-alive client, and reports failures for passive ejection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use futures_util::future::BoxFuture;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use metrics::SharedString;
+use tokio::sync::mpsc::UnboundedSender;
+use tower::load::{CompleteOnResponse, Load, PeakEwma};
+use tower::{BoxError, Service};
+
+use super::HttpClient;
+
+/// The instance that answered, attached to the response (access log, metrics).
+#[derive(Debug, Clone)]
+pub struct UpstreamInstance(pub Arc<str>);
+
+/// A transport failure talking to one instance (refused, reset, closed early).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {instance}: {source}")]
+pub struct EndpointError {
+    /// `host:port` of the instance.
+    pub instance: Arc<str>,
+    /// The client's error.
+    #[source]
+    pub source: hyper_util::client::legacy::Error,
+}
+
+impl EndpointError {
+    /// Whether the connection could not be made, so nothing was sent.
+    pub fn is_connect(&self) -> bool {
+        self.source.is_connect()
+    }
+}
+
+/// Counts consecutive failed requests and asks the health task to eject the instance once they
+/// reach the threshold.
+#[derive(Debug)]
+pub(super) struct PassiveHealth {
+    pub(super) id: usize,
+    failures: AtomicU32,
+    eject_after: u32,
+    eject: UnboundedSender<usize>,
+}
+
+impl PassiveHealth {
+    pub(super) fn new(id: usize, eject_after: u32, eject: UnboundedSender<usize>) -> Self {
+        Self {
+            id,
+            failures: AtomicU32::new(0),
+            eject_after,
+            eject,
+        }
+    }
+
+    /// Consecutive failures so far (0 when the last request succeeded).
+    pub(super) fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn success(&self) {
+        // Read first: the hot path stays free of cache-line writes while all is well.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failure(&self) {
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 == self.eject_after {
+            let _ = self.eject.send(self.id);
+        }
+    }
+
+    pub(super) fn reset(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+}
+
+/// An endpoint as the balancer sees it: peak-EWMA latency, ranked behind any instance without
+/// recent failures. A refused connection fails in microseconds, so on latency alone a dead
+/// instance would look like the best one and attract every retry.
+pub(crate) struct Ranked {
+    inner: PeakEwma<Endpoint, CompleteOnResponse>,
+    passive: Arc<PassiveHealth>,
+}
+
+impl Ranked {
+    pub(super) fn new(endpoint: Endpoint, default_rtt: Duration) -> Self {
+        let passive = endpoint.passive.clone();
+        Self {
+            inner: PeakEwma::new(
+                endpoint,
+                default_rtt,
+                DECAY.as_nanos() as f64,
+                CompleteOnResponse::default(),
+            ),
+            passive,
+        }
+    }
+}
+
+/// How fast the latency estimate forgets.
+const DECAY: Duration = Duration::from_secs(10);
+
+impl Load for Ranked {
+    type Metric = (bool, <PeakEwma<Endpoint, CompleteOnResponse> as Load>::Metric);
+
+    fn load(&self) -> Self::Metric {
+        (self.passive.failures() > 0, self.inner.load())
+    }
+}
+
+impl Service<Request<Body>> for Ranked {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = <PeakEwma<Endpoint, CompleteOnResponse> as Service<Request<Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+/// One instance.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    pub(super) instance: Arc<str>,
+    authority: Authority,
+    client: HttpClient,
+    pool: &'static str,
+    passive: Arc<PassiveHealth>,
+}
+
+impl Endpoint {
+    pub(super) fn new(
+        authority: Authority,
+        client: HttpClient,
+        pool: &'static str,
+        passive: Arc<PassiveHealth>,
+    ) -> Self {
+        Self {
+            instance: authority.as_str().into(),
+            authority,
+            client,
+            pool,
+            passive,
+        }
+    }
+
+    pub(super) fn uri(&self, path_and_query: PathAndQuery) -> Uri {
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .expect("scheme, authority and path make a URI")
+    }
+}
+
+impl Service<Request<Body>> for Endpoint {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The shared client pools connections itself; it is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = self.uri(pq);
+        let sent = self.client.request(req);
+        let (instance, pool, passive) = (self.instance.clone(), self.pool, self.passive.clone());
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = sent.await;
+            let elapsed = started.elapsed().as_secs_f64();
+            match result {
+                Ok(res) => {
+                    let status = res.status();
+                    // 502/503/504 say the instance cannot serve; a 500 is about one request.
+                    if matches!(status.as_u16(), 502..=504) {
+                        passive.failure();
+                    } else {
+                        passive.success();
+                    }
+                    let labels = [
+                        ("pool", SharedString::const_str(pool)),
+                        ("instance", SharedString::from(instance.clone())),
+                        ("status", mall_common::http::status_label(status)),
+                    ];
+                    metrics::counter!("gateway_upstream_requests_total", &labels).increment(1);
+                    metrics::histogram!("gateway_upstream_duration_seconds", &labels).record(elapsed);
+                    let mut res = res.map(Body::new);
+                    res.extensions_mut().insert(UpstreamInstance(instance));
+                    Ok(res)
+                }
+                Err(source) => {
+                    passive.failure();
+                    metrics::counter!(
+                        "gateway_upstream_requests_total",
+                        "pool" => pool, "instance" => instance.to_string(), "status" => "error"
+                    )
+                    .increment(1);
+                    Err(Box::new(EndpointError { instance, source }) as BoxError)
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,194 @@
+//! Which instances of a pool are in rotation, and the discovery stream that tells the balancer.
+//!
+//! One task per pool owns the rotation state: every `MALL_GW_HEALTH_INTERVAL` it asks each
+//! instance's `/healthz`; `MALL_GW_UNHEALTHY_AFTER` consecutive failures take an instance out,
+//! `MALL_GW_HEALTHY_AFTER` consecutive passes bring it back. Requests that fail
+//! `MALL_GW_EJECT_AFTER` times in a row eject an instance at once (passive ejection), without
+//! waiting for the next check; it then needs the passing checks to return.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::Body;
+use futures_util::Stream;
+use futures_util::future::join_all;
+use http::Request;
+use http::uri::{Authority, PathAndQuery};
+use tokio::sync::Mutex;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio_util::sync::CancellationToken;
+use tower::discover::Change;
+use url::Url;
+
+use super::HttpClient;
+use super::endpoint::{Endpoint, PassiveHealth, Ranked};
+use crate::config::HealthSettings;
+use crate::routes::PoolName;
+
+struct Slot {
+    endpoint: Endpoint,
+    passive: Arc<PassiveHealth>,
+    in_rotation: bool,
+    failed: u32,
+    passed: u32,
+}
+
+/// The rotation state of one pool.
+pub struct Registry {
+    pool: PoolName,
+    slots: Mutex<Vec<Slot>>,
+    in_rotation: AtomicUsize,
+    changes: UnboundedSender<Change<usize, Ranked>>,
+    ejections: Mutex<Option<UnboundedReceiver<usize>>>,
+    client: HttpClient,
+}
+
+/// The balancer's view: inserts and removals as they happen.
+pub(super) type DiscoverStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<Change<usize, Ranked>, Infallible>> + Send>>;
+
+/// The latency assumed for an instance before it answered: low enough that a new or returning
+/// instance gets tried, not so low that a burst lands on it alone.
+const DEFAULT_RTT: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl Registry {
+    /// Every instance starts in rotation, so the first requests need not wait for a check.
+    pub(super) fn new(
+        pool: PoolName,
+        instances: &[Url],
+        client: HttpClient,
+        health: &HealthSettings,
+    ) -> (Arc<Self>, DiscoverStream) {
+        let (changes, mut rx) = unbounded_channel();
+        let (eject_tx, eject_rx) = unbounded_channel();
+        let slots: Vec<Slot> = instances
+            .iter()
+            .enumerate()
+            .map(|(id, url)| {
+                let authority: Authority = format!(
+                    "{}:{}",
+                    url.host_str().unwrap_or("127.0.0.1"),
+                    url.port_or_known_default().unwrap_or(80)
+                )
+                .parse()
+                .expect("a URL host and port form an authority");
+                let passive = Arc::new(PassiveHealth::new(id, health.eject_after, eject_tx.clone()));
+                let endpoint = Endpoint::new(authority, client.clone(), pool.as_str(), passive.clone());
+                let _ = changes.send(Change::Insert(id, Ranked::new(endpoint.clone(), DEFAULT_RTT)));
+                gauge(pool, &endpoint, true);
+                Slot {
+                    endpoint,
+                    passive,
+                    in_rotation: true,
+                    failed: 0,
+                    passed: 0,
+                }
+            })
+            .collect();
+        let registry = Arc::new(Self {
+            pool,
+            in_rotation: AtomicUsize::new(slots.len()),
+            slots: Mutex::new(slots),
+            changes,
+            ejections: Mutex::new(Some(eject_rx)),
+            client,
+        });
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|c| c.map(Ok)));
+        (registry, Box::pin(stream))
+    }
+
+    /// Instances in rotation.
+    pub fn in_rotation(&self) -> usize {
+        self.in_rotation.load(Ordering::Acquire)
+    }
+
+    fn set(&self, slot: &mut Slot, id: usize, up: bool) {
+        if slot.in_rotation == up {
+            return;
+        }
+        slot.in_rotation = up;
+        slot.failed = 0;
+        slot.passed = 0;
+        slot.passive.reset();
+        let change = if up {
+            self.in_rotation.fetch_add(1, Ordering::AcqRel);
+            Change::Insert(id, Ranked::new(slot.endpoint.clone(), DEFAULT_RTT))
+        } else {
+            self.in_rotation.fetch_sub(1, Ordering::AcqRel);
+            Change::Remove(id)
+        };
+        let _ = self.changes.send(change);
+        gauge(self.pool, &slot.endpoint, up);
+        tracing::warn!(
+            pool = self.pool.as_str(),
+            instance = %slot.endpoint.instance,
+            in_rotation = up,
+            "upstream instance {}",
+            if up { "back in rotation" } else { "taken out of rotation" }
+        );
+    }
+
+    async fn probe(&self, endpoint: &Endpoint, timeout: std::time::Duration) -> bool {
+        let req = Request::get(endpoint.uri(PathAndQuery::from_static("/healthz")))
+            .header("user-agent", "mall-gateway-health")
+            .body(Body::empty())
+            .expect("static request");
+        matches!(
+            tokio::time::timeout(timeout, self.client.request(req)).await,
+            Ok(Ok(res)) if res.status().is_success()
+        )
+    }
+}
+
+fn gauge(pool: PoolName, endpoint: &Endpoint, up: bool) {
+    metrics::gauge!(
+        "gateway_upstream_in_rotation",
+        "pool" => pool.as_str(), "instance" => endpoint.instance.to_string()
+    )
+    .set(if up { 1.0 } else { 0.0 });
+}
+
+/// The health task of one pool: checks on a timer, ejections as they come, until `cancel`.
+pub(super) async fn run(registry: Arc<Registry>, settings: HealthSettings, cancel: CancellationToken) {
+    let Some(mut ejections) = registry.ejections.lock().await.take() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            Some(id) = ejections.recv() => {
+                let mut slots = registry.slots.lock().await;
+                if let Some(slot) = slots.get_mut(id) {
+                    registry.set(slot, id, false);
+                }
+            }
+            _ = tick.tick() => {
+                let endpoints: Vec<Endpoint> =
+                    registry.slots.lock().await.iter().map(|s| s.endpoint.clone()).collect();
+                let results = join_all(endpoints.iter().map(|e| registry.probe(e, settings.timeout))).await;
+                let mut slots = registry.slots.lock().await;
+                for (id, ok) in results.into_iter().enumerate() {
+                    let slot = &mut slots[id];
+                    if ok {
+                        // A passing probe clears the failure mark the balancer ranks by.
+                        slot.passive.reset();
+                        slot.failed = 0;
+                        slot.passed += 1;
+                        if !slot.in_rotation && slot.passed >= settings.healthy_after {
+                            registry.set(slot, id, true);
+                        }
+                    } else {
+                        slot.passed = 0;
+                        slot.failed += 1;
+                        if slot.in_rotation && slot.failed >= settings.unhealthy_after {
+                            registry.set(slot, id, false);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Spreading load, following instance health, preferring fast instances.
+
+use std::time::Duration;
+
+use mall_testkit::upstream::FakeUpstream;
+use mall_testkit::{TestEnv, eventually};
+
+use crate::helpers::{concurrent_gets, get, health_window, settings, spawn};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_spreads_a_dead_instance_leaves_rotation_and_a_restarted_one_returns() {
+    let env = TestEnv::new().await;
+    let ups = [
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+        FakeUpstream::start("c").await,
+    ];
+    let other = FakeUpstream::start("other").await;
+    let gw = spawn(&env, settings(&env, &[&ups[0], &ups[1], &ups[2]], &other, &[])).await;
+
+    let statuses = concurrent_gets(&gw, "/api/skus/1", 40, 8).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for u in &ups {
+        assert!(
+            u.hits() >= 20,
+            "every instance takes a share: {:?}",
+            ups.iter().map(FakeUpstream::hits).collect::<Vec<_>>()
+        );
+    }
+
+    ups[2].kill();
+    health_window().await;
+    let before = ups[2].hits();
+    for _ in 0..200 {
+        let (status, body) = get(&gw, "/api/skus/1").await;
+        assert_eq!(
+            status, 200,
+            "no request fails once the dead instance is out: {body}"
+        );
+    }
+    assert_eq!(ups[2].hits(), before);
+
+    ups[2].restart().await;
+    eventually(
+        Duration::from_secs(5),
+        "the restarted instance receives traffic",
+        || async {
+            // Concurrent traffic, as in production: a returning instance wins p2c comparisons once
+            // the others have requests pending.
+            let statuses = concurrent_gets(&gw, "/api/skus/1", 1, 8).await;
+            assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+            if ups[2].hits() > before {
+                Ok(())
+            } else {
+                Err("no traffic yet")
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_instance_receives_less_traffic_than_a_fast_one() {
+    let env = TestEnv::new().await;
+    let (fast, slow) = (
+        FakeUpstream::start("fast").await,
+        FakeUpstream::start("slow").await,
+    );
+    slow.set_delay(Duration::from_millis(40));
+    let other = FakeUpstream::start("other").await;
+    let gw = spawn(&env, settings(&env, &[&fast, &slow], &other, &[])).await;
+
+    let statuses = concurrent_gets(&gw, "/api/skus/9", 30, 4).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    assert!(
+        fast.hits() > 3 * slow.hits(),
+        "peak-EWMA should prefer the fast instance: fast {} slow {}",
+        fast.hits(),
+        slow.hits()
+    );
+}

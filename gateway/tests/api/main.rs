@@ -1,0 +1,11 @@
+//! Black-box tests of mall-gateway: real gateway instances in-process, fake upstreams that
+//! delay, fail or die on command, and the real Redis.
+
+mod auth;
+mod balancing;
+mod helpers;
+mod limits;
+mod platform;
+mod resilience;
+mod routing;
+mod tracing_hop;

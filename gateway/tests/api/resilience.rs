@@ -1,0 +1,202 @@
+//! Retries, timeouts, the circuit breaker and load shedding.
+
+use std::time::{Duration, Instant};
+
+use mall_testkit::TestEnv;
+use mall_testkit::upstream::FakeUpstream;
+
+use crate::helpers::{get, metric, settings, spawn};
+
+/// No active or passive ejection and no breaker, so the behaviour under test is the request
+/// path's alone.
+const NO_EJECTION: [(&str, &str); 3] = [
+    ("MALL_GW_HEALTH_INTERVAL", "1h"),
+    ("MALL_GW_EJECT_AFTER", "100000"),
+    ("MALL_GW_BREAKER_MIN_CALLS", "100000"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_is_retried_on_another_instance_when_the_connection_fails() {
+    let env = TestEnv::new().await;
+    let (dead, alive, other) = (
+        FakeUpstream::start("dead").await,
+        FakeUpstream::start("alive").await,
+        FakeUpstream::start("o").await,
+    );
+    let gw = spawn(&env, settings(&env, &[&dead, &alive], &other, &NO_EJECTION)).await;
+    dead.kill();
+    for _ in 0..40 {
+        let (status, body) = get(&gw, "/api/skus/3").await;
+        assert_eq!(
+            (status, body["instance"].as_str()),
+            (200, Some("alive")),
+            "{body}"
+        );
+    }
+    assert!(metric(&gw, "gateway_retries_total", &[("pool", "product")]).await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_never_retried_once_sent_and_a_get_is_retried_until_the_overall_timeout() {
+    let env = TestEnv::new().await;
+    let (a, b, other) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+        FakeUpstream::start("o").await,
+    );
+    a.set_delay(Duration::from_millis(600));
+    b.set_delay(Duration::from_millis(600));
+    let mut extra = NO_EJECTION.to_vec();
+    extra.extend([
+        ("MALL_GW_TRY_TIMEOUT", "150ms"),
+        ("MALL_GW_UPSTREAM_TIMEOUT", "2s"),
+    ]);
+    let gw = spawn(&env, settings(&env, &[&a, &b], &other, &extra)).await;
+    let admin = crate::helpers::token("1", &["admin"]);
+
+    let res = gw
+        .client()
+        .post(gw.url("/admin/products"))
+        .bearer_auth(&admin)
+        .body(r#"{"title":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 504);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap()["code"],
+        "upstream_timeout"
+    );
+    assert_eq!(
+        a.hits() + b.hits(),
+        1,
+        "the POST reached an upstream exactly once"
+    );
+
+    let (status, body) = get(&gw, "/api/skus/1").await;
+    assert_eq!((status, body["code"].as_str()), (504, Some("upstream_timeout")));
+    assert_eq!(
+        a.hits() + b.hits(),
+        1 + 3,
+        "the GET was tried 1 + MALL_GW_MAX_RETRIES times"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_when_the_budget_is_spent_and_refused_connections_are_502() {
+    let env = TestEnv::new().await;
+    let (dead, other) = (FakeUpstream::start("dead").await, FakeUpstream::start("o").await);
+    let mut extra = NO_EJECTION.to_vec();
+    extra.extend([("MALL_GW_RETRY_RATIO", "0"), ("MALL_GW_RETRY_MIN_PER_SEC", "1")]);
+    let gw = spawn(&env, settings(&env, &[&dead], &other, &extra)).await;
+    dead.kill();
+    for _ in 0..30 {
+        let (status, body) = get(&gw, "/api/skus/1").await;
+        assert_eq!((status, body["code"].as_str()), (502, Some("bad_gateway")));
+    }
+    let retries = metric(&gw, "gateway_retries_total", &[("pool", "product")]).await;
+    let exhausted = metric(
+        &gw,
+        "gateway_retry_budget_exhausted_total",
+        &[("pool", "product")],
+    )
+    .await;
+    // Without a budget this would be 60 retries; the floor allows about 1/s over a 10 s window.
+    assert!(retries <= 20.0, "retries {retries}");
+    assert!(
+        exhausted >= 15.0,
+        "the budget refused retries to most requests: {exhausted}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_opens_fails_fast_half_opens_and_closes() {
+    let env = TestEnv::new().await;
+    let (up, other) = (FakeUpstream::start("p").await, FakeUpstream::start("o").await);
+    up.set_failing(Some(500));
+    let mut extra = NO_EJECTION.to_vec();
+    extra.retain(|(k, _)| *k != "MALL_GW_BREAKER_MIN_CALLS");
+    extra.extend([
+        ("MALL_GW_BREAKER_MIN_CALLS", "5"),
+        ("MALL_GW_BREAKER_WINDOW", "10"),
+        ("MALL_GW_BREAKER_OPEN", "400ms"),
+        ("MALL_GW_BREAKER_PROBES", "2"),
+    ]);
+    let gw = spawn(&env, settings(&env, &[&up], &other, &extra)).await;
+
+    for _ in 0..5 {
+        assert_eq!(
+            get(&gw, "/api/skus/1").await.0,
+            500,
+            "upstream errors pass through while closed"
+        );
+    }
+    let hits = up.hits();
+    let started = Instant::now();
+    let (status, body) = get(&gw, "/api/skus/1").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("upstream_unavailable"))
+    );
+    assert!(started.elapsed() < Duration::from_millis(100), "open fails fast");
+    assert_eq!(up.hits(), hits, "an open circuit sends nothing upstream");
+    assert_eq!(
+        metric(&gw, "gateway_circuit_state", &[("pool", "product")]).await,
+        2.0
+    );
+
+    up.set_failing(None);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(get(&gw, "/api/skus/1").await.0, 200, "first probe");
+    assert_eq!(get(&gw, "/api/skus/1").await.0, 200, "second probe");
+    assert_eq!(
+        metric(&gw, "gateway_circuit_state", &[("pool", "product")]).await,
+        0.0,
+        "closed again"
+    );
+    for _ in 0..10 {
+        assert_eq!(get(&gw, "/api/skus/1").await.0, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_saturated_excess_requests_get_503_at_once_instead_of_queueing() {
+    let env = TestEnv::new().await;
+    let (up, other) = (FakeUpstream::start("p").await, FakeUpstream::start("o").await);
+    up.set_delay(Duration::from_millis(800));
+    let mut extra = NO_EJECTION.to_vec();
+    extra.push(("MALL_GW_MAX_CONCURRENCY", "2"));
+    let gw = spawn(&env, settings(&env, &[&up], &other, &extra)).await;
+
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, url) = (gw.client().clone(), gw.url("/api/skus/1"));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let res = client.get(url).send().await.unwrap();
+                let retry_after = res.headers().get("retry-after").is_some();
+                let status = res.status().as_u16();
+                let body: serde_json::Value = res.json().await.unwrap();
+                (
+                    status,
+                    body["code"].as_str().unwrap_or("").to_owned(),
+                    retry_after,
+                    started.elapsed(),
+                )
+            })
+        })
+        .collect();
+    let mut shed = 0;
+    for t in tasks {
+        let (status, code, retry_after, took) = t.await.unwrap();
+        if status == 503 {
+            assert_eq!(code, "overloaded");
+            assert!(retry_after, "Retry-After on a shed request");
+            assert!(took < Duration::from_millis(300), "shed quickly, took {took:?}");
+            shed += 1;
+        } else {
+            assert_eq!(status, 200);
+        }
+    }
+    assert!(shed >= 8, "only 2 may be in flight; shed {shed} of 12");
+}

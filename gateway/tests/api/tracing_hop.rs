@@ -1,0 +1,58 @@
+//! One trace across the gateway hop.
+
+use mall_testkit::spans::Via;
+use mall_testkit::upstream::FakeUpstream;
+use mall_testkit::{TestEnv, collector};
+
+use crate::helpers::{settings, spawn};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_request_carries_the_trace_of_the_gateway_span() {
+    let spans = collector();
+    let env = TestEnv::new().await;
+    let (up, other) = (FakeUpstream::start("p").await, FakeUpstream::start("o").await);
+    let gw = spawn(&env, settings(&env, &[&up], &other, &[])).await;
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let client_parent = "b7ad6b7169203331";
+    let res = gw
+        .client()
+        .get(gw.url("/api/skus/5"))
+        .header("traceparent", format!("00-{trace_id}-{client_parent}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let seen = up.seen().pop().unwrap();
+    let traceparent = seen.headers["traceparent"].to_str().unwrap().to_owned();
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts[1], trace_id, "the upstream continues the client's trace");
+    let upstream_parent = parts[2];
+    assert_ne!(
+        upstream_parent, client_parent,
+        "the gateway's own span sits in between"
+    );
+    let b3 = seen.headers["b3"].to_str().unwrap();
+    assert!(
+        b3.starts_with(&format!("{trace_id}-{upstream_parent}")),
+        "B3 carries the same: {b3}"
+    );
+
+    let proxy_span = spans
+        .wait_for(Via::Otlp, trace_id, "the gateway's client span", |s| {
+            s.span_id == upstream_parent
+        })
+        .await;
+    assert_eq!(proxy_span.kind, "client");
+    let server_span = spans
+        .wait_for(Via::Otlp, trace_id, "the gateway's server span", |s| {
+            s.kind == "server"
+        })
+        .await;
+    assert_eq!(server_span.parent_span_id.as_deref(), Some(client_parent));
+    assert_eq!(
+        proxy_span.parent_span_id.as_deref(),
+        Some(server_span.span_id.as_str())
+    );
+}

@@ -1,0 +1,117 @@
+//! Building and running mall-inventory.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mall_common::amqp::Topology;
+use mall_common::amqp::consumer::consume;
+use mall_common::db::Db;
+use mall_common::events::{ORDER_CANCELLED, ORDER_EVENTS, ORDER_PAID};
+use mall_common::platform::{Needs, Platform};
+use mall_common::server::Server;
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DEFAULTS, Settings};
+use crate::mq::{self, ORDER_EVENTS_QUEUE};
+
+/// This service's own migrations (the platform's outbox and inbox tables are added to them).
+pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// The exchanges and queues this service declares on every connect. The order exchange is
+/// declared here too (declarations are idempotent) so the binding exists whichever service
+/// starts first.
+pub fn topology(delivery_limit: u32) -> Topology {
+    Topology::new()
+        .topic_exchange("mall.inventory.events")
+        .topic_exchange(ORDER_EVENTS)
+        .queue(
+            ORDER_EVENTS_QUEUE,
+            ORDER_EVENTS,
+            &[ORDER_PAID, ORDER_CANCELLED],
+            delivery_limit,
+        )
+}
+
+/// A built mall-inventory: listener bound, pool created, consumer and sweeper started.
+pub struct Application {
+    server: Server,
+}
+
+impl Application {
+    /// Binds, creates the lazy Postgres pool, starts migrations, the AMQP connection, the
+    /// order-event consumer and the reservation sweeper. Never waits on a dependency that is
+    /// down: `/readyz` reports it instead.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let needs = Needs {
+            postgres: Some(&MIGRATIONS),
+            redis: None,
+            amqp: Some(topology(settings.delivery_limit)),
+        };
+        let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
+        let db = platform.db().expect("declared").clone();
+        let amqp = platform.amqp().expect("declared").clone();
+        let cancel = platform.cancel_token();
+
+        let consumer_db = db.clone();
+        platform.tasks().spawn(consume(
+            amqp,
+            ORDER_EVENTS_QUEUE,
+            "mall-inventory",
+            cancel.clone(),
+            move |d| {
+                let db = consumer_db.clone();
+                async move {
+                    let outcome = mq::handle(&db, &d).await;
+                    (d, outcome)
+                }
+            },
+        ));
+        platform.tasks().spawn(sweep(
+            db.clone(),
+            settings.sweep_interval,
+            settings.sweep_batch,
+            cancel,
+        ));
+        let server = Server::bind(platform, crate::http::router(db)).await?;
+        Ok(Self { server })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains within `MALL_SHUTDOWN_TIMEOUT`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        Ok(self.server.run_until_stopped(shutdown).await?)
+    }
+
+    /// The underlying server (tests run it through `mall-testkit`).
+    pub fn into_server(self) -> Server {
+        self.server
+    }
+}
+
+/// Releases reservations past their expiry that no `order.paid` confirmed (an order that was
+/// never written, or whose cancellation event was lost). Every instance sweeps; `SKIP LOCKED`
+/// gives each reservation to one of them.
+async fn sweep(db: Db, every: Duration, batch: i64, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match crate::store::sweep_expired(&db, batch).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!("inventory_reservations_expired_total").increment(n);
+                tracing::info!(released = n, "expired reservations released");
+            }
+            Err(e) => tracing::warn!(error = %e, "reservation sweep failed; retrying"),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Reservations: never oversell, all or nothing, idempotent, settled exactly once.
+
+use mall_testkit::TestEnv;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{as_admin, db, ledger_sum, numbers, receive, reserve, settings, spawn};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_reservations_of_fifty_units_succeed_exactly_fifty_times() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env, settings(&env, &[])).await;
+    receive(&app, 501, 50).await;
+
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (client, url) = (app.client().clone(), app.url("/internal/reservations"));
+            tokio::spawn(async move {
+                let id = Uuid::new_v4();
+                let res = client
+                    .post(url)
+                    .json(&json!({ "reservation_id": id, "owner": "order", "reference": "o", "items": [{"sku_id": 501, "quantity": 1}], "ttl_secs": 600 }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status().as_u16();
+                (status, res.json::<serde_json::Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let (mut created, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (201, _) => created += 1,
+            (409, body) => {
+                assert_eq!(body["code"], "out_of_stock");
+                assert_eq!(body["skus"], json!([501]), "the answer names the short SKU");
+                refused += 1;
+            }
+            (status, body) => panic!("{status}: {body}"),
+        }
+    }
+    assert_eq!((created, refused), (50, 150));
+    let db = db(&env);
+    assert_eq!(numbers(&db, 501).await, (0, 50, 0, 50));
+    assert_eq!(ledger_sum(&db, 501, "reserve").await, 50);
+    assert_eq!(ledger_sum(&db, 501, "receive").await, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_reservation_id_sent_twenty_times_at_once_reserves_once() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env, settings(&env, &[])).await;
+    receive(&app, 7, 10).await;
+    let id = Uuid::new_v4();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (app.client().clone(), app.url("/internal/reservations"));
+            tokio::spawn(async move {
+                let res = client
+                    .post(url)
+                    .json(&json!({ "reservation_id": id, "owner": "order", "reference": "o", "items": [{"sku_id": 7, "quantity": 3}], "ttl_secs": 600 }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status().as_u16();
+                (status, res.json::<serde_json::Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(body["reservation_id"], json!(id));
+        assert_eq!(body["status"], "reserved");
+        statuses.push(status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 19);
+    assert_eq!(numbers(&db(&env), 7).await, (7, 3, 0, 10));
+
+    let (status, body) = reserve(&app, id, json!([{"sku_id": 7, "quantity": 4}])).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("conflict")),
+        "same id, other items"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_item_reserves_nothing_and_bad_requests_change_nothing() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env, settings(&env, &[])).await;
+    receive(&app, 1, 10).await;
+    receive(&app, 2, 1).await;
+    let db = db(&env);
+
+    let (status, body) = reserve(
+        &app,
+        Uuid::new_v4(),
+        json!([{"sku_id": 1, "quantity": 5}, {"sku_id": 2, "quantity": 2}]),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("out_of_stock")));
+    assert_eq!(body["skus"], json!([2]));
+    assert_eq!(
+        numbers(&db, 1).await,
+        (10, 0, 0, 10),
+        "the line that fitted was not kept"
+    );
+
+    for (items, code) in [
+        (json!([{"sku_id": 1, "quantity": 0}]), "validation_failed"),
+        (json!([{"sku_id": 1, "quantity": -4}]), "validation_failed"),
+        (json!([]), "validation_failed"),
+        (json!([{"sku_id": 999, "quantity": 1}]), "unknown_sku"),
+    ] {
+        let (status, body) = reserve(&app, Uuid::new_v4(), items.clone()).await;
+        assert_eq!((status, body["code"].as_str()), (422, Some(code)), "{items}");
+    }
+    let malformed = app
+        .client()
+        .post(app.url("/internal/reservations"))
+        .header("content-type", "application/json")
+        .body("{\"reservation_id\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+
+    let negative = as_admin(app.client().post(app.url("/admin/stock/1/receive")))
+        .json(&json!({"quantity": -5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(negative.status(), 422);
+    let anonymous = app
+        .client()
+        .post(app.url("/admin/stock/1/receive"))
+        .json(&json!({"quantity": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(numbers(&db, 1).await, (10, 0, 0, 10));
+    assert_eq!(numbers(&db, 2).await, (1, 0, 0, 1));
+    let reservations: i64 = sqlx::query_scalar("SELECT count(*) FROM reservations")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(reservations, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_and_release_happen_once_and_never_both() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env, settings(&env, &[])).await;
+    receive(&app, 3, 10).await;
+    let (paid, cancelled) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(
+        reserve(&app, paid, json!([{"sku_id": 3, "quantity": 2}])).await.0,
+        201
+    );
+    assert_eq!(
+        reserve(&app, cancelled, json!([{"sku_id": 3, "quantity": 3}]))
+            .await
+            .0,
+        201
+    );
+
+    let post = |path: String| app.client().post(app.url(&path)).send();
+    let body = |res: reqwest::Response| async move {
+        (
+            res.status().as_u16(),
+            res.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    let (s, b) = body(
+        post(format!("/internal/reservations/{paid}/confirm"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, b["changed"].as_bool()), (200, Some(true)));
+    let (s, b) = body(
+        post(format!("/internal/reservations/{paid}/confirm"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["changed"].as_bool()),
+        (200, Some(false)),
+        "a repeat is a no-op"
+    );
+    let (s, b) = body(
+        post(format!("/internal/reservations/{paid}/release"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (409, Some("conflict")),
+        "a sold reservation is never released"
+    );
+
+    let (s, _) = body(
+        post(format!("/internal/reservations/{cancelled}/release"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, b) = body(
+        post(format!("/internal/reservations/{cancelled}/release"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, b["changed"].as_bool()), (200, Some(false)));
+    let (s, _) = body(
+        post(format!("/internal/reservations/{}/confirm", Uuid::new_v4()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    let db = db(&env);
+    assert_eq!(numbers(&db, 3).await, (8, 0, 2, 10));
+    assert_eq!(ledger_sum(&db, 3, "confirm").await, 2);
+    assert_eq!(ledger_sum(&db, 3, "release").await, 3);
+
+    let res = as_admin(app.client().get(app.url("/admin/stock/3")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let view: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(view["stock"]["sold"], 2);
+    assert_eq!(
+        view["ledger"].as_array().unwrap().len(),
+        5,
+        "receive, 2 reserves, confirm, release"
+    );
+    let (status, public) = {
+        let r = app.client().get(app.url("/api/stock/3")).send().await.unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!((status, public), (200, json!({"sku_id": 3, "available": 8})));
+    assert_eq!(
+        app.client()
+            .get(app.url("/api/stock/404404"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_reservations_are_released_exactly_once_by_competing_sweepers() {
+    let env = TestEnv::new().await;
+    let fast = [("MALL_INVENTORY_SWEEP_INTERVAL", "100ms")];
+    let a = spawn(&env, settings(&env, &fast)).await;
+    let _b = spawn(&env, settings(&env, &fast)).await;
+    receive(&a, 9, 20).await;
+    for _ in 0..10 {
+        let res = a
+            .client()
+            .post(a.url("/internal/reservations"))
+            .json(&json!({ "reservation_id": Uuid::new_v4(), "owner": "order", "reference": "never-written", "items": [{"sku_id": 9, "quantity": 2}], "ttl_secs": 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+    let db = db(&env);
+    assert_eq!(numbers(&db, 9).await, (0, 20, 0, 20));
+    mall_testkit::eventually(
+        std::time::Duration::from_secs(5),
+        "expired reservations released",
+        || async {
+            let n = numbers(&db, 9).await;
+            if n == (20, 0, 0, 20) { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(ledger_sum(&db, 9, "release").await, 20, "each unit released once");
+}

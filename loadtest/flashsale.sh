@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Flash-crowd benchmark. In one run:
+#   1. the crowd: 10,000 distinct users (JWTs from `mall-gateway token --count`, purchase tokens
+#      from the token endpoint) buy one unit each of a 1,000-unit item (limit 1) through
+#      mall-gateway in front of two flashsale instances, with the `crowd` client (per-status
+#      client latencies); then the invariant check: admissions = orders = min(units, buyers
+#      admitted), no user above the limit, Redis stock + admitted = quantity, every order an
+#      admission and every admission an order;
+#   2. the ceiling: redis-benchmark running the admission script itself (EVALSHA, the same keys
+#      and arguments) against the purchase endpoint of one flashsale instance measured directly
+#      with oha, both at the same concurrency, on the same request (a repeated request id, so
+#      every call takes the script's same path);
+#   3. the rejected path: oha on the sold-out item, directly at one flashsale instance (answered
+#      from the in-process sold-out flag), against the gateway's own fixed answer (a 404 it
+#      gives without an upstream), at the same concurrency.
+# Writes results/flashsale-<timestamp>.md (and flashsale-latest.md).
+#
+#   loadtest/flashsale.sh                       # 10 s per oha/redis-benchmark measurement
+#   BENCH_USERS=20000 BENCH_UNITS=2000 loadtest/flashsale.sh
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+GATEWAY_PORT=18080
+INVENTORY_PORT=18082
+ORDER_PORT=18083
+FLASH_PORTS=(18084 18094)
+USERS=${BENCH_USERS:-10000}
+UNITS=${BENCH_UNITS:-1000}
+CONC=${BENCH_FLASH_CONNECTIONS:-256}
+PREFIX=benchf
+PG="postgres://postgres:postgres@127.0.0.1:5432/mall?sslmode=disable"
+SECRET=mall-dev-internal-secret-change-me
+
+ensure_tools
+command -v redis-benchmark >/dev/null 2>&1 || { echo "redis-benchmark is needed (apt-get install redis-tools)" >&2; exit 1; }
+ensure_ports_free $GATEWAY_PORT $INVENTORY_PORT $ORDER_PORT "${FLASH_PORTS[@]}"
+build_and_deps
+say "building the crowd client"
+(cd "$ROOT" && cargo build --release --locked -p mall-flashsale --example crowd)
+
+fresh_prefix "$PREFIX" ${PREFIX}_inventory ${PREFIX}_orders ${PREFIX}_flashsale
+export MALL_REDIS_PREFIX=$PREFIX: MALL_AMQP_PREFIX=$PREFIX. RUST_LOG=warn
+
+start inventory mall-inventory MALL_HTTP_ADDR=127.0.0.1:$INVENTORY_PORT MALL_DATABASE_SCHEMA=${PREFIX}_inventory
+start order mall-order MALL_HTTP_ADDR=127.0.0.1:$ORDER_PORT MALL_DATABASE_SCHEMA=${PREFIX}_orders \
+  MALL_INVENTORY_URLS=http://127.0.0.1:$INVENTORY_PORT
+flash_urls=""
+for port in "${FLASH_PORTS[@]}"; do
+  start "flashsale-$port" mall-flashsale MALL_HTTP_ADDR=127.0.0.1:$port MALL_DATABASE_SCHEMA=${PREFIX}_flashsale \
+    MALL_INVENTORY_URLS=http://127.0.0.1:$INVENTORY_PORT MALL_FLASHSALE_JOB_INTERVAL=200ms
+  flash_urls="${flash_urls:+$flash_urls,}http://127.0.0.1:$port"
+done
+# The gateway's full stack; the rate limits are raised so that they cannot trigger (the
+# benchmark measures the path, not the limiter).
+start gateway mall-gateway MALL_HTTP_ADDR=127.0.0.1:$GATEWAY_PORT \
+  MALL_UPSTREAM_PRODUCT=http://127.0.0.1:$INVENTORY_PORT MALL_UPSTREAM_INVENTORY=http://127.0.0.1:$INVENTORY_PORT \
+  MALL_UPSTREAM_ORDER=http://127.0.0.1:$ORDER_PORT MALL_UPSTREAM_FLASHSALE="$flash_urls" \
+  'MALL_GW_RATE_LIMITS=*:client:100000000/s,/api/flashsale/purchase:cluster:100000000/s' MALL_GW_MAX_CONCURRENCY=4096
+for port in $INVENTORY_PORT $ORDER_PORT "${FLASH_PORTS[@]}" $GATEWAY_PORT; do
+  wait_ready "http://127.0.0.1:$port/readyz"
+done
+
+GW="http://127.0.0.1:$GATEWAY_PORT"
+admin=$("$ROOT/target/release/mall-gateway" token --user bench-admin --roles admin --ttl 2h)
+say "stocking, and two sessions: the crowd's ($UNITS units, limit 1) and the ceiling's"
+for sku_qty in "1 $((UNITS * 2))" "2 2000000"; do
+  set -- $sku_qty
+  curl -fsS -o /dev/null -X POST "$GW/admin/stock/$1/receive" -H "Authorization: Bearer $admin" \
+    -H 'Content-Type: application/json' -d "{\"quantity\":$2}"
+done
+starts=$(date -u -d '-2 seconds' +%Y-%m-%dT%H:%M:%SZ)
+ends=$(date -u -d '+30 minutes' +%Y-%m-%dT%H:%M:%SZ)
+create() { # sku quantity limit
+  curl -fsS -X POST "$GW/admin/flashsale/sessions" -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+    -d "{\"starts_at\":\"$starts\",\"ends_at\":\"$ends\",\"items\":[{\"sku_id\":$1,\"price_cents\":990,\"quantity\":$2,\"per_user_limit\":$3}]}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["session_id"])'
+}
+crowd_session=$(create 1 "$UNITS" 1)
+ceiling_session=$(create 2 1000000 1000000)
+for ((i = 0; i < 100; i++)); do
+  curl -fsS "$GW/api/flashsale/sessions" | grep -q "\"session_id\":$ceiling_session" && break
+  sleep 0.2
+done
+
+say "minting $USERS user tokens (mall-gateway token --count) and their purchase tokens"
+"$ROOT/target/release/mall-gateway" token --user crowd- --count "$USERS" --ttl 2h >"$RUN/jwts.txt"
+python3 - "$RUN/jwts.txt" "$GW" "$crowd_session" >"$RUN/buyers.txt" <<'PY'
+import json, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+jwts = [l.strip() for l in open(sys.argv[1]) if l.strip()]
+gw, session = sys.argv[2], sys.argv[3]
+def token(jwt):
+    req = urllib.request.Request(f"{gw}/api/flashsale/sessions/{session}/items/1/token", data=b"", method="POST",
+                                 headers={"Authorization": "Bearer " + jwt})
+    return jwt + " " + json.load(urllib.request.urlopen(req))["token"]
+with ThreadPoolExecutor(32) as pool:
+    for line in pool.map(token, jwts):
+        print(line)
+PY
+
+say "the crowd: $USERS buyers, $CONC connections, through the gateway"
+"$ROOT/target/release/examples/crowd" --url "$GW/api/flashsale/purchase" --buyers "$RUN/buyers.txt" \
+  --session "$crowd_session" --sku 1 --concurrency "$CONC" >"$RUN/crowd.json"
+
+say "waiting for every admission to become an order"
+for ((i = 0; i < 240; i++)); do
+  orders=$(psql "$PG" -Atc "SELECT count(*) FROM ${PREFIX}_orders.orders WHERE flash_session_id = $crowd_session")
+  admitted=$(redis-cli XLEN "$PREFIX:fs:{fs:$crowd_session:1}:admissions")
+  [ "$orders" = "$admitted" ] && break
+  sleep 0.5
+done
+
+# The ceiling: the same request through the endpoint and straight to the script.
+identity_headers() { # user -> the gateway-signed identity headers, as oha -H arguments
+  python3 - "$1" "$SECRET" <<'PY'
+import hashlib, hmac, sys, time
+user, secret = sys.argv[1], sys.argv[2].encode()
+ts = str(int(time.time()))
+# The gateway's signature (mall_common::identity): HMAC-SHA256 over "v1|user|roles|ts".
+sig = hmac.new(secret, f"v1|{user}|buyer|{ts}".encode(), hashlib.sha256).hexdigest()
+for h in (f"x-mall-user-id: {user}", "x-mall-roles: buyer", f"x-mall-identity-ts: {ts}", f"x-mall-identity-sig: {sig}"):
+    print(h)
+PY
+}
+rate_jwt=$("$ROOT/target/release/mall-gateway" token --user bench-rate --ttl 2h)
+rate_token=$(curl -fsS -X POST "$GW/api/flashsale/sessions/$ceiling_session/items/2/token" -H "Authorization: Bearer $rate_jwt" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+mapfile -t rate_headers < <(identity_headers bench-rate)
+oha_headers=()
+for h in "${rate_headers[@]}"; do oha_headers+=(-H "$h"); done
+rate_body="{\"session_id\":$ceiling_session,\"sku_id\":2,\"quantity\":1,\"token\":\"$rate_token\",\"request_id\":\"ceiling\"}"
+direct="http://127.0.0.1:${FLASH_PORTS[0]}/api/flashsale/purchase"
+first=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$direct" "${oha_headers[@]}" -H 'Content-Type: application/json' -d "$rate_body")
+[ "$first" = 202 ] || { echo "the ceiling's first purchase answered $first" >&2; exit 1; }
+order_id=$(redis-cli HGET "$PREFIX:fs:{fs:$ceiling_session:2}:requests" "10:bench-rate:ceiling" | cut -d: -f2)
+warmup "$CONC" -m POST "${oha_headers[@]}" -H 'Content-Type: application/json' -d "$rate_body" "$direct"
+measure endpoint "$CONC" -m POST "${oha_headers[@]}" -H 'Content-Type: application/json' -d "$rate_body" "$direct"
+sha=$(redis-cli SCRIPT LOAD "$(cat "$ROOT/lua/flashsale/admit.lua")")
+k="$PREFIX:fs:{fs:$ceiling_session:2}"
+say "redis-benchmark: the admission script, $CONC connections"
+redis-benchmark -c "$CONC" -n "${BENCH_REDIS_REQUESTS:-300000}" --csv \
+  EVALSHA "$sha" 5 "$k:meta" "$k:stock" "$k:users" "$k:requests" "$k:admissions" \
+  bench-rate ceiling 1 "$(date +%s%3N)" "$order_id" "" >"$RUN/redis-benchmark.csv"
+
+# The rejected path: the crowd's item is sold out.
+mapfile -t late_headers < <(identity_headers crowd-1)
+late_oha=()
+for h in "${late_headers[@]}"; do late_oha+=(-H "$h"); done
+late_body="{\"session_id\":$crowd_session,\"sku_id\":1,\"quantity\":1,\"token\":\"$(sed -n 1p "$RUN/buyers.txt" | cut -d' ' -f2)\",\"request_id\":\"late\"}"
+for name in soldout gwfixed; do
+  if [ $name = soldout ]; then
+    args=(-m POST "${late_oha[@]}" -H 'Content-Type: application/json' -d "$late_body" "$direct")
+  else
+    args=("$GW/nowhere")
+  fi
+  warmup "$CONC" "${args[@]}"
+  measure "$name" "$CONC" "${args[@]}"
+done
+
+mkdir -p "$RESULTS"
+stamp=$(date -u +%Y%m%d-%H%M%S)
+report="$RESULTS/flashsale-$stamp.md"
+status=0
+python3 - "$RUN" "$PG" "$PREFIX" "$crowd_session" "$UNITS" "$USERS" "$CONC" "$DURATION" >"$report" <<'PY' || status=$?
+import csv, json, subprocess, sys
+run, pg, prefix, session, units, users, conc, duration = sys.argv[1:9]
+units, users = int(units), int(users)
+def sql(q):
+    return subprocess.run(["psql", pg, "-Atc", q], capture_output=True, text=True, check=True).stdout.strip()
+def redis(*args):
+    return subprocess.run(["redis-cli", *args], capture_output=True, text=True, check=True).stdout.strip()
+crowd = json.load(open(f"{run}/crowd.json"))
+by = crowd["by_status"]
+admitted_client = set(crowd["order_ids"])
+k = f"{prefix}:fs:{{fs:{session}:1}}"
+stream = int(redis("XLEN", f"{k}:admissions"))
+left = int(redis("GET", f"{k}:stock") or 0)
+per_user = [int(v) for v in redis("HVALS", f"{k}:users").split()] if redis("HLEN", f"{k}:users") != "0" else []
+orders = set(sql(f"SELECT id::text FROM {prefix}_orders.orders WHERE flash_session_id = {session}").split())
+over_limit_orders = sql(f"SELECT count(*) FROM (SELECT user_id FROM {prefix}_orders.orders WHERE flash_session_id = {session} GROUP BY user_id HAVING count(*) > 1) x")
+entries = subprocess.run(["redis-cli", "--raw", "XRANGE", f"{k}:admissions", "-", "+"], capture_output=True, text=True).stdout.split("\n")
+recorded = set(entries[i + 1] for i, v in enumerate(entries) if v == "order_id")
+admitted_ms = [int(entries[i + 1]) for i, v in enumerate(entries) if v == "admitted_ms"]
+span = (max(admitted_ms) - min(admitted_ms)) / 1000 if len(admitted_ms) > 1 else 0
+n202 = by.get("202", {}).get("count", 0)
+checks = {
+    f"admissions = min(units, buyers) = {min(units, users)}": stream == min(units, users) and n202 == stream,
+    "orders = admissions (every admission one order, every order an admission)": orders == recorded == admitted_client,
+    "no user above the limit (Redis and orders)": all(v <= 1 for v in per_user) and over_limit_orders == "0",
+    "Redis stock + admitted = quantity": left + stream == units,
+    "no transport errors": crowd["errors"] == 0,
+}
+def oha(name):
+    d = json.load(open(f"{run}/{name}-{conc}.json"))
+    s, lat = d["summary"], d["latencyPercentiles"]
+    return s["requestsPerSec"], lat["p50"] * 1000, lat["p99"] * 1000, d.get("statusCodeDistribution", {})
+rb = list(csv.reader(open(f"{run}/redis-benchmark.csv")))
+rb_rps = float(rb[1][1])
+ep_rps, ep_p50, ep_p99, ep_codes = oha("endpoint")
+so_rps, so_p50, so_p99, so_codes = oha("soldout")
+gf_rps, gf_p50, gf_p99, gf_codes = oha("gwfixed")
+print("# Flash-sale benchmark\n")
+print(f"Two flashsale instances behind mall-gateway, one order, one inventory; every process and the load")
+print(f"generators share this 2-core machine. Concurrency {conc}; oha and redis-benchmark measurements {duration} / fixed count.\n")
+print(f"## The crowd: {users} distinct buyers, {units} units, limit 1, through the gateway\n")
+print("| answers | count | p50 ms | p99 ms |\n|---|---:|---:|---:|")
+for code, v in sorted(by.items()):
+    print(f"| {code} | {v['count']} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} |")
+print(f"\nAll {users} purchases answered in {crowd['seconds']:.2f} s ({users / crowd['seconds']:.0f} req/s); the {stream} admissions")
+print(f"were recorded within {span:.2f} s ({stream / span if span else 0:.0f} admissions/s).\n")
+print("| invariant | holds |\n|---|---|")
+for name, ok in checks.items():
+    print(f"| {name} | {'yes' if ok else '**NO**'} |")
+print(f"\n## The ceiling: the admission script in redis-benchmark vs the purchase endpoint measured directly\n")
+print("The same request both ways (a repeated request id: the script's repeat path).\n")
+print("| path | req/s | p50 ms | p99 ms | answers |\n|---|---:|---:|---:|---|")
+print(f"| redis-benchmark EVALSHA admit.lua | {rb_rps:.0f} | {float(rb[1][4]):.2f} | {float(rb[1][6]):.2f} | |" if len(rb[1]) > 6 else f"| redis-benchmark EVALSHA admit.lua | {rb_rps:.0f} | | | |")
+print(f"| POST /api/flashsale/purchase, one instance | {ep_rps:.0f} | {ep_p50:.2f} | {ep_p99:.2f} | {ep_codes} |")
+ratio = ep_rps / rb_rps
+print(f"\nEndpoint / script: **{ratio:.2f}** (target >= 0.50).\n")
+print("## The rejected path: sold out, answered from memory, vs the gateway's own fixed answer\n")
+print("| path | req/s | p50 ms | p99 ms | answers |\n|---|---:|---:|---:|---|")
+print(f"| POST /api/flashsale/purchase (sold out), one instance | {so_rps:.0f} | {so_p50:.2f} | {so_p99:.2f} | {so_codes} |")
+print(f"| GET /nowhere at mall-gateway (its own 404) | {gf_rps:.0f} | {gf_p50:.2f} | {gf_p99:.2f} | {gf_codes} |")
+print(f"\nSold out / gateway fixed: throughput **{so_rps / gf_rps:.2f}**, p99 {gf_p99 / so_p99 if so_p99 else 0:.2f} (gateway p99 / sold-out p99; target >= 1.0).\n")
+ok = all(checks.values())
+print(f"Invariants: {'PASS' if ok else 'FAIL'}. Reproduce: `loadtest/flashsale.sh`.")
+sys.exit(0 if ok else 1)
+PY
+cp "$report" "$RESULTS/flashsale-latest.md"
+cat "$report"
+echo
+echo "report: $report"
+exit $status

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Gateway benchmark: one upstream measured three ways in one run (directly, through
+# mall-gateway, through nginx configured as an equivalent reverse proxy) at 50 and 256
+# connections with oha. Writes results/gateway-<timestamp>.md (and gateway-latest.md).
+#
+#   loadtest/gateway.sh                    # 10 s per measurement
+#   BENCH_DURATION=30s loadtest/gateway.sh
+#
+# Traffic goes to 127.0.0.1 only and every measurement is bounded in time.
+set -euo pipefail
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+PRODUCT_PORT=18081
+GATEWAY_PORT=18080
+NGINX_PORT=18090
+# A fixed answer from mall-product's full middleware stack: id 0 can never exist, so its bloom
+# filter answers 404 without touching Redis or SQL.
+TARGET_PATH=${BENCH_PATH:-/api/products/0}
+
+ensure_nginx() {
+  if ! command -v nginx >/dev/null 2>&1; then
+    say "installing nginx"
+    [ "$(id -u)" -eq 0 ] || { echo "install nginx (apt-get install nginx-light) and run again" >&2; exit 1; }
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  fi
+}
+
+ensure_tools
+ensure_nginx
+ensure_ports_free $PRODUCT_PORT $GATEWAY_PORT $NGINX_PORT
+build_and_deps
+
+say "starting the upstream (mall-product on :$PRODUCT_PORT) and mall-gateway on :$GATEWAY_PORT"
+export MALL_REDIS_PREFIX=bench: MALL_AMQP_PREFIX=bench. MALL_DATABASE_SCHEMA=bench_product
+start product mall-product MALL_HTTP_ADDR=127.0.0.1:$PRODUCT_PORT
+# The gateway's full default stack: tracing at the default sampler, metrics, access log, auth;
+# only the rate limit is raised so that it cannot trigger.
+start gateway mall-gateway MALL_HTTP_ADDR=127.0.0.1:$GATEWAY_PORT \
+  MALL_UPSTREAM_PRODUCT=http://127.0.0.1:$PRODUCT_PORT MALL_UPSTREAM_INVENTORY=http://127.0.0.1:$PRODUCT_PORT \
+  MALL_UPSTREAM_ORDER=http://127.0.0.1:$PRODUCT_PORT MALL_UPSTREAM_FLASHSALE=http://127.0.0.1:$PRODUCT_PORT \
+  'MALL_GW_RATE_LIMITS=*:client:100000000/s' MALL_GW_MAX_CONCURRENCY=4096
+
+say "starting nginx on :$NGINX_PORT (keep-alive upstream, access log on)"
+cat >"$RUN/nginx.conf" <<NGINX
+worker_processes auto;
+pid $RUN/nginx.pid;
+error_log $RUN/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log $RUN/nginx-access.log;
+  upstream product { server 127.0.0.1:$PRODUCT_PORT; keepalive 512; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://product;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Request-Id \$request_id;
+    }
+  }
+}
+NGINX
+nginx -c "$RUN/nginx.conf" -p "$RUN"
+
+wait_ready "http://127.0.0.1:$PRODUCT_PORT/readyz"
+wait_ready "http://127.0.0.1:$GATEWAY_PORT/readyz"
+for ((i = 0; i < 40; i++)); do curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT$TARGET_PATH" && break; sleep 0.25; done
+
+declare -A URLS=(
+  [direct]="http://127.0.0.1:$PRODUCT_PORT$TARGET_PATH"
+  [gateway]="http://127.0.0.1:$GATEWAY_PORT$TARGET_PATH"
+  [nginx]="http://127.0.0.1:$NGINX_PORT$TARGET_PATH"
+)
+for c in $CONNECTIONS; do
+  for name in direct gateway nginx; do
+    warmup "$c" "${URLS[$name]}"
+    measure "$name" "$c" "${URLS[$name]}"
+  done
+done
+
+mkdir -p "$RESULTS"
+stamp=$(date -u +%Y%m%d-%H%M%S)
+report="$RESULTS/gateway-$stamp.md"
+python3 - "$RUN" "$CONNECTIONS" "$DURATION" "$TARGET_PATH" >"$report" <<'PY'
+import json, os, platform, subprocess, sys
+run, conns, duration, path = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4]
+def load(name, c):
+    d = json.load(open(os.path.join(run, f"{name}-{c}.json")))
+    pct = d.get("latencyPercentiles", {})
+    codes = d.get("statusCodeDistribution", {})
+    return {
+        "rps": d["summary"]["requestsPerSec"],
+        "p50": pct.get("p50", 0) * 1e3, "p99": pct.get("p99", 0) * 1e3, "p999": pct.get("p99.9", 0) * 1e3,
+        "ok": d["summary"].get("successRate", 0), "codes": codes,
+        "errors": sum(d.get("errorDistribution", {}).values()),
+    }
+cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+print("# Gateway benchmark\n")
+print(f"One run on this machine ({cpu} cores, {platform.platform()}): the same upstream (one mall-product")
+print(f"instance, `GET {path}`: a fixed JSON answer from its full stack) measured directly, through mall-gateway (full")
+print("default stack: tracing, metrics, access log; rate limit raised) and through nginx as an")
+print(f"equivalent keep-alive reverse proxy (access log on). oha, {duration} per measurement after a warm-up;")
+print("load generator, proxy and upstream share the same cores.\n")
+print("| connections | target | requests/s | p50 ms | p99 ms | p99.9 ms | status codes | errors |")
+print("|---:|---|---:|---:|---:|---:|---|---:|")
+ratios = []
+for c in conns:
+    r = {n: load(n, c) for n in ("direct", "gateway", "nginx")}
+    for n in ("direct", "gateway", "nginx"):
+        x = r[n]
+        print(f"| {c} | {n} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | {x['p999']:.2f} | {x['codes']} | {x['errors']} |")
+    ratios.append((c, r))
+print("\n| connections | gateway/direct req/s | gateway/nginx req/s | nginx p99 / gateway p99 |")
+print("|---:|---:|---:|---:|")
+for c, r in ratios:
+    g, d, n = r["gateway"], r["direct"], r["nginx"]
+    print(f"| {c} | {g['rps']/d['rps']:.2f} | {g['rps']/n['rps']:.2f} | {n['p99']/g['p99']:.2f} |")
+print("\nTarget: gateway/nginx req/s >= 1.0 and nginx p99 / gateway p99 >= 1.0 (the gateway at least")
+print("matches nginx). Reproduce: `loadtest/gateway.sh`.")
+PY
+cp "$report" "$RESULTS/gateway-latest.md"
+cat "$report"
+echo
+echo "report: $report"

@@ -1,0 +1,84 @@
+# Shared by the loadtest scenarios: tools, processes, measurements. Source it; do not run it.
+# Everything listens on 127.0.0.1 and every measurement is bounded in time.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RESULTS="$ROOT/loadtest/results"
+DURATION=${BENCH_DURATION:-10s}
+WARMUP=${BENCH_WARMUP:-2s}
+CONNECTIONS=${BENCH_CONNECTIONS:-"50 256"}
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/mall-bench.XXXXXX")
+PIDS=()
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  [ -f "$RUN/nginx.pid" ] && kill -QUIT "$(cat "$RUN/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+ensure_tools() {
+  if ! command -v oha >/dev/null 2>&1; then
+    say "installing oha (cargo install oha --locked; a few minutes)"
+    cargo install oha --locked
+  fi
+  command -v python3 >/dev/null 2>&1 || { echo "python3 is needed for the report" >&2; exit 1; }
+}
+
+ensure_ports_free() {
+  for port in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "port $port is in use; stop whatever listens there and run again" >&2
+      exit 1
+    fi
+  done
+}
+
+build_and_deps() {
+  "$ROOT/deploy/local/mall" deps
+  say "building release binaries"
+  (cd "$ROOT" && cargo build --release --locked --bins)
+}
+
+wait_ready() { # url
+  for ((i = 0; i < 240; i++)); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.25
+  done
+  echo "not ready: $1" >&2
+  exit 1
+}
+
+start() { # name binary env... : runs a mall binary in the background, logging to $RUN/name.log
+  local name=$1 bin=$2
+  shift 2
+  env "$@" "$ROOT/target/release/$bin" >"$RUN/$name.log" 2>&1 &
+  PIDS+=($!)
+}
+
+warmup() { # connections oha-target-args...
+  local c=$1
+  shift
+  oha -z "$WARMUP" -c "$c" --no-tui "$@" >/dev/null
+}
+
+measure() { # name connections oha-target-args... : writes $RUN/name-c.json
+  local name=$1 c=$2
+  shift 2
+  say "$name, $c connections, $DURATION"
+  oha -z "$DURATION" -c "$c" --no-tui --output-format json "$@" >"$RUN/$name-$c.json"
+}
+
+fresh_prefix() { # prefix schema... : drops a scenario's schemas (in $PG), Redis keys and queues
+  local prefix=$1
+  shift
+  say "fresh schemas and keys under the prefix $prefix"
+  for schema in "$@"; do
+    psql "$PG" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1
+  done
+  redis-cli --scan --pattern "$prefix:*" | xargs -r redis-cli del >/dev/null
+  for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$prefix\." || true); do
+    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+  done
+}

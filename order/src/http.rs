@@ -1,0 +1,41 @@
+//! The routes of mall-order; health, readiness, metrics and the middleware stack come from
+//! `mall-common`.
+
+mod cart;
+mod openapi;
+mod orders;
+mod payments;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+use mall_common::db::Db;
+use mall_common::redis::Redis;
+
+use crate::peers::Peers;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) db: Db,
+    pub(crate) redis: Redis,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) order_ttl_secs: u64,
+    pub(crate) reservation_grace_secs: u64,
+    pub(crate) timeout_queue: String,
+    pub(crate) payment_secret: Arc<[u8]>,
+}
+
+/// The service's own routes.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/orders", post(orders::checkout).get(orders::list))
+        .route("/api/orders/{order_id}", get(orders::show))
+        .route("/api/orders/{order_id}/cancel", post(orders::cancel))
+        .route("/api/cart", get(cart::show))
+        .route("/api/cart/items/{sku_id}", put(cart::put).delete(cart::remove))
+        .route("/api/payments/callback", post(payments::callback))
+        .route("/openapi.json", get(openapi::document))
+        .with_state(state)
+}

@@ -1,0 +1,321 @@
+//! Checkout: never oversell, one order per idempotency key, clear refusals that change nothing,
+//! and orders that survive a RabbitMQ outage.
+
+use mall_testkit::{ChaosProxy, TestEnv, eventually};
+use serde_json::json;
+
+use crate::helpers::{
+    SECRET, SETTLE, checkout, mall, mall_with, order_db, pay, reservation_status, stock, user,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_checkouts_for_fifty_units_sell_exactly_fifty() {
+    let env = TestEnv::new().await;
+    let m = mall(&env, 3, 50, &[]).await;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let (client, url) = (m.order.client().clone(), m.order.url("/api/orders"));
+            tokio::spawn(async move {
+                let res = user(client.post(url), &format!("buyer-{i}"))
+                    .header("idempotency-key", format!("key-{i}"))
+                    .json(&json!({ "items": [{"sku_id": 2, "quantity": 1}] }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status().as_u16();
+                (status, res.json::<serde_json::Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let (mut placed, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (201, body) => {
+                assert_eq!(body["status"], "pending_payment");
+                placed += 1;
+            }
+            (409, body) => {
+                assert_eq!(body["code"], "out_of_stock");
+                assert_eq!(body["skus"], json!([2]));
+                refused += 1;
+            }
+            (s, b) => panic!("{s}: {b}"),
+        }
+    }
+    assert_eq!((placed, refused), (50, 150));
+    assert_eq!(stock(&env, 2).await, (0, 50, 0, 50));
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(order_db(&env).pool())
+        .await
+        .unwrap();
+    assert_eq!(orders, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_sent_twenty_times_at_once_creates_one_order() {
+    let env = TestEnv::new().await;
+    let m = mall(&env, 3, 10, &[]).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (m.order.client().clone(), m.order.url("/api/orders"));
+            tokio::spawn(async move {
+                let res = user(client.post(url), "alice")
+                    .header("idempotency-key", "same-key")
+                    .json(&json!({ "items": [{"sku_id": 1, "quantity": 2}] }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status().as_u16();
+                (status, res.json::<serde_json::Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert!(status == 201 || status == 200, "{status}: {body}");
+        ids.push(body["order_id"].as_str().unwrap().to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every answer names the same order");
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(order_db(&env).pool())
+        .await
+        .unwrap();
+    assert_eq!(orders, 1);
+    assert_eq!(stock(&env, 1).await, (8, 2, 0, 10));
+
+    let (status, body) = checkout(
+        &m.order,
+        "alice",
+        "same-key",
+        json!({ "items": [{"sku_id": 1, "quantity": 3}] }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    // Prices come from the product service, never from the client.
+    let (_, product) = {
+        let r = m
+            .product
+            .client()
+            .get(m.product.url("/api/skus/1"))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<serde_json::Value>().await.unwrap())
+    };
+    let (_, order) = {
+        let r = user(
+            m.order
+                .client()
+                .get(m.order.url(&format!("/api/orders/{}", ids[0]))),
+            "alice",
+        )
+        .send()
+        .await
+        .unwrap();
+        (r.status(), r.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(
+        order["total_cents"],
+        json!(product["price_cents"].as_i64().unwrap() * 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_checkouts_get_clear_errors_and_change_nothing() {
+    let env = TestEnv::new().await;
+    let m = mall(&env, 3, 5, &[]).await;
+    for (body, status, code) in [
+        (
+            json!({ "items": [{"sku_id": 1, "quantity": 0}] }),
+            422,
+            "validation_failed",
+        ),
+        (
+            json!({ "items": [{"sku_id": 1, "quantity": -2}] }),
+            422,
+            "validation_failed",
+        ),
+        (json!({ "items": [] }), 422, "validation_failed"),
+        (
+            json!({ "items": [{"sku_id": 999, "quantity": 1}] }),
+            422,
+            "unknown_sku",
+        ),
+        (
+            json!({ "items": [{"sku_id": 1, "quantity": 1}], "price_cents": 1 }),
+            422,
+            "invalid_body",
+        ),
+        (json!({ "from_cart": true }), 422, "empty_cart"),
+    ] {
+        let (s, b) = checkout(&m.order, "bob", &uuid::Uuid::new_v4().to_string(), body.clone()).await;
+        assert_eq!((s, b["code"].as_str()), (status, Some(code)), "{body}");
+    }
+    let no_key = user(m.order.client().post(m.order.url("/api/orders")), "bob")
+        .json(&json!({ "items": [{"sku_id": 1, "quantity": 1}] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), 400);
+    let anonymous = m
+        .order
+        .client()
+        .post(m.order.url("/api/orders"))
+        .header("idempotency-key", "k")
+        .json(&json!({"items": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let malformed = user(m.order.client().post(m.order.url("/api/orders")), "bob")
+        .header("idempotency-key", "k2")
+        .header("content-type", "application/json")
+        .body("{\"items\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+
+    let (s, b) = checkout(
+        &m.order,
+        "bob",
+        "mine",
+        json!({ "items": [{"sku_id": 1, "quantity": 1}] }),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let id = b["order_id"].as_str().unwrap();
+    let other = user(
+        m.order.client().get(m.order.url(&format!("/api/orders/{id}"))),
+        "mallory",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(
+        other.status(),
+        404,
+        "another user's order does not exist for them"
+    );
+    let forged = m
+        .order
+        .client()
+        .post(m.order.url("/api/payments/callback"))
+        .header("x-signature", "00ff")
+        .json(&json!({ "payment_id": "p-1", "order_id": id, "amount_cents": b["total_cents"], "status": "succeeded" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let (s, body) = pay(&m.order, &json!({ "payment_id": "p-2", "order_id": id, "amount_cents": b["total_cents"], "status": "succeeded" }), "wrong-secret").await;
+    assert_eq!((s, body["code"].as_str()), (401, Some("invalid_signature")));
+
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(order_db(&env).pool())
+        .await
+        .unwrap();
+    let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(order_db(&env).pool())
+        .await
+        .unwrap();
+    assert_eq!((orders, payments), (1, 0));
+    assert_eq!(stock(&env, 1).await, (4, 1, 0, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_rabbitmq_unreachable_orders_succeed_and_their_events_are_delivered_later() {
+    let env = TestEnv::new().await;
+    let amqp_url = env.platform_settings(&mall_order::config::DEFAULTS).amqp.url;
+    let (proxy, through) = ChaosProxy::for_url(&amqp_url).await;
+    let m = mall_with(&env, 3, 10, &[], |s| s.platform.amqp.url = through).await;
+    proxy.cut();
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (s, b) = checkout(
+            &m.order,
+            "carol",
+            &format!("k{i}"),
+            json!({ "items": [{"sku_id": 3, "quantity": 1}] }),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+        ids.push((
+            b["order_id"].as_str().unwrap().to_owned(),
+            b["total_cents"].clone(),
+        ));
+    }
+    for (id, total) in &ids[..2] {
+        let (s, b) = pay(&m.order, &json!({ "payment_id": format!("pay-{id}"), "order_id": id, "amount_cents": total, "status": "succeeded" }), SECRET).await;
+        assert_eq!((s, b["outcome"].as_str()), (200, Some("applied")));
+    }
+    let db = order_db(&env);
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert!(
+        unsent >= 5,
+        "3 timeouts and 2 order.paid wait in the outbox: {unsent}"
+    );
+    assert_eq!(
+        stock(&env, 3).await,
+        (7, 3, 0, 10),
+        "nothing confirmed while the broker is away"
+    );
+
+    proxy.restore();
+    eventually(
+        SETTLE,
+        "the paid orders' stock is sold once the events flow",
+        || async {
+            let s = stock(&env, 3).await;
+            if s == (7, 1, 2, 10) { Ok(()) } else { Err(s) }
+        },
+    )
+    .await;
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(unsent, 0);
+    assert_eq!(reservation_status(&env, &ids[2].0).await, "reserved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_the_order_api() {
+    let env = TestEnv::new().await;
+    let m = mall(&env, 1, 1, &[]).await;
+    let doc: serde_json::Value = m.order.get("/openapi.json").await.json().await.unwrap();
+    for path in [
+        "/api/orders",
+        "/api/orders/{order_id}",
+        "/api/orders/{order_id}/cancel",
+        "/api/cart",
+        "/api/payments/callback",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
+}
+
+#[test]
+fn the_cli_signs_callbacks_the_service_accepts() {
+    let body = r#"{"payment_id":"p","order_id":"00000000-0000-0000-0000-000000000000","amount_cents":1,"status":"succeeded"}"#;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mall-order"))
+        .args(["sign-callback", body])
+        .env_clear()
+        .output()
+        .expect("run mall-order sign-callback");
+    assert!(out.status.success());
+    let sig = String::from_utf8(out.stdout).unwrap();
+    assert!(mall_order::domain::verify(
+        crate::helpers::SECRET.as_bytes(),
+        body.as_bytes(),
+        sig.trim()
+    ));
+}

@@ -1,0 +1,59 @@
+//! The `mall-product` process: serve (the default), or fill an empty catalog with demo data.
+
+use clap::{Parser, Subcommand};
+use mall_common::db::Db;
+use mall_product::store::seed::{Seeded, seed};
+use mall_product::{Application, Settings};
+
+// glibc's allocator contends on its arena locks under many small per-request allocations.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "mall-product", about = "The catalog service of mall", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Fill an empty catalog with a deterministic demo catalog (runs migrations first).
+    Seed {
+        /// How many SKUs (three per SPU).
+        #[arg(long, default_value_t = 10_000)]
+        skus: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = mall_common::config::or_exit("mall-product", Settings::from_env());
+    match Cli::parse().command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let _telemetry = mall_common::telemetry::init(&settings.telemetry)?;
+            let app = Application::build(settings).await?;
+            app.run_until_stopped(mall_common::shutdown::signal()).await
+        }
+        Command::Seed { skus } => {
+            let db = Db::connect_lazy(&settings.platform.database, "mall-product-seed")?;
+            db.migrate(&mall_product::startup::MIGRATIONS).await?;
+            let started = std::time::Instant::now();
+            match seed(&db, skus).await? {
+                Seeded::AlreadySeeded(n) => println!("the catalog already has {n} SKUs; nothing to do"),
+                Seeded::Written {
+                    categories,
+                    brands,
+                    spus,
+                    skus,
+                } => println!(
+                    "seeded {categories} categories, {brands} brands, {spus} SPUs, {skus} SKUs in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                ),
+            }
+            Ok(())
+        }
+    }
+}
