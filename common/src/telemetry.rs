@@ -8,6 +8,7 @@
 //! `traceparent` and B3 ([`propagation`]).
 
 mod b3;
+mod log_writer;
 pub mod propagation;
 
 use std::time::Duration;
@@ -242,7 +243,7 @@ impl TelemetrySettings {
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
-    _log_writer: tracing_appender::non_blocking::WorkerGuard,
+    _log_writer: log_writer::FlushGuard,
 }
 
 impl TelemetryGuard {
@@ -268,6 +269,9 @@ pub enum TelemetryError {
     /// An exporter could not be built.
     #[error("building the {0} exporter: {1}")]
     Exporter(&'static str, String),
+    /// The log writer thread could not be started.
+    #[error("starting the log writer: {0}")]
+    LogWriter(String),
     /// A global subscriber was already installed in this process.
     #[error("a tracing subscriber is already installed: {0}")]
     AlreadyInstalled(String),
@@ -284,13 +288,10 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
     let env_filter = EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    // Lines are written by a background thread, so a request never waits on a write syscall.
-    // Lossless: when the buffer is full, logging applies back-pressure instead of dropping lines.
-    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .thread_name("mall-log-writer")
-        .finish(std::io::stdout());
+    // Lines are written in batches by a background thread, so a request never waits on a write
+    // syscall nor wakes a thread; lossless (see `log_writer`).
+    let (writer, log_writer) = log_writer::batch_writer(std::io::stdout(), "mall-log-writer")
+        .map_err(|e| TelemetryError::LogWriter(e.to_string()))?;
     let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match settings.log_format {
         LogFormat::Compact => tracing_subscriber::fmt::layer()
             .with_writer(writer.clone())
