@@ -77,10 +77,10 @@ impl PlatformSettings {
     pub fn from_vars(vars: &Vars, defaults: &ServiceDefaults) -> Result<Self, ConfigError> {
         let schema = vars.string("MALL_DATABASE_SCHEMA", defaults.schema);
         validate_schema("MALL_DATABASE_SCHEMA", &schema)?;
-        let pool_size: usize = vars.parse("MALL_REDIS_POOL_SIZE", 64)?;
-        if pool_size == 0 {
+        let redis_connections: usize = vars.parse("MALL_REDIS_CONNECTIONS", 2)?;
+        if redis_connections == 0 {
             return Err(ConfigError::new(
-                "MALL_REDIS_POOL_SIZE",
+                "MALL_REDIS_CONNECTIONS",
                 "0",
                 "must be at least 1",
             ));
@@ -118,7 +118,7 @@ impl PlatformSettings {
             redis: RedisSettings {
                 url: vars.url("MALL_REDIS_URL", DEFAULT_REDIS_URL, &["redis", "rediss"])?,
                 key_prefix: vars.string("MALL_REDIS_PREFIX", "mall:"),
-                pool_size,
+                connections: redis_connections,
                 timeout: vars.duration("MALL_REDIS_TIMEOUT", Duration::from_secs(1))?,
             },
             amqp: AmqpSettings {

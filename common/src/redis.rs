@@ -1,19 +1,28 @@
-//! Redis: a lazy connection pool, key prefixes, typed Lua scripts and the distributed lock.
+//! Redis: lazily connected multiplexed connections, key prefixes, typed Lua scripts and the
+//! distributed lock.
 //!
 //! Every key a service touches is `prefix + rest` (default prefix `mall:`), so tests isolate
 //! themselves with a prefix of their own and nothing else changes. Scripts are embedded at
 //! compile time from `lua/` and loaded at start-up: a script Redis refuses to compile stops the
 //! service from starting, rather than failing the first sale.
+//!
+//! Connections are redis-rs `ConnectionManager`s: each pipelines the commands of every task over
+//! one socket and reconnects by itself. A checked-out pool connection (deadpool-redis, before)
+//! was first verified with an `UNWATCH` + `PING` round trip, so every command paid two round
+//! trips; here it pays one. Nothing in mall uses `WATCH`, blocking commands or subscriptions on
+//! these connections, which is what a multiplexed connection cannot share.
 
 pub mod lock;
 mod script;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use url::Url;
 
-pub use deadpool_redis::redis as client;
+pub use redis as client;
 pub use script::{LuaScript, ScriptLoadError};
 
 /// Redis settings (`MALL_REDIS_*`).
@@ -23,19 +32,19 @@ pub struct RedisSettings {
     pub url: Url,
     /// `MALL_REDIS_PREFIX`: prepended to every key.
     pub key_prefix: String,
-    /// `MALL_REDIS_POOL_SIZE`: connections per process.
-    pub pool_size: usize,
-    /// `MALL_REDIS_TIMEOUT`: connect / wait-for-connection timeout.
+    /// `MALL_REDIS_CONNECTIONS`: multiplexed connections per process, used in turn.
+    pub connections: usize,
+    /// `MALL_REDIS_TIMEOUT`: connect timeout, and the longest a command waits for its answer.
     pub timeout: Duration,
 }
 
 /// Errors talking to Redis.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
-    /// No connection could be had (Redis down, pool exhausted).
+    /// No connection could be had (a bad URL).
     #[error("redis connection: {0}")]
     Pool(String),
-    /// A command failed.
+    /// A command failed (including: Redis unreachable, or no answer within the timeout).
     #[error("redis command: {0}")]
     Command(#[from] client::RedisError),
 }
@@ -43,8 +52,9 @@ pub enum RedisError {
 /// A service's Redis handle.
 #[derive(Clone)]
 pub struct Redis {
-    pool: Pool,
-    prefix: std::sync::Arc<str>,
+    connections: Arc<[ConnectionManager]>,
+    next: Arc<AtomicUsize>,
+    prefix: Arc<str>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -53,24 +63,44 @@ impl std::fmt::Debug for Redis {
     }
 }
 
+/// A connection to send commands on: `&mut *conn` is what redis-rs calls take.
+pub struct Conn(ConnectionManager);
+
+impl std::ops::Deref for Conn {
+    type Target = ConnectionManager;
+
+    fn deref(&self) -> &ConnectionManager {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut ConnectionManager {
+        &mut self.0
+    }
+}
+
 impl Redis {
-    /// Creates the pool without connecting.
+    /// Creates the connections without connecting: each connects on its first command, so a
+    /// service starts while Redis is down and works once it is up.
     pub fn connect_lazy(settings: &RedisSettings) -> Result<Self, RedisError> {
-        let mut cfg = Config::from_url(settings.url.as_str());
-        cfg.pool = Some(PoolConfig {
-            max_size: settings.pool_size,
-            timeouts: Timeouts {
-                wait: Some(settings.timeout),
-                create: Some(settings.timeout),
-                recycle: Some(settings.timeout),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| RedisError::Pool(e.to_string()))?;
+        let client =
+            client::Client::open(settings.url.as_str()).map_err(|e| RedisError::Pool(e.to_string()))?;
+        // A command while Redis is down fails within about two timeouts rather than waiting
+        // through a long reconnect schedule: callers (readiness, breakers, degraded reads)
+        // need to learn of it quickly, and the next command tries again.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let connections = (0..settings.connections.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            pool,
+            connections: connections.into(),
+            next: Arc::new(AtomicUsize::new(0)),
             prefix: settings.key_prefix.as_str().into(),
         })
     }
@@ -88,9 +118,11 @@ impl Redis {
         &self.prefix
     }
 
-    /// A pooled connection.
-    pub async fn conn(&self) -> Result<deadpool_redis::Connection, RedisError> {
-        self.pool.get().await.map_err(|e| RedisError::Pool(e.to_string()))
+    /// A connection (the next one in turn). Never waits: connecting happens on the first
+    /// command, whose error says when Redis cannot be reached.
+    pub async fn conn(&self) -> Result<Conn, RedisError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        Ok(Conn(self.connections[i].clone()))
     }
 
     /// Readiness: `PING` answers.

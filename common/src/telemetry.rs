@@ -309,7 +309,15 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             .with_filter(env_filter)
             .boxed(),
     };
+    // Only what a trace viewer shows: source locations, thread names, busy/idle timings and the
+    // target were extra attributes and clock reads on every span of every request, and nothing
+    // here reads the OpenTelemetry context from a thread-local (propagation asks the span).
     let otel_layer = tracing_opentelemetry::layer()
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_tracer(tracer)
         .with_filter(LevelFilter::INFO);
 

@@ -99,7 +99,6 @@ impl TestEnv {
             ("MALL_DATABASE_MAX_CONNECTIONS", "8".to_owned()),
             ("MALL_REDIS_URL", self.infra.redis_url.to_string()),
             ("MALL_REDIS_PREFIX", format!("{}:mall:", self.id)),
-            ("MALL_REDIS_POOL_SIZE", "16".to_owned()),
             ("MALL_AMQP_URL", self.infra.amqp_url.to_string()),
             ("MALL_AMQP_PREFIX", format!("{}.", self.id)),
             ("MALL_SHUTDOWN_TIMEOUT", "5s".to_owned()),
@@ -197,7 +196,7 @@ async fn drop_schemas(infra: &Infra, like: &str) {
 }
 
 async fn delete_keys(infra: &Infra, pattern: &str) {
-    use deadpool_redis::redis;
+    use mall_common::redis::client as redis;
     let Ok(client) = redis::Client::open(infra.redis_url.as_str()) else {
         return;
     };
@@ -257,7 +256,7 @@ async fn sweep_stale(infra: Infra) {
         }
     }
     // Stale Redis prefixes: every key of a stale env starts with its id.
-    use deadpool_redis::redis;
+    use mall_common::redis::client as redis;
     if let Ok(client) = redis::Client::open(infra.redis_url.as_str())
         && let Ok(mut conn) = client.get_multiplexed_async_connection().await
     {

@@ -73,7 +73,7 @@ fn redis_at(port: u16) -> Redis {
     Redis::connect_lazy(&RedisSettings {
         url: format!("redis://127.0.0.1:{port}").parse().unwrap(),
         key_prefix: "mall:".into(),
-        pool_size: 4,
+        connections: 1,
         timeout: Duration::from_secs(2),
     })
     .unwrap()
