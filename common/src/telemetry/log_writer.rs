@@ -44,13 +44,17 @@ impl Shared {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write_out(&self, batch: &[u8]) {
-        if batch.is_empty() {
+    /// Writes everything pending, then `extra`. The sink is locked before the buffer is taken,
+    /// so batches reach the sink in the order their lines were logged, whoever writes them.
+    fn flush_with(&self, extra: &[u8]) {
+        let mut sink = self.sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let batch = std::mem::take(&mut self.lock().pending);
+        if batch.is_empty() && extra.is_empty() {
             return;
         }
-        let mut sink = self.sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Nowhere left to report a failing log sink; the lines are lost, the service goes on.
-        let _ = sink.write_all(batch);
+        let _ = sink.write_all(&batch);
+        let _ = sink.write_all(extra);
         let _ = sink.flush();
     }
 }
@@ -74,7 +78,7 @@ pub(crate) fn batch_writer(
 ) -> io::Result<(BatchWriter, FlushGuard)> {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            pending: Vec::with_capacity(64 * 1024),
+            pending: Vec::new(),
             stopping: false,
         }),
         wake: Condvar::new(),
@@ -96,30 +100,23 @@ pub(crate) fn batch_writer(
 }
 
 fn run(shared: &Shared) {
-    let mut batch = Vec::with_capacity(64 * 1024);
     loop {
         let stopping = {
-            let mut state = shared.lock();
+            let state = shared.lock();
             if !state.stopping && state.pending.len() < EARLY_FLUSH {
-                state = shared
+                let (state, _) = shared
                     .wake
                     .wait_timeout(state, FLUSH_EVERY)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .0;
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                state.stopping
+            } else {
+                state.stopping
             }
-            std::mem::swap(&mut state.pending, &mut batch);
-            state.stopping
         };
-        shared.write_out(&batch);
-        batch.clear();
-        // A burst can leave a huge buffer behind; do not keep it forever.
-        if batch.capacity() > EARLY_FLUSH * 4 {
-            batch = Vec::with_capacity(64 * 1024);
-        }
+        // After the stop flag, lines are written through by their own thread (see `write`),
+        // so this last flush leaves nothing behind.
+        shared.flush_with(&[]);
         if stopping {
-            // Lines logged after the stop flag are written by their own thread (see `write`).
-            let rest = std::mem::take(&mut shared.lock().pending);
-            shared.write_out(&rest);
             return;
         }
     }
@@ -144,18 +141,17 @@ impl Write for LineWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut state = self.shared.lock();
         if state.stopping {
-            // The writer thread is gone or going: write through.
+            // The writer thread is gone or going: write through, after anything still pending.
             drop(state);
-            self.shared.write_out(buf);
+            self.shared.flush_with(buf);
             return Ok(buf.len());
         }
         state.pending.extend_from_slice(buf);
         let pending = state.pending.len();
         if pending >= MAX_PENDING {
             // The sink cannot keep up: this thread pays for the write rather than lose lines.
-            let batch = std::mem::take(&mut state.pending);
             drop(state);
-            self.shared.write_out(&batch);
+            self.shared.flush_with(&[]);
         } else if pending >= EARLY_FLUSH && pending - buf.len() < EARLY_FLUSH {
             drop(state);
             self.shared.wake.notify_one();
