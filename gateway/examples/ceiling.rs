@@ -20,14 +20,27 @@ use axum::routing::any;
 use http::Request;
 use mall_common::config::Vars;
 
+/// The mall-product the benchmark starts.
+const UPSTREAM: &str = "http://127.0.0.1:18081";
+
 #[tokio::main]
 async fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
+    let (use_stack, use_pool) = match mode.as_str() {
+        "plain" => (false, false),
+        "stack" => (true, false),
+        "pool" => (false, true),
+        "stack+pool" => (true, true),
+        _ => {
+            eprintln!("usage: ceiling <plain|stack|pool|stack+pool>");
+            std::process::exit(2);
+        }
+    };
     let _guard =
         mall_common::telemetry::init(&mall_common::telemetry::TelemetrySettings::local("bare")).unwrap();
     let settings = mall_gateway::Settings::from_vars(&Vars::from_pairs(vec![(
         "MALL_UPSTREAM_PRODUCT".to_owned(),
-        "http://127.0.0.1:18081".to_owned(),
+        UPSTREAM.to_owned(),
     )]))
     .unwrap();
     let client = mall_gateway::upstream::http_client(Duration::from_secs(1));
@@ -39,7 +52,6 @@ async fn main() {
         tokio_util::sync::CancellationToken::new(),
     );
     tokio::spawn(health);
-    let use_pool = mode.contains("pool");
     let mut app = Router::new().route(
         "/api/{*rest}",
         any(move |mut req: Request<Body>| {
@@ -50,7 +62,7 @@ async fn main() {
                     pool.send(req).await.map_err(|e| e.to_string())
                 } else {
                     let pq = req.uri().path_and_query().unwrap().clone();
-                    *req.uri_mut() = format!("http://127.0.0.1:18081{pq}").parse().unwrap();
+                    *req.uri_mut() = format!("{UPSTREAM}{pq}").parse().unwrap();
                     client
                         .request(req)
                         .await
@@ -64,7 +76,7 @@ async fn main() {
             }
         }),
     );
-    if mode.contains("stack") {
+    if use_stack {
         app = mall_common::http::standard_stack(
             app,
             &mall_common::http::StackSettings {

@@ -102,16 +102,15 @@ pub(crate) fn batch_writer(
 fn run(shared: &Shared) {
     loop {
         let stopping = {
-            let state = shared.lock();
+            let mut state = shared.lock();
             if !state.stopping && state.pending.len() < EARLY_FLUSH {
-                let (state, _) = shared
+                state = shared
                     .wake
                     .wait_timeout(state, FLUSH_EVERY)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                state.stopping
-            } else {
-                state.stopping
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0;
             }
+            state.stopping
         };
         // After the stop flag, lines are written through by their own thread (see `write`),
         // so this last flush leaves nothing behind.
