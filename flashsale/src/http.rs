@@ -1,15 +1,16 @@
 //! The routes of mall-flashsale; health, readiness, metrics, the JSON 404 fallback and the
 //! middleware stack are added around them by `mall-common`.
 //!
-//! The purchase path touches no database: token check (HMAC), the in-process sold-out flag,
-//! the in-flight limit, the Redis breaker, then ONE script call.
+//! The purchase path touches no database: the in-process sold-out flag (answered before any
+//! HMAC, see `purchase`), identity and token checks (HMAC), the in-flight limit, the Redis
+//! breaker, then ONE script call.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
@@ -24,6 +25,7 @@ use mall_common::redis::Redis;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::config::FlashSettings;
@@ -61,6 +63,10 @@ pub struct Shared {
     pub permits: Semaphore,
     /// Stops background waits at shutdown.
     pub cancel: CancellationToken,
+    /// `flashsale_sold_out_answers_total`.
+    pub sold_out_answers: metrics::Counter,
+    /// `flashsale_rejections_total{reason="sold_out"}`.
+    pub sold_out_rejections: metrics::Counter,
 }
 
 /// The service's own routes.
@@ -244,6 +250,13 @@ async fn token(
     Ok(axum::Json(json!({ "token": token, "expires_at": expires_at })))
 }
 
+/// 409 `sold_out` from the in-process flag, counted with handles looked up once.
+fn sold_out(shared: &Shared) -> ApiError {
+    shared.sold_out_answers.increment(1);
+    shared.sold_out_rejections.increment(1);
+    conflict("sold_out", "sold out")
+}
+
 fn reject(reason: &'static str, e: ApiError) -> ApiError {
     metrics::counter!("flashsale_rejections_total", "reason" => reason).increment(1);
     e
@@ -258,20 +271,44 @@ fn reject(reason: &'static str, e: ApiError) -> ApiError {
               (status = 503, description = "overloaded, unavailable (with Retry-After)")))]
 async fn purchase(
     State(shared): State<Arc<Shared>>,
-    RequireUser(who): RequireUser,
-    body: Bytes,
+    req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let p: Purchase = serde_json::from_slice(&body).map_err(|e| {
-        let code = if e.is_data() {
-            "invalid_body"
-        } else {
-            "malformed_json"
-        };
-        reject("bad_request", ApiError::bad_request(code, e.to_string()))
-    })?;
-    let p = p
-        .validated()
-        .map_err(|e| reject("bad_request", validation(e, StatusCode::BAD_REQUEST)))?;
+    let (mut parts, body) = req.into_parts();
+    // Bytes' own extractor, so a body over the limit is the stack's 413.
+    let body = match Bytes::from_request(axum::extract::Request::new(body), &()).await {
+        Ok(body) => body,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    let parsed = serde_json::from_slice::<Purchase>(&body)
+        .map_err(|e| {
+            let code = if e.is_data() {
+                "invalid_body"
+            } else {
+                "malformed_json"
+            };
+            reject("bad_request", ApiError::bad_request(code, e.to_string()))
+        })
+        .and_then(|p| {
+            p.validated()
+                .map_err(|e| reject("bad_request", validation(e, StatusCode::BAD_REQUEST)))
+        });
+    // Late buyers of a sold-out item are answered before the two HMAC checks: the answer is
+    // public (browsing shows 0 left), changes nothing, and is what a verified buyer gets too.
+    // The claimed user id is only used to let a retry of an uncertain purchase through to the
+    // full path, which verifies it.
+    if let Ok(p) = &parsed
+        && shared.sold_out.is_set(p.session_id, p.sku_id)
+    {
+        let claimed = parts
+            .headers
+            .get(mall_common::identity::USER_ID)
+            .and_then(|v| v.to_str().ok());
+        if !claimed.is_some_and(|user| shared.uncertain.contains(user, &p.request_id)) {
+            return Err(sold_out(&shared));
+        }
+    }
+    let RequireUser(who) = RequireUser::from_request_parts(&mut parts, &()).await?;
+    let p = parsed?;
     let now_ms = Utc::now().timestamp_millis();
     let secret = shared.flash.token_secret.expose().as_bytes();
     if !domain::verify_token(secret, &p.token, &who.user_id, p.session_id, p.sku_id, now_ms) {
@@ -287,8 +324,7 @@ async fn purchase(
     if shared.sold_out.is_set(p.session_id, p.sku_id)
         && !shared.uncertain.contains(&who.user_id, &p.request_id)
     {
-        metrics::counter!("flashsale_sold_out_answers_total").increment(1);
-        return Err(reject("sold_out", conflict("sold_out", "sold out")));
+        return Err(sold_out(&shared));
     }
     let Ok(_permit) = shared.permits.try_acquire() else {
         return Err(reject(
@@ -323,15 +359,7 @@ async fn purchase(
         left = tracing::field::Empty,
     );
     // The admission's trace context goes into the stream entry, so the hand-off continues it.
-    let trace = span.in_scope(|| {
-        let mut carrier = http::HeaderMap::new();
-        mall_common::telemetry::propagation::inject_http(&mut carrier);
-        carrier
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    });
+    let trace = mall_common::telemetry::propagation::traceparent_of(&span.context()).unwrap_or_default();
     let order_id = Uuid::now_v7().to_string();
     let keys = ItemKeys::new(&shared.redis, p.session_id, p.sku_id);
     let attempt = Attempt {

@@ -303,11 +303,7 @@ async fn publish(shared: &Shared, session_id: i64, item: &Item, r: &Recorded) ->
         order_id = %r.order_id,
     );
     if !r.trace.is_empty() {
-        let mut carrier = http::HeaderMap::new();
-        if let Ok(v) = http::HeaderValue::from_str(&r.trace) {
-            carrier.insert("traceparent", v);
-            let _ = span.set_parent(mall_common::telemetry::propagation::extract_http(&carrier));
-        }
+        let _ = span.set_parent(mall_common::telemetry::propagation::extract_traceparent(&r.trace));
     }
     async {
         let order_id = match Uuid::parse_str(&r.order_id) {

@@ -77,6 +77,9 @@ impl Application {
             permits: Semaphore::new(flash.max_in_flight),
             cancel: cancel.clone(),
             flash,
+            // After Platform::start, so they belong to the installed recorder.
+            sold_out_answers: metrics::counter!("flashsale_sold_out_answers_total"),
+            sold_out_rejections: metrics::counter!("flashsale_rejections_total", "reason" => "sold_out"),
         });
         let tasks = platform.tasks();
         tasks.spawn(crate::jobs::refresh(shared.clone(), cancel.clone()));

@@ -17,6 +17,7 @@ use mall_common::error::ApiError;
 use mall_common::identity;
 use mall_common::telemetry::propagation;
 use tower::BoxError;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::auth::{Verifier, now_secs};
 use crate::rate_limit::RateLimiter;
@@ -132,7 +133,9 @@ pub async fn forward(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let result = forward_inner(&proxy, &pool, route, peer, req).await;
+    // The server span's context, read once: injected upstream and named in the access log.
+    let cx = tracing::Span::current().context();
+    let result = forward_inner(&proxy, &pool, route, peer, req, &cx).await;
     let response = match result {
         Ok(res) => res,
         Err(e) => e.into_response(),
@@ -142,8 +145,12 @@ pub async fn forward(
         .get::<UpstreamInstance>()
         .map(|u| u.0.to_string())
         .unwrap_or_default();
+    // A root event: the line already names the request and trace ids, so it neither repeats
+    // the span's fields nor becomes an event on the exported span (measured: formatting both
+    // made this line a seventh of the gateway's CPU per request).
     tracing::info!(
         target: "mall_gateway::access",
+        parent: None,
         method = %method,
         route = route.path,
         pool = pool.name().as_str(),
@@ -151,7 +158,7 @@ pub async fn forward(
         upstream = %upstream,
         latency_ms = started.elapsed().as_secs_f64() * 1e3,
         request_id = %request_id,
-        trace_id = %propagation::current_trace_id().unwrap_or_default(),
+        trace_id = %propagation::trace_id_of(&cx).unwrap_or_default(),
         client = %peer.ip(),
         "access"
     );
@@ -164,6 +171,7 @@ async fn forward_inner(
     route: &'static Route,
     peer: SocketAddr,
     req: Request<Body>,
+    cx: &opentelemetry::Context,
 ) -> Result<Response, ApiError> {
     if header_bytes(req.headers()) > proxy.max_header_bytes || req.headers().len() > 100 {
         return Err(ApiError::new(
@@ -203,7 +211,7 @@ async fn forward_inner(
     // One span per request, as Envoy does by default: the upstream continues the gateway's
     // server span directly. A client span per hop doubled the tracing work of every request
     // and told nothing the service's own server span does not (its start is the hop's end).
-    propagation::inject_http(&mut parts.headers);
+    propagation::inject_http_context(cx, &mut parts.headers);
     let upstream_req = Request::from_parts(parts, body);
 
     let mut res = pool

@@ -34,8 +34,12 @@ pub fn extract_http(headers: &http::HeaderMap) -> Context {
 
 /// Writes the current span's context into outgoing HTTP headers.
 pub fn inject_http(headers: &mut http::HeaderMap) {
-    let cx = tracing::Span::current().context();
-    PROPAGATOR.inject_context(&cx, &mut HeaderInjector(headers));
+    inject_http_context(&tracing::Span::current().context(), headers);
+}
+
+/// Writes `cx` into outgoing HTTP headers (for a caller that already holds the context).
+pub fn inject_http_context(cx: &Context, headers: &mut http::HeaderMap) {
+    PROPAGATOR.inject_context(cx, &mut HeaderInjector(headers));
 }
 
 struct AmqpInjector<'a>(&'a mut FieldTable);
@@ -86,6 +90,30 @@ pub fn trace_id_of(cx: &Context) -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
+/// A context as a W3C `traceparent` value, if it carries a valid span (for carriers that are
+/// not headers, such as a Redis stream entry; [`extract_traceparent`] reads it back).
+pub fn traceparent_of(cx: &Context) -> Option<String> {
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The context of a W3C `traceparent` value (empty if it is not one).
+pub fn extract_traceparent(value: &str) -> Context {
+    let mut headers = http::HeaderMap::new();
+    if let Ok(v) = http::HeaderValue::from_str(value) {
+        headers.insert("traceparent", v);
+    }
+    extract_http(&headers)
+}
+
 /// The trace id of the current `tracing` span, if any.
 pub fn current_trace_id() -> Option<String> {
     trace_id_of(&tracing::Span::current().context())
@@ -115,6 +143,17 @@ mod tests {
         assert!(table.contains_key("b3"));
         let back = composite().extract(&AmqpExtractor(&table));
         assert_eq!(trace_id_of(&back).unwrap(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn traceparent_values_round_trip() {
+        let cx = remote("4bf92f3577b34da6a3ce929d0e0e4736");
+        let value = traceparent_of(&cx).unwrap();
+        assert_eq!(value, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let back = extract_traceparent(&value);
+        assert_eq!(trace_id_of(&back).unwrap(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(traceparent_of(&Context::new()).is_none());
+        assert!(trace_id_of(&extract_traceparent("garbage")).is_none());
     }
 
     #[test]

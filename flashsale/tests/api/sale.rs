@@ -588,3 +588,61 @@ async fn sessions_reserve_their_stock_or_fail_cleanly_and_give_back_what_is_unso
     assert_eq!(shown["items"][0]["admitted"], 2);
     assert_eq!(shown["items"][0]["handed_off"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_buyers_of_a_sold_out_item_are_answered_from_memory_before_any_other_check() {
+    let env = TestEnv::new().await;
+    let sale = sale(
+        &env,
+        &[15],
+        5,
+        Options {
+            // Long enough that the flag cannot lapse between the requests below.
+            flash: &[("MALL_FLASHSALE_SOLD_OUT_TTL", "60s")],
+            single: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 15, "price_cents": 500, "quantity": 1, "per_user_limit": 1}]),
+    )
+    .await;
+    let fs = &sale.fs[0];
+    let t = token_ok(fs, "first", session, 15).await;
+    let (status, _) = buy_patiently(fs, "first", purchase(session, 15, 1, &t, "f")).await;
+    assert_eq!(status, 202);
+    assert_eq!(redis_numbers(&env, session, 15).await, (0, 1));
+
+    // The last unit's admission set the flag: a signed-in late buyer, a request with no identity
+    // at all and one with a forged token all get the same public answer, and Redis is not asked.
+    let t = token_ok(fs, "late", session, 15).await;
+    let (status, body) = buy(fs, "late", purchase(session, 15, 1, &t, "l")).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("sold_out")));
+    let anonymous = fs
+        .client()
+        .post(fs.url("/api/flashsale/purchase"))
+        .json(&purchase(session, 15, 1, "1.forged", "a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 409);
+    let body: serde_json::Value = anonymous.json().await.unwrap();
+    assert_eq!(body["code"], "sold_out");
+
+    // Anything that is not a well-formed purchase of that item still meets the usual checks.
+    let malformed = fs
+        .client()
+        .post(fs.url("/api/flashsale/purchase"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 401);
+    let (status, body) = buy(fs, "late", purchase(session, 15, 0, &t, "z")).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("validation_failed")));
+    assert_eq!(redis_numbers(&env, session, 15).await, (0, 1));
+}
