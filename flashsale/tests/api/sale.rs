@@ -574,17 +574,26 @@ async fn sessions_reserve_their_stock_or_fail_cleanly_and_give_back_what_is_unso
         if s == (8, 2, 0, 10) { Ok(()) } else { Err(s) }
     })
     .await;
-    let shown: serde_json::Value = crate::helpers::admin(
-        fs.client()
-            .get(fs.url(&format!("/admin/flashsale/sessions/{session}"))),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(shown["status"], "settled", "{shown}");
+    // The release reaches inventory before the session is marked settled (two more writes of
+    // the same job round), so the status is awaited too.
+    let shown = eventually(SETTLE, "the session is settled", || async {
+        let shown: serde_json::Value = crate::helpers::admin(
+            fs.client()
+                .get(fs.url(&format!("/admin/flashsale/sessions/{session}"))),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        if shown["status"] == "settled" {
+            Ok(shown)
+        } else {
+            Err(shown)
+        }
+    })
+    .await;
     assert_eq!(shown["items"][0]["admitted"], 2);
     assert_eq!(shown["items"][0]["handed_off"], 2);
 }
