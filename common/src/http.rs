@@ -54,8 +54,11 @@ pub fn route_of<B>(req: &Request<B>) -> &str {
     req.extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str)
-        .unwrap_or("unmatched")
+        .unwrap_or(UNMATCHED)
 }
+
+/// The route label of a request no route matched (the JSON 404 fallback).
+const UNMATCHED: &str = "unmatched";
 
 fn server_span(service: &'static str, req: &Request<Body>) -> Span {
     let route = route_of(req);

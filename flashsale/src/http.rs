@@ -295,7 +295,8 @@ async fn purchase(
     // Late buyers of a sold-out item are answered before the two HMAC checks: the answer is
     // public (browsing shows 0 left), changes nothing, and is what a verified buyer gets too.
     // The claimed user id is only used to let a retry of an uncertain purchase through to the
-    // full path, which verifies it.
+    // full path, which verifies it (the signature covers the user id, so the verified user is the
+    // claimed one and the flag need not be checked again below).
     if let Ok(p) = &parsed
         && shared.sold_out.is_set(p.session_id, p.sku_id)
     {
@@ -320,11 +321,6 @@ async fn purchase(
                 "no valid purchase token for this user, session and SKU",
             ),
         ));
-    }
-    if shared.sold_out.is_set(p.session_id, p.sku_id)
-        && !shared.uncertain.contains(&who.user_id, &p.request_id)
-    {
-        return Err(sold_out(&shared));
     }
     let Ok(_permit) = shared.permits.try_acquire() else {
         return Err(reject(

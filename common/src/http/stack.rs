@@ -130,21 +130,15 @@ where
         // Body limit: a declared length over it is refused before the handler runs; a body of
         // unknown length is counted as it streams.
         let hint = req.body().size_hint();
-        let early = if hint.lower() > shared.body_limit as u64 {
-            Some(too_large(shared.body_limit))
+        let limit = shared.body_limit;
+        let called = if hint.lower() > limit as u64 {
+            Err(too_large(limit))
         } else {
-            if hint.upper().is_none_or(|upper| upper > shared.body_limit as u64) {
-                let limit = shared.body_limit;
+            if hint.upper().is_none_or(|upper| upper > limit as u64) {
                 req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
             }
-            None
-        };
-        let called = match early {
-            Some(res) => Err(res),
-            None => {
-                let _entered = span.enter();
-                catch_unwind(AssertUnwindSafe(|| self.inner.call(req))).map_err(panic_response)
-            }
+            let _entered = span.enter();
+            catch_unwind(AssertUnwindSafe(|| self.inner.call(req))).map_err(panic_response)
         };
 
         let deadline = start + shared.timeout;
@@ -218,7 +212,7 @@ async fn finish(
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    let route = route.as_ref().map(MatchedPath::as_str).unwrap_or("unmatched");
+    let route = route.as_ref().map_or(super::UNMATCHED, MatchedPath::as_str);
     let elapsed = start.elapsed().as_secs_f64();
     shared.observe(route, method, status, elapsed);
     res

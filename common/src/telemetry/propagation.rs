@@ -114,11 +114,6 @@ pub fn extract_traceparent(value: &str) -> Context {
     extract_http(&headers)
 }
 
-/// The trace id of the current `tracing` span, if any.
-pub fn current_trace_id() -> Option<String> {
-    trace_id_of(&tracing::Span::current().context())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
