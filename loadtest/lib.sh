@@ -70,6 +70,38 @@ measure() { # name connections oha-target-args... : writes $RUN/name-c.json
   oha -z "$DURATION" -c "$c" --no-tui --output-format json "$@" >"$RUN/$name-$c.json"
 }
 
+ensure_wrk() {
+  command -v wrk >/dev/null 2>&1 || { [ "$(id -u)" -eq 0 ] && apt-get install -y -qq wrk >/dev/null; }
+  command -v wrk >/dev/null 2>&1 || { echo "install wrk (apt-get install wrk) and run again" >&2; exit 1; }
+}
+
+measure_wrk() { # name connections method url body header... : writes $RUN/name-c.json
+  # wrk with a script that only sets the request (so wrk stays on its fast path) and prints one
+  # JSON line at the end; two threads, one per core.
+  local name=$1 c=$2 method=$3 url=$4 body=$5
+  shift 5
+  python3 - "$RUN/$name.lua" "$method" "$body" "$@" <<'PY'
+import json, sys
+out, method, body, *headers = sys.argv[1:]
+lines = [f"wrk.method = {json.dumps(method)}"]
+if body:
+    lines.append(f"wrk.body = {json.dumps(body)}")
+for h in headers:
+    k, v = h.split(":", 1)
+    lines.append(f"wrk.headers[{json.dumps(k.strip())}] = {json.dumps(v.strip())}")
+lines.append("""done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "seconds": %.6f, "non2xx": %d, "socket_errors": %d, "p50_ms": %.3f, "p99_ms": %.3f}\\n',
+    summary.requests, summary.duration / 1e6, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end""")
+open(out, "w").write("\n".join(lines) + "\n")
+PY
+  wrk -t 2 -c "$c" -d "$WARMUP" -s "$RUN/$name.lua" "$url" >/dev/null
+  say "$name, $c connections, $DURATION (wrk)"
+  wrk -t 2 -c "$c" -d "$DURATION" -s "$RUN/$name.lua" "$url" | tail -n 1 >"$RUN/$name-$c.json"
+}
+
 fresh_prefix() { # prefix schema... : drops a scenario's schemas (in $PG), Redis keys and queues
   local prefix=$1
   shift

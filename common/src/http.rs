@@ -67,7 +67,9 @@ fn server_span(service: &'static str, req: &Request<Body>) -> Span {
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // An explicit root: the caller's context, if any, is the only parent a server span has.
     let span = tracing::info_span!(
+        parent: None,
         "http.server",
         otel.name = %format_args!("{} {}", req.method(), route),
         otel.kind = "server",
@@ -81,7 +83,9 @@ fn server_span(service: &'static str, req: &Request<Body>) -> Span {
         trace_id = tracing::field::Empty,
     );
     // An invalid or absent caller context leaves the span as a new root.
-    let _ = span.set_parent(propagation::extract_http(req.headers()));
+    if propagation::carries_http_context(req.headers()) {
+        let _ = span.set_parent(propagation::extract_http(req.headers()));
+    }
     if let Some(trace_id) = propagation::trace_id_of(&span.context()) {
         span.record("trace_id", trace_id.as_str());
     }

@@ -250,11 +250,29 @@ async fn token(
     Ok(axum::Json(json!({ "token": token, "expires_at": expires_at })))
 }
 
+/// The body of 409 `sold_out`, the same bytes `ApiError` writes for it, kept ready: late buyers
+/// of a sold-out item are most of a flash sale's requests.
+const SOLD_OUT_BODY: &str = r#"{"code":"sold_out","message":"sold out"}"#;
+
 /// 409 `sold_out` from the in-process flag, counted with handles looked up once.
-fn sold_out(shared: &Shared) -> ApiError {
+fn sold_out(shared: &Shared) -> Response {
     shared.sold_out_answers.increment(1);
     shared.sold_out_rejections.increment(1);
-    conflict("sold_out", "sold out")
+    let mut res = Response::new(axum::body::Body::from(SOLD_OUT_BODY));
+    *res.status_mut() = StatusCode::CONFLICT;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+/// 202: the order id the buyer polls.
+#[derive(serde::Serialize)]
+struct Accepted<'a> {
+    order_id: &'a str,
+}
+
+fn accepted(order_id: &str) -> Response {
+    (StatusCode::ACCEPTED, axum::Json(Accepted { order_id })).into_response()
 }
 
 fn reject(reason: &'static str, e: ApiError) -> ApiError {
@@ -305,7 +323,7 @@ async fn purchase(
             .get(mall_common::identity::USER_ID)
             .and_then(|v| v.to_str().ok());
         if !claimed.is_some_and(|user| shared.uncertain.contains(user, &p.request_id)) {
-            return Err(sold_out(&shared));
+            return Ok(sold_out(&shared));
         }
     }
     let RequireUser(who) = RequireUser::from_request_parts(&mut parts, &()).await?;
@@ -413,11 +431,9 @@ async fn purchase(
             if left == 0 {
                 shared.sold_out.set(p.session_id, p.sku_id);
             }
-            Ok((StatusCode::ACCEPTED, axum::Json(json!({ "order_id": order_id }))).into_response())
+            Ok(accepted(&order_id))
         }
-        Admission::Repeat { order_id } => {
-            Ok((StatusCode::ACCEPTED, axum::Json(json!({ "order_id": order_id }))).into_response())
-        }
+        Admission::Repeat { order_id } => Ok(accepted(&order_id)),
         Admission::SoldOut { left } => {
             if left == 0 {
                 shared.sold_out.set(p.session_id, p.sku_id);
@@ -466,4 +482,21 @@ struct ApiDoc;
 async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
     use utoipa::OpenApi;
     axum::Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_sold_out_body_is_what_api_error_writes() {
+        let written: mall_common::error::ErrorBody = serde_json::from_str(SOLD_OUT_BODY).expect("json");
+        let made = serde_json::to_value(mall_common::error::ErrorBody {
+            code: "sold_out".into(),
+            message: "sold out".into(),
+        })
+        .expect("json");
+        assert_eq!(serde_json::to_value(written).expect("json"), made);
+        assert_eq!(serde_json::to_string(&made).expect("json"), SOLD_OUT_BODY);
+    }
 }

@@ -27,6 +27,18 @@ pub fn composite() -> TextMapCompositePropagator {
     ])
 }
 
+/// Whether the headers carry any trace context this module reads (`traceparent`, B3 single or
+/// multi). Most requests at the edge carry none, and for them extraction (two propagators, a
+/// handful of header lookups and an empty context) is pure cost.
+pub fn carries_http_context(headers: &http::HeaderMap) -> bool {
+    static NAMES: [http::HeaderName; 3] = [
+        http::HeaderName::from_static("traceparent"),
+        http::HeaderName::from_static("b3"),
+        http::HeaderName::from_static("x-b3-traceid"),
+    ];
+    NAMES.iter().any(|name| headers.contains_key(name))
+}
+
 /// The context a caller sent in HTTP headers (empty if none).
 pub fn extract_http(headers: &http::HeaderMap) -> Context {
     PROPAGATOR.extract_with_context(&Context::new(), &HeaderExtractor(headers))
