@@ -19,9 +19,7 @@ CONNS=${BENCH_CHECKOUT_CONNECTIONS:-50}
 PREFIX=benchc
 PG="postgres://postgres:postgres@127.0.0.1:5432/mall?sslmode=disable"
 
-ensure_tools
-command -v wrk >/dev/null 2>&1 || { [ "$(id -u)" -eq 0 ] && apt-get install -y -qq wrk >/dev/null; }
-command -v wrk >/dev/null 2>&1 || { echo "install wrk (apt-get install wrk) and run again" >&2; exit 1; }
+ensure_tools wrk
 ensure_ports_free $GATEWAY_PORT $PRODUCT_PORT "${INVENTORY_PORTS[@]}" "${ORDER_PORTS[@]}"
 build_and_deps
 

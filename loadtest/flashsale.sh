@@ -32,8 +32,7 @@ PREFIX=benchf
 PG="postgres://postgres:postgres@127.0.0.1:5432/mall?sslmode=disable"
 SECRET=mall-dev-internal-secret-change-me
 
-ensure_tools
-ensure_wrk
+ensure_tools wrk
 command -v redis-benchmark >/dev/null 2>&1 || { echo "redis-benchmark is needed (apt-get install redis-tools)" >&2; exit 1; }
 ensure_ports_free $GATEWAY_PORT $INVENTORY_PORT $ORDER_PORT "${FLASH_PORTS[@]}"
 build_and_deps
@@ -113,7 +112,7 @@ for ((i = 0; i < 240; i++)); do
 done
 
 # The ceiling: the same request through the endpoint and straight to the script.
-identity_headers() { # user -> the gateway-signed identity headers, as oha -H arguments
+identity_headers() { # user -> the gateway-signed identity headers, one "name: value" per line
   python3 - "$1" "$SECRET" <<'PY'
 import hashlib, hmac, sys, time
 user, secret = sys.argv[1], sys.argv[2].encode()

@@ -25,7 +25,7 @@ ensure_nginx() {
   fi
 }
 
-ensure_tools
+ensure_tools oha
 ensure_nginx
 ensure_ports_free $PRODUCT_PORT $GATEWAY_PORT $NGINX_PORT
 build_and_deps

@@ -18,11 +18,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ensure_tools() {
-  if ! command -v oha >/dev/null 2>&1; then
-    say "installing oha (cargo install oha --locked; a few minutes)"
-    cargo install oha --locked
-  fi
+ensure_tools() { # load generators a scenario uses (oha, wrk); python3 for the report always
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 && continue
+    case $tool in
+      oha)
+        say "installing oha (cargo install oha --locked; a few minutes)"
+        cargo install oha --locked
+        ;;
+      wrk)
+        [ "$(id -u)" -eq 0 ] && apt-get install -y -qq wrk >/dev/null
+        command -v wrk >/dev/null 2>&1 || { echo "install wrk (apt-get install wrk) and run again" >&2; exit 1; }
+        ;;
+    esac
+  done
   command -v python3 >/dev/null 2>&1 || { echo "python3 is needed for the report" >&2; exit 1; }
 }
 
@@ -68,11 +78,6 @@ measure() { # name connections oha-target-args... : writes $RUN/name-c.json
   shift 2
   say "$name, $c connections, $DURATION"
   oha -z "$DURATION" -c "$c" --no-tui --output-format json "$@" >"$RUN/$name-$c.json"
-}
-
-ensure_wrk() {
-  command -v wrk >/dev/null 2>&1 || { [ "$(id -u)" -eq 0 ] && apt-get install -y -qq wrk >/dev/null; }
-  command -v wrk >/dev/null 2>&1 || { echo "install wrk (apt-get install wrk) and run again" >&2; exit 1; }
 }
 
 measure_wrk() { # name connections method url body header... : writes $RUN/name-c.json

@@ -14,7 +14,7 @@ PRODUCT_PORTS=(18081 18091)
 SKUS=${BENCH_SKUS:-100000}
 SCHEMA=bench_catalog
 
-ensure_tools
+ensure_tools oha
 ensure_ports_free $GATEWAY_PORT "${PRODUCT_PORTS[@]}"
 build_and_deps
 

@@ -67,7 +67,8 @@ fn server_span(service: &'static str, req: &Request<Body>) -> Span {
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    // An explicit root: the caller's context, if any, is the only parent a server span has.
+    // An explicit root: the caller's context, if it sent a valid one, is the only parent a
+    // server span has.
     let span = tracing::info_span!(
         parent: None,
         "http.server",
@@ -82,7 +83,6 @@ fn server_span(service: &'static str, req: &Request<Body>) -> Span {
         request_id = request_id,
         trace_id = tracing::field::Empty,
     );
-    // An invalid or absent caller context leaves the span as a new root.
     if propagation::carries_http_context(req.headers()) {
         let _ = span.set_parent(propagation::extract_http(req.headers()));
     }

@@ -254,9 +254,8 @@ async fn token(
 /// of a sold-out item are most of a flash sale's requests.
 const SOLD_OUT_BODY: &str = r#"{"code":"sold_out","message":"sold out"}"#;
 
-/// 409 `sold_out` from the in-process flag, counted with handles looked up once.
+/// 409 `sold_out` (from the in-process flag or the script), counted with a handle looked up once.
 fn sold_out(shared: &Shared) -> Response {
-    shared.sold_out_answers.increment(1);
     shared.sold_out_rejections.increment(1);
     let mut res = Response::new(axum::body::Body::from(SOLD_OUT_BODY));
     *res.status_mut() = StatusCode::CONFLICT;
@@ -323,6 +322,7 @@ async fn purchase(
             .get(mall_common::identity::USER_ID)
             .and_then(|v| v.to_str().ok());
         if !claimed.is_some_and(|user| shared.uncertain.contains(user, &p.request_id)) {
+            shared.sold_out_answers.increment(1);
             return Ok(sold_out(&shared));
         }
     }
@@ -438,7 +438,7 @@ async fn purchase(
             if left == 0 {
                 shared.sold_out.set(p.session_id, p.sku_id);
             }
-            Err(reject("sold_out", conflict("sold_out", "sold out")))
+            Ok(sold_out(&shared))
         }
         Admission::LimitExceeded => Err(reject(
             "limit_exceeded",

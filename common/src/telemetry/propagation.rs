@@ -27,16 +27,19 @@ pub fn composite() -> TextMapCompositePropagator {
     ])
 }
 
-/// Whether the headers carry any trace context this module reads (`traceparent`, B3 single or
-/// multi). Most requests at the edge carry none, and for them extraction (two propagators, a
-/// handful of header lookups and an empty context) is pure cost.
+/// The header names the propagators read, parsed once.
+static FIELDS: LazyLock<Vec<http::HeaderName>> = LazyLock::new(|| {
+    PROPAGATOR
+        .fields()
+        .filter_map(|f| http::HeaderName::from_bytes(f.as_bytes()).ok())
+        .collect()
+});
+
+/// Whether the headers carry any of the propagators' fields. Most requests at the edge carry
+/// none, and for them extraction (two propagators, their lookups and an empty context) and
+/// setting that context as a parent are pure cost.
 pub fn carries_http_context(headers: &http::HeaderMap) -> bool {
-    static NAMES: [http::HeaderName; 3] = [
-        http::HeaderName::from_static("traceparent"),
-        http::HeaderName::from_static("b3"),
-        http::HeaderName::from_static("x-b3-traceid"),
-    ];
-    NAMES.iter().any(|name| headers.contains_key(name))
+    FIELDS.iter().any(|name| headers.contains_key(name))
 }
 
 /// The context a caller sent in HTTP headers (empty if none).
@@ -102,28 +105,38 @@ pub fn trace_id_of(cx: &Context) -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
+/// A carrier of one W3C `traceparent` value (a Redis stream entry's field, say).
+struct Traceparent(Option<String>);
+
+impl Injector for Traceparent {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = Some(value);
+        }
+    }
+}
+
+impl Extractor for Traceparent {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0.as_deref()).flatten()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
 /// A context as a W3C `traceparent` value, if it carries a valid span (for carriers that are
 /// not headers, such as a Redis stream entry; [`extract_traceparent`] reads it back).
 pub fn traceparent_of(cx: &Context) -> Option<String> {
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+    let mut carrier = Traceparent(None);
+    TraceContextPropagator::new().inject_context(cx, &mut carrier);
+    carrier.0
 }
 
 /// The context of a W3C `traceparent` value (empty if it is not one).
 pub fn extract_traceparent(value: &str) -> Context {
-    let mut headers = http::HeaderMap::new();
-    if let Ok(v) = http::HeaderValue::from_str(value) {
-        headers.insert("traceparent", v);
-    }
-    extract_http(&headers)
+    TraceContextPropagator::new().extract_with_context(&Context::new(), &Traceparent(Some(value.to_owned())))
 }
 
 #[cfg(test)]
