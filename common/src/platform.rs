@@ -31,6 +31,17 @@ pub struct ServiceDefaults {
     pub port: u16,
     /// Default Postgres schema.
     pub schema: &'static str,
+    /// Default of `MALL_HTTP_THREADS`.
+    pub http_threads: HttpThreads,
+}
+
+/// How the HTTP server uses threads when `MALL_HTTP_THREADS` is not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpThreads {
+    /// Connections are served on the process's multi-thread runtime, with everything else.
+    Shared,
+    /// One serving thread per core, each with its own single-threaded runtime.
+    PerCore,
 }
 
 /// HTTP server settings.
@@ -44,6 +55,8 @@ pub struct HttpSettings {
     pub body_limit: usize,
     /// `MALL_SHUTDOWN_TIMEOUT`: grace for in-flight requests and background work at shutdown.
     pub shutdown_timeout: Duration,
+    /// `MALL_HTTP_THREADS`: serving threads with a runtime each; 0 serves on the shared runtime.
+    pub threads: usize,
 }
 
 /// The development internal secret; the gateway warns when it is in use.
@@ -94,6 +107,11 @@ impl PlatformSettings {
             ));
         }
         let body_limit: usize = vars.parse("MALL_BODY_LIMIT", 1024 * 1024)?;
+        let threads = match defaults.http_threads {
+            HttpThreads::Shared => 0,
+            HttpThreads::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let threads: usize = vars.parse("MALL_HTTP_THREADS", threads)?;
         Ok(Self {
             internal_secret: vars.secret("MALL_INTERNAL_SECRET", DEV_INTERNAL_SECRET),
             http: HttpSettings {
@@ -104,6 +122,7 @@ impl PlatformSettings {
                 request_timeout: vars.duration("MALL_REQUEST_TIMEOUT", Duration::from_secs(10))?,
                 body_limit,
                 shutdown_timeout: vars.duration("MALL_SHUTDOWN_TIMEOUT", Duration::from_secs(10))?,
+                threads,
             },
             database: DatabaseSettings {
                 url: vars.url(

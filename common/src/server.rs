@@ -5,12 +5,17 @@
 //! [`Server::run_until_stopped`] serves until the given shutdown future resolves, then stops
 //! accepting, lets in-flight requests and background work finish within
 //! `MALL_SHUTDOWN_TIMEOUT`, and returns; past the grace it drops what is left and says so.
+//! Connections are served on the process's runtime, or with `MALL_HTTP_THREADS` > 0 on that many
+//! threads with a single-threaded runtime each (the gateway's default; see `serve_per_thread`).
 
 use std::net::SocketAddr;
 
 use axum::Router;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::health;
 use crate::http::standard_stack;
@@ -66,31 +71,36 @@ impl Server {
         } = self;
         let service = platform.service();
         let grace = platform.settings().http.shutdown_timeout;
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        });
-        let mut server = tokio::spawn(async move { serve.await });
+        let threads = platform.settings().http.threads;
+        // `stop` asks every accept loop to stop accepting and drain; `abort` ends them at once
+        // (grace exceeded, or this future dropped: serving threads must not outlive it).
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let _abort_when_dropped = abort.clone().drop_guard();
+        let mut loops = if threads == 0 {
+            serve_shared(listener, router, &stop, &abort)
+        } else {
+            serve_per_thread(service, threads, listener, router, &stop, &abort)?
+        };
 
         tokio::select! {
-            ended = &mut server => {
-                // The server stopped on its own: an accept error. Stop the background work too.
+            ended = loops.next() => {
+                // An accept loop stopped on its own: an accept error. Stop the rest too.
                 platform.cancel_token().cancel();
-                return ended.map_err(std::io::Error::other)?;
+                return ended.unwrap_or(Ok(()));
             }
             () = shutdown => {}
         }
 
         tracing::info!(service, grace = ?grace, "shutting down: no new connections, draining requests");
-        let _ = stop_tx.send(true);
+        stop.cancel();
         platform.cancel_token().cancel();
         platform.tasks().close();
         let drained = tokio::time::timeout(grace, async {
-            let served = (&mut server).await;
+            let mut served = Ok(());
+            while let Some(ended) = loops.next().await {
+                served = served.and(ended);
+            }
             platform.tasks().wait().await;
             served
         })
@@ -98,13 +108,97 @@ impl Server {
         match drained {
             Ok(served) => {
                 tracing::info!(service, "stopped");
-                served.map_err(std::io::Error::other)?
+                served
             }
             Err(_) => {
                 tracing::warn!(service, grace = ?grace, "shutdown grace exceeded; dropping what is left");
-                server.abort();
+                abort.cancel();
                 Ok(())
             }
         }
+    }
+}
+
+/// The accept loops still running; each yields how it ended.
+struct AcceptLoops(FuturesUnordered<oneshot::Receiver<std::io::Result<()>>>);
+
+impl AcceptLoops {
+    /// How the next accept loop to end ended; `None` once all have.
+    async fn next(&mut self) -> Option<std::io::Result<()>> {
+        let ended = self.0.next().await?;
+        Some(ended.unwrap_or_else(|_| Err(std::io::Error::other("an HTTP serving thread panicked"))))
+    }
+}
+
+/// One accept loop on the process's runtime.
+fn serve_shared(
+    listener: TcpListener,
+    router: Router,
+    stop: &CancellationToken,
+    abort: &CancellationToken,
+) -> AcceptLoops {
+    let (done, ended) = oneshot::channel();
+    let (stop, abort) = (stop.clone(), abort.clone());
+    tokio::spawn(async move {
+        let _ = done.send(accept_loop(listener, router, stop, abort).await);
+    });
+    AcceptLoops(FuturesUnordered::from_iter([ended]))
+}
+
+/// `threads` accept loops, each on its own thread with a single-threaded runtime, all accepting
+/// from the one listening socket (the kernel hands each connection to one of them; a busy thread
+/// is the last to take one). A connection then lives on one thread: its request, the tasks it
+/// spawns and the wake-ups between them never cross to another core. On the gateway that was a
+/// third of its CPU per request on a work-stealing runtime (README, "Benchmarks"). What the
+/// handlers share (locks, channels, the Redis connection's task) works across the runtimes; a
+/// task spawned while serving lives on the serving thread's runtime and ends with it.
+fn serve_per_thread(
+    service: &'static str,
+    threads: usize,
+    listener: TcpListener,
+    router: Router,
+    stop: &CancellationToken,
+    abort: &CancellationToken,
+) -> std::io::Result<AcceptLoops> {
+    let listener = listener.into_std()?;
+    let loops = FuturesUnordered::new();
+    for i in 0..threads {
+        let listener = listener.try_clone()?;
+        let (router, stop, abort) = (router.clone(), stop.clone(), abort.clone());
+        let (done, ended) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("{service}-http-{i}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|runtime| {
+                        // Dropping the runtime afterwards ends whatever is left on it.
+                        runtime.block_on(async move {
+                            let listener = TcpListener::from_std(listener)?;
+                            accept_loop(listener, router, stop, abort).await
+                        })
+                    });
+                let _ = done.send(served);
+            })?;
+        loops.push(ended);
+    }
+    Ok(AcceptLoops(loops))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) -> std::io::Result<()> {
+    let serve = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned());
+    tokio::select! {
+        served = serve.into_future() => served,
+        () = abort.cancelled() => Ok(()),
     }
 }

@@ -7,6 +7,7 @@
 //! and a plain local start never wait on a collector. Propagation reads and writes both W3C
 //! `traceparent` and B3 ([`propagation`]).
 
+mod access;
 mod b3;
 mod log_writer;
 pub mod propagation;
@@ -17,7 +18,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
@@ -285,20 +286,23 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
     opentelemetry::global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer("mall");
 
-    let env_filter = EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     // Lines are written in batches by a background thread, so a request never waits on a write
     // syscall nor wakes a thread; lossless (see `log_writer`).
     let (writer, log_writer) = log_writer::batch_writer(std::io::stdout(), "mall-log-writer")
         .map_err(|e| TelemetryError::LogWriter(e.to_string()))?;
+    // Access lines have their own writer (`access`); both obey MALL_LOG.
+    let not_access = filter_fn(|meta| !access::is_access(meta));
+    let access_layer = access::AccessLayer::new(writer.clone(), settings.log_format)
+        .with_filter(log_filter(&settings.log_filter).and(filter_fn(access::is_access)));
     let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match settings.log_format {
         LogFormat::Compact => tracing_subscriber::fmt::layer()
-            .with_writer(writer.clone())
+            .with_writer(writer)
             .compact()
             .with_ansi(ansi)
             .with_target(true)
-            .with_filter(env_filter)
+            .with_filter(log_filter(&settings.log_filter).and(not_access))
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(writer)
@@ -306,7 +310,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
-            .with_filter(env_filter)
+            .with_filter(log_filter(&settings.log_filter).and(not_access))
             .boxed(),
     };
     // Only what a trace viewer shows: source locations, thread names, busy/idle timings and the
@@ -323,6 +327,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
 
     tracing_subscriber::registry()
         .with(fmt_layer)
+        .with(access_layer)
         .with(otel_layer)
         .try_init()
         .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
@@ -330,6 +335,11 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         provider,
         _log_writer: log_writer,
     })
+}
+
+/// `MALL_LOG` / `RUST_LOG` as a filter (`info` when it does not parse).
+fn log_filter(directives: &str) -> EnvFilter {
+    EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 fn build_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use mall_common::config::{ConfigError, Secret, Vars};
-use mall_common::platform::{PlatformSettings, ServiceDefaults};
+use mall_common::platform::{HttpThreads, PlatformSettings, ServiceDefaults};
 use mall_common::telemetry::TelemetrySettings;
 use url::Url;
 
@@ -15,6 +15,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "flashsale",
     port: 8084,
     schema: "flashsale",
+    http_threads: HttpThreads::Shared,
 };
 
 /// The development token secret; a warning is logged while it is in use.

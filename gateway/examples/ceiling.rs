@@ -43,7 +43,7 @@ async fn main() {
         UPSTREAM.to_owned(),
     )]))
     .unwrap();
-    let client = mall_gateway::upstream::http_client(Duration::from_secs(1));
+    let client = mall_gateway::upstream::http_client();
     let (pool, health) = mall_gateway::upstream::Pool::start(
         mall_gateway::routes::PoolName::Product,
         &settings.gateway.upstreams.product,

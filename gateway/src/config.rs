@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use mall_common::config::{ConfigError, Secret, Vars};
-use mall_common::platform::{PlatformSettings, ServiceDefaults};
+use mall_common::platform::{HttpThreads, PlatformSettings, ServiceDefaults};
 use mall_common::telemetry::TelemetrySettings;
 use url::Url;
 
@@ -18,6 +18,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "gateway",
     port: 8080,
     schema: "gateway",
+    http_threads: HttpThreads::PerCore,
 };
 
 /// The development JWT secret; a warning is logged when it is in use.

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -46,7 +45,7 @@ impl Application {
         let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
         let redis = platform.redis().expect("declared above").clone();
 
-        let client = http_client(Duration::from_secs(1));
+        let client = http_client();
         let mut pools = HashMap::new();
         for name in PoolName::ALL {
             let instances = match name {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use mall_common::config::{ConfigError, Vars};
-use mall_common::platform::{PlatformSettings, ServiceDefaults};
+use mall_common::platform::{HttpThreads, PlatformSettings, ServiceDefaults};
 use mall_common::telemetry::TelemetrySettings;
 
 /// Name, port and schema of this service.
@@ -16,6 +16,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "inventory",
     port: 8082,
     schema: "inventory",
+    http_threads: HttpThreads::Shared,
 };
 
 /// Everything mall-inventory reads at start-up.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use mall_common::config::{ConfigError, Secret, Vars};
-use mall_common::platform::{PlatformSettings, ServiceDefaults};
+use mall_common::platform::{HttpThreads, PlatformSettings, ServiceDefaults};
 use mall_common::telemetry::TelemetrySettings;
 use url::Url;
 
@@ -16,6 +16,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "order",
     port: 8083,
     schema: "orders",
+    http_threads: HttpThreads::Shared,
 };
 
 /// The development payment secret.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use mall_common::config::{ConfigError, Vars};
-use mall_common::platform::{PlatformSettings, ServiceDefaults};
+use mall_common::platform::{HttpThreads, PlatformSettings, ServiceDefaults};
 use mall_common::telemetry::TelemetrySettings;
 
 use crate::store::CacheSettings;
@@ -17,6 +17,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "product",
     port: 8081,
     schema: "product",
+    http_threads: HttpThreads::Shared,
 };
 
 /// Everything mall-product reads at start-up.

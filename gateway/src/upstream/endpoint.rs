@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tower::load::{CompleteOnResponse, Load, PeakEwma};
 use tower::{BoxError, Service};
 
-use super::HttpClient;
+use super::CLIENT;
 
 /// The instance that answered, attached to the response (access log, metrics).
 #[derive(Debug, Clone)]
@@ -135,22 +135,15 @@ impl Service<Request<Body>> for Ranked {
 pub(crate) struct Endpoint {
     pub(super) instance: Arc<str>,
     authority: Authority,
-    client: HttpClient,
     pool: &'static str,
     passive: Arc<PassiveHealth>,
 }
 
 impl Endpoint {
-    pub(super) fn new(
-        authority: Authority,
-        client: HttpClient,
-        pool: &'static str,
-        passive: Arc<PassiveHealth>,
-    ) -> Self {
+    pub(super) fn new(authority: Authority, pool: &'static str, passive: Arc<PassiveHealth>) -> Self {
         Self {
             instance: authority.as_str().into(),
             authority,
-            client,
             pool,
             passive,
         }
@@ -172,7 +165,7 @@ impl Service<Request<Body>> for Endpoint {
     type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // The shared client pools connections itself; it is always ready.
+        // The client pools connections itself; it is always ready.
         Poll::Ready(Ok(()))
     }
 
@@ -183,7 +176,7 @@ impl Service<Request<Body>> for Endpoint {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = self.uri(pq);
-        let sent = self.client.request(req);
+        let sent = CLIENT.with(|client| client.request(req));
         let (instance, pool, passive) = (self.instance.clone(), self.pool, self.passive.clone());
         Box::pin(async move {
             let started = Instant::now();

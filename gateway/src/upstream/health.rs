@@ -74,7 +74,7 @@ impl Registry {
                 .parse()
                 .expect("a URL host and port form an authority");
                 let passive = Arc::new(PassiveHealth::new(id, health.eject_after, eject_tx.clone()));
-                let endpoint = Endpoint::new(authority, client.clone(), pool.as_str(), passive.clone());
+                let endpoint = Endpoint::new(authority, pool.as_str(), passive.clone());
                 let _ = changes.send(Change::Insert(id, Ranked::new(endpoint.clone(), DEFAULT_RTT)));
                 gauge(pool, &endpoint, true);
                 Slot {
