@@ -73,7 +73,8 @@ impl Server {
         let grace = platform.settings().http.shutdown_timeout;
         let threads = platform.settings().http.threads;
         // `stop` asks every accept loop to stop accepting and drain; `abort` ends them at once
-        // (grace exceeded, or this future dropped: serving threads must not outlive it).
+        // (grace exceeded) and, once this future ends or is dropped, lets the serving threads
+        // and their runtimes go.
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
         let _abort_when_dropped = abort.clone().drop_guard();
@@ -169,17 +170,24 @@ fn serve_per_thread(
         std::thread::Builder::new()
             .name(format!("{service}-http-{i}"))
             .spawn(move || {
-                let served = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .and_then(|runtime| {
-                        // Dropping the runtime afterwards ends whatever is left on it.
-                        runtime.block_on(async move {
-                            let listener = TcpListener::from_std(listener)?;
-                            accept_loop(listener, router, stop, abort).await
-                        })
-                    });
-                let _ = done.send(served);
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = done.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let served = match TcpListener::from_std(listener) {
+                        Ok(listener) => accept_loop(listener, router, stop, abort.clone()).await,
+                        Err(e) => Err(e),
+                    };
+                    let _ = done.send(served);
+                    // A task spawned here while serving (a Redis connection's driver, say) may be
+                    // what other threads and the draining background work still use, so the
+                    // runtime lives until the whole server is done; dropping it ends what is left.
+                    abort.cancelled().await;
+                });
             })?;
         loops.push(ended);
     }

@@ -127,12 +127,7 @@ pub async fn forward(
 ) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let request_id = req
-        .headers()
-        .get(mall_common::http::REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let request_id = request_id_of(&req).to_owned();
     // The server span's context, read once: injected upstream and named in the access log.
     let cx = tracing::Span::current().context();
     let result = forward_inner(&proxy, &pool, route, peer, req, &cx).await;
@@ -143,26 +138,79 @@ pub async fn forward(
     let upstream = response
         .extensions()
         .get::<UpstreamInstance>()
-        .map(|u| u.0.to_string())
-        .unwrap_or_default();
-    // A root event: the line already names the request and trace ids, so it neither repeats
-    // the span's fields nor becomes an event on the exported span (measured: formatting both
-    // made this line a seventh of the gateway's CPU per request).
-    tracing::info!(
-        target: "mall_gateway::access",
-        parent: None,
-        method = %method,
-        route = route.path,
-        pool = pool.name().as_str(),
-        status = response.status().as_u16(),
-        upstream = %upstream,
-        latency_ms = started.elapsed().as_secs_f64() * 1e3,
-        request_id = %request_id,
-        trace_id = %propagation::trace_id_of(&cx).unwrap_or_default(),
-        client = %peer.ip(),
-        "access"
-    );
+        .map(|u| u.0.clone());
+    let line = AccessLine {
+        method: &method,
+        route: route.path,
+        pool: pool.name().as_str(),
+        upstream: upstream.as_deref().unwrap_or(""),
+        request_id: &request_id,
+        peer,
+        started,
+    };
+    line.write(response.status(), &cx);
     response
+}
+
+/// The route named in the access line of a request no route matched.
+pub const UNROUTED: &str = "unmatched";
+
+/// Answers a request no route matched (`/internal/...` included): 404 `not_found`, with its
+/// access line like every other request.
+pub async fn unrouted(peer: SocketAddr, req: Request<Body>) -> Response {
+    let started = Instant::now();
+    let response = ApiError::not_found("no such route").into_response();
+    let line = AccessLine {
+        method: req.method(),
+        route: UNROUTED,
+        pool: "",
+        upstream: "",
+        request_id: request_id_of(&req),
+        peer,
+        started,
+    };
+    line.write(response.status(), &tracing::Span::current().context());
+    response
+}
+
+fn request_id_of<B>(req: &Request<B>) -> &str {
+    req.headers()
+        .get(mall_common::http::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// What one access line says about its request.
+struct AccessLine<'a> {
+    method: &'a http::Method,
+    route: &'a str,
+    pool: &'a str,
+    upstream: &'a str,
+    request_id: &'a str,
+    peer: SocketAddr,
+    started: Instant,
+}
+
+impl AccessLine<'_> {
+    fn write(&self, status: StatusCode, cx: &opentelemetry::Context) {
+        // A root event: the line already names the request and trace ids, so it neither repeats
+        // the span's fields nor becomes an event on the exported span (measured: formatting both
+        // made this line a seventh of the gateway's CPU per request).
+        tracing::info!(
+            target: "mall_gateway::access",
+            parent: None,
+            method = %self.method,
+            route = self.route,
+            pool = self.pool,
+            status = status.as_u16(),
+            upstream = self.upstream,
+            latency_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            request_id = self.request_id,
+            trace_id = %propagation::trace_id_of(cx).unwrap_or_default(),
+            client = %self.peer.ip(),
+            "access"
+        );
+    }
 }
 
 async fn forward_inner(

@@ -9,13 +9,12 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::any;
 use http::Request;
-use mall_common::error::ApiError;
 use mall_common::platform::{Needs, Platform};
 use mall_common::server::Server;
 
 use crate::auth::Verifier;
 use crate::config::{DEFAULTS, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, Settings};
-use crate::proxy::{Proxy, forward};
+use crate::proxy::{Proxy, forward, unrouted};
 use crate::rate_limit::{CLUSTER_BUCKET, RateLimiter};
 use crate::routes::{PoolName, ROUTES, Route};
 use crate::upstream::{Pool, http_client};
@@ -105,9 +104,9 @@ fn router(proxy: &Arc<Proxy>, pools: &HashMap<PoolName, Pool>) -> Router {
             router = router.route(&format!("{}/{{*rest}}", route.path), any(handler));
         }
     }
-    // Internal endpoints of the services are never reachable from outside.
-    let internal = || async { ApiError::not_found("no such route") };
-    router
-        .route("/internal", any(internal))
-        .route("/internal/{*rest}", any(internal))
+    // Everything else, `/internal/...` included (internal endpoints of the services are never
+    // reachable from outside), is answered here rather than by the standard stack's fallback, so
+    // that it gets an access line too. The health routes, merged later, are more specific.
+    let unrouted = |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| unrouted(peer, req);
+    router.route("/", any(unrouted)).route("/{*rest}", any(unrouted))
 }

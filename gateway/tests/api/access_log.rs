@@ -1,5 +1,5 @@
-//! The access log, read from a real `mall-gateway` process's stdout: one JSON line per request
-//! with what an operator greps for.
+//! The access log, read from a real `mall-gateway` process's stdout: one JSON line per request,
+//! routed or not, with what an operator greps for.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -103,8 +103,21 @@ async fn every_proxied_request_gets_one_json_access_line() {
         .await
         .expect("request");
     assert_eq!(res.status(), 200);
+    // Requests no route takes get their line too.
+    for (path, id) in [
+        ("/nowhere", "access-unrouted"),
+        ("/internal/x", "access-internal"),
+    ] {
+        let res = client
+            .post(format!("http://{addr}{path}"))
+            .header("x-request-id", id)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 404);
+    }
 
-    // Lines are written in 20 ms batches; a second is plenty for both.
+    // Lines are written in 20 ms batches; a second is plenty for all of them.
     let access: Vec<Value> = std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(1)).ok())
         .filter(|l| l["target"] == "mall_gateway::access")
         .collect();
@@ -130,6 +143,14 @@ async fn every_proxied_request_gets_one_json_access_line() {
         only("access-traced")["trace_id"],
         "4bf92f3577b34da6a3ce929d0e0e4736"
     );
+    for id in ["access-unrouted", "access-internal"] {
+        let line = only(id);
+        assert_eq!(line["method"], "POST");
+        assert_eq!(line["route"], "unmatched");
+        assert_eq!(line["status"], 404);
+        assert_eq!(line["upstream"], "");
+        assert_eq!(line["trace_id"].as_str().map(str::len), Some(32), "{line}");
+    }
     drop(gateway);
     assert_eq!(upstream.hits(), 2);
 }
