@@ -35,9 +35,17 @@ pub(crate) fn settings(
     settings
 }
 
+/// Held (shared) while a gateway is built and (exclusive) by a test that reads a gauge: the
+/// metrics recorder is one per process, and every gateway built sets its pools' gauges (a new
+/// breaker publishes `closed`) under the same labels as the gateways of other tests.
+pub(crate) static GAUGES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Builds and starts a gateway.
 pub(crate) async fn spawn(env: &TestEnv, settings: Settings) -> TestServer {
-    let app = Application::build(settings).await.expect("gateway builds");
+    let app = {
+        let _building = GAUGES.read().await;
+        Application::build(settings).await.expect("gateway builds")
+    };
     env.start(app.into_server()).await
 }
 

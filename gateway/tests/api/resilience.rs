@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use mall_testkit::TestEnv;
 use mall_testkit::upstream::FakeUpstream;
 
-use crate::helpers::{get, metric, settings, spawn};
+use crate::helpers::{GAUGES, get, metric, settings, spawn};
 
 /// No active or passive ejection and no breaker, so the behaviour under test is the request
 /// path's alone.
@@ -124,6 +124,8 @@ async fn the_circuit_opens_fails_fast_half_opens_and_closes() {
     ]);
     let gw = spawn(&env, settings(&env, &[&up], &other, &extra)).await;
 
+    // From the breaker opening to reading its gauge, no other test's gateway may reset it.
+    let gauges = GAUGES.write().await;
     for _ in 0..5 {
         assert_eq!(
             get(&gw, "/api/skus/1").await.0,
@@ -144,9 +146,11 @@ async fn the_circuit_opens_fails_fast_half_opens_and_closes() {
         metric(&gw, "gateway_circuit_state", &[("pool", "product")]).await,
         2.0
     );
+    drop(gauges);
 
     up.set_failing(None);
     tokio::time::sleep(Duration::from_millis(450)).await;
+    let _gauges = GAUGES.write().await;
     assert_eq!(get(&gw, "/api/skus/1").await.0, 200, "first probe");
     assert_eq!(get(&gw, "/api/skus/1").await.0, 200, "second probe");
     assert_eq!(
