@@ -15,7 +15,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "flashsale",
     port: 8084,
     schema: "flashsale",
-    http_threads: HttpThreads::PerCore,
+    http_threads: HttpThreads::Shared,
 };
 
 /// The development token secret; a warning is logged while it is in use.
