@@ -152,7 +152,7 @@ fn serve_shared(
 /// spawns and the wake-ups between them never cross to another core. On the gateway that was a
 /// third of its CPU per request on a work-stealing runtime (README, "Benchmarks"). What the
 /// handlers share (locks, channels, the Redis connection's task) works across the runtimes; a
-/// task spawned while serving lives on the serving thread's runtime and ends with it.
+/// task spawned while serving lives on the serving thread's runtime, which ends with the server.
 fn serve_per_thread(
     service: &'static str,
     threads: usize,
