@@ -1,8 +1,10 @@
 //! Logs and traces, configured once per process.
 //!
-//! [`init`] installs a `tracing` subscriber with two independently filtered layers: the log
-//! layer (compact or JSON, filtered by `RUST_LOG`/`MALL_LOG`) and the OpenTelemetry layer
-//! (always at INFO, so a quiet log level never silences traces; see DEPENDENCIES.md gotcha 7).
+//! [`init`] installs a `tracing` subscriber with independently filtered layers: the log layer
+//! (compact or JSON, filtered by `RUST_LOG`/`MALL_LOG`), the access-line layer (the same format
+//! and filter, for events whose target ends in `::access`; see `access`) and the OpenTelemetry
+//! layer (always at INFO, so a quiet log level never silences traces; see DEPENDENCIES.md
+//! gotcha 7).
 //! Spans are exported over OTLP/HTTP (Jaeger) and/or to Zipkin only when configured, so tests
 //! and a plain local start never wait on a collector. Propagation reads and writes both W3C
 //! `traceparent` and B3 ([`propagation`]).
