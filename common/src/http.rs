@@ -58,7 +58,7 @@ pub fn route_of<B>(req: &Request<B>) -> &str {
 }
 
 /// The route label of a request no route matched (the JSON 404 fallback).
-const UNMATCHED: &str = "unmatched";
+pub const UNMATCHED: &str = "unmatched";
 
 fn server_span(service: &'static str, req: &Request<Body>) -> Span {
     let route = route_of(req);

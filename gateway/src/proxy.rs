@@ -152,9 +152,6 @@ pub async fn forward(
     response
 }
 
-/// The route named in the access line of a request no route matched.
-pub const UNROUTED: &str = "unmatched";
-
 /// Answers a request no route matched (`/internal/...` included): 404 `not_found`, with its
 /// access line like every other request.
 pub async fn unrouted(peer: SocketAddr, req: Request<Body>) -> Response {
@@ -162,7 +159,7 @@ pub async fn unrouted(peer: SocketAddr, req: Request<Body>) -> Response {
     let response = ApiError::not_found("no such route").into_response();
     let line = AccessLine {
         method: req.method(),
-        route: UNROUTED,
+        route: mall_common::http::UNMATCHED,
         pool: "",
         upstream: "",
         request_id: request_id_of(&req),
