@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(line["ok"], true);
         assert_eq!(line["target"], "mall_x::access");
         let ts = line["timestamp"].as_str().unwrap();
-        assert!(chrono_like(ts), "{ts}");
+        assert!(rfc3339_shaped(ts), "{ts}");
     }
 
     #[test]
@@ -283,7 +283,7 @@ mod tests {
         );
     }
 
-    fn chrono_like(ts: &str) -> bool {
+    fn rfc3339_shaped(ts: &str) -> bool {
         ts.len() == 27 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T'
     }
 
