@@ -11,10 +11,16 @@
 //! was first verified with an `UNWATCH` + `PING` round trip, so every command paid two round
 //! trips; here it pays one. Nothing in mall uses `WATCH`, blocking commands or subscriptions on
 //! these connections, which is what a multiplexed connection cannot share.
+//!
+//! On a serving thread (`MALL_HTTP_THREADS`, see `server`) a handler gets that thread's own
+//! connection, made on first use: its driver task runs on the thread's runtime, so a command's
+//! round trip never wakes another core. Everything else (background work, the shared runtime)
+//! uses the process's connections.
 
 pub mod lock;
 mod script;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -55,6 +61,15 @@ pub struct Redis {
     connections: Arc<[ConnectionManager]>,
     next: Arc<AtomicUsize>,
     prefix: Arc<str>,
+    /// Names this handle (and its clones) among the serving threads' connections.
+    id: usize,
+    client: client::Client,
+    config: ConnectionManagerConfig,
+}
+
+thread_local! {
+    /// A serving thread's own connections, one per `Redis` handle it used.
+    static THREAD_CONNECTIONS: RefCell<Vec<(usize, ConnectionManager)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl std::fmt::Debug for Redis {
@@ -98,10 +113,14 @@ impl Redis {
         let connections = (0..settings.connections.max(1))
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
             .collect::<Result<Vec<_>, _>>()?;
+        static IDS: AtomicUsize = AtomicUsize::new(0);
         Ok(Self {
             connections: connections.into(),
             next: Arc::new(AtomicUsize::new(0)),
             prefix: settings.key_prefix.as_str().into(),
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            client,
+            config,
         })
     }
 
@@ -121,8 +140,22 @@ impl Redis {
     /// A connection (the next one in turn). Never waits: connecting happens on the first
     /// command, whose error says when Redis cannot be reached.
     pub async fn conn(&self) -> Result<Conn, RedisError> {
+        if crate::server::on_serving_thread() {
+            return self.thread_conn().map(Conn);
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
         Ok(Conn(self.connections[i].clone()))
+    }
+
+    fn thread_conn(&self) -> Result<ConnectionManager, RedisError> {
+        THREAD_CONNECTIONS.with_borrow_mut(|mine| {
+            if let Some((_, conn)) = mine.iter().find(|(id, _)| *id == self.id) {
+                return Ok(conn.clone());
+            }
+            let conn = ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+            mine.push((self.id, conn.clone()));
+            Ok(conn)
+        })
     }
 
     /// Readiness: `PING` answers.

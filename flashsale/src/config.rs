@@ -15,7 +15,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "flashsale",
     port: 8084,
     schema: "flashsale",
-    http_threads: HttpThreads::Shared,
+    http_threads: HttpThreads::PerCore,
 };
 
 /// The development token secret; a warning is logged while it is in use.

@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::config::FlashSettings;
 use crate::domain::{self, NewSession, Purchase};
 use crate::inventory::{self, Reserved};
-use crate::live::{Breaker, Catalog, Permit, SoldOut, Uncertain};
+use crate::live::{Breaker, Catalog, Check, Permit, SoldOut, Uncertain};
 use crate::store::admission::{self, Admission, Attempt, ItemKeys};
 use crate::store::sessions::{self, Session};
 
@@ -314,16 +314,23 @@ async fn purchase(
     // The claimed user id is only used to let a retry of an uncertain purchase through to the
     // full path, which verifies it (the signature covers the user id, so the verified user is the
     // claimed one and the flag need not be checked again below).
-    if let Ok(p) = &parsed
-        && shared.sold_out.is_set(p.session_id, p.sku_id)
-    {
-        let claimed = parts
-            .headers
-            .get(mall_common::identity::USER_ID)
-            .and_then(|v| v.to_str().ok());
-        if !claimed.is_some_and(|user| shared.uncertain.contains(user, &p.request_id)) {
-            shared.sold_out_answers.increment(1);
-            return Ok(sold_out(&shared));
+    // When the flag has run out, this purchase may be the one that re-checks it in Redis (the
+    // probe is released when the purchase ends, whatever happened to it).
+    let mut _probe = None;
+    if let Ok(p) = &parsed {
+        match shared.sold_out.check(p.session_id, p.sku_id) {
+            Check::Open => {}
+            Check::Probe(probe) => _probe = Some(probe),
+            Check::SoldOut => {
+                let claimed = parts
+                    .headers
+                    .get(mall_common::identity::USER_ID)
+                    .and_then(|v| v.to_str().ok());
+                if !claimed.is_some_and(|user| shared.uncertain.contains(user, &p.request_id)) {
+                    shared.sold_out_answers.increment(1);
+                    return Ok(sold_out(&shared));
+                }
+            }
         }
     }
     let RequireUser(who) = RequireUser::from_request_parts(&mut parts, &()).await?;
@@ -428,16 +435,12 @@ async fn purchase(
         Admission::Admitted { order_id, left } => {
             span.record("left", left);
             metrics::counter!("flashsale_admissions_total").increment(1);
-            if left == 0 {
-                shared.sold_out.set(p.session_id, p.sku_id);
-            }
+            shared.sold_out.learn(p.session_id, p.sku_id, left);
             Ok(accepted(&order_id))
         }
         Admission::Repeat { order_id } => Ok(accepted(&order_id)),
         Admission::SoldOut { left } => {
-            if left == 0 {
-                shared.sold_out.set(p.session_id, p.sku_id);
-            }
+            shared.sold_out.learn(p.session_id, p.sku_id, left);
             Ok(sold_out(&shared))
         }
         Admission::LimitExceeded => Err(reject(

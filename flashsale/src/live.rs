@@ -110,10 +110,50 @@ impl Catalog {
 
 /// Items known to be sold out, remembered for a short time so late buyers are answered
 /// without Redis. Short, because units of cancelled orders come back.
+///
+/// When a flag runs out, one purchase re-checks in Redis (the probe) while the others are still
+/// answered from memory; its answer renews the flag or drops it. Letting every late buyer
+/// through at once instead sent a burst of full purchases (two HMACs and a script call each) to
+/// Redis every `ttl`, and those waited behind the flood on the serving threads.
 #[derive(Debug)]
 pub struct SoldOut {
     ttl: Duration,
-    flags: RwLock<HashMap<(i64, i64), Instant>>,
+    flags: RwLock<HashMap<(i64, i64), Flag>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flag {
+    until: Instant,
+    /// A purchase is re-checking in Redis (a [`Probe`] is alive).
+    probing: bool,
+}
+
+/// What the flag says about a purchase of one item.
+#[derive(Debug)]
+pub enum Check<'a> {
+    /// Not known to be sold out: the purchase goes to Redis.
+    Open,
+    /// Sold out (or being re-checked by another purchase): answer `sold_out` from memory.
+    SoldOut,
+    /// The flag ran out and this purchase re-checks it in Redis; dropping the probe without an
+    /// answer (rejected before Redis, Redis failing) lets the next purchase re-check.
+    Probe(Probe<'a>),
+}
+
+/// The right to re-check an expired flag; see [`Check::Probe`].
+#[derive(Debug)]
+pub struct Probe<'a> {
+    flags: &'a SoldOut,
+    key: (i64, i64),
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        let mut flags = self.flags.flags.write().expect("not poisoned");
+        if let Some(flag) = flags.get_mut(&self.key) {
+            flag.probing = false;
+        }
+    }
 }
 
 impl SoldOut {
@@ -125,12 +165,44 @@ impl SoldOut {
         }
     }
 
-    /// Whether `(session, sku)` is flagged now.
-    pub fn is_set(&self, session: i64, sku: i64) -> bool {
-        let flags = self.flags.read().expect("not poisoned");
-        flags
-            .get(&(session, sku))
-            .is_some_and(|until| Instant::now() < *until)
+    /// What to do with a purchase of `(session, sku)`; see [`Check`].
+    pub fn check(&self, session: i64, sku: i64) -> Check<'_> {
+        let key = (session, sku);
+        let now = Instant::now();
+        let answer = |flag: Option<&Flag>| match flag {
+            None => Some(Check::Open),
+            Some(f) if now < f.until || f.probing => Some(Check::SoldOut),
+            Some(_) => None,
+        };
+        if let Some(answer) = answer(self.flags.read().expect("not poisoned").get(&key)) {
+            return answer;
+        }
+        let mut flags = self.flags.write().expect("not poisoned");
+        if let Some(answer) = answer(flags.get(&key)) {
+            return answer;
+        }
+        if let Some(flag) = flags.get_mut(&key) {
+            flag.probing = true;
+        }
+        Check::Probe(Probe { flags: self, key })
+    }
+
+    /// What Redis said is left of `(session, sku)` after a purchase: none flags it (again),
+    /// some drops the flag (units came back).
+    pub fn learn(&self, session: i64, sku: i64, left: i64) {
+        if left > 0 {
+            // The common case (no flag) only reads: admissions must not queue on the write lock.
+            if self
+                .flags
+                .read()
+                .expect("not poisoned")
+                .contains_key(&(session, sku))
+            {
+                self.clear(session, sku);
+            }
+        } else {
+            self.set(session, sku);
+        }
     }
 
     /// Flags `(session, sku)`.
@@ -140,16 +212,23 @@ impl SoldOut {
         }
         let mut flags = self.flags.write().expect("not poisoned");
         let now = Instant::now();
-        flags.retain(|_, until| *until > now);
-        flags.insert((session, sku), now + self.ttl);
+        flags.retain(|_, f| f.until > now || f.probing);
+        flags.insert(
+            (session, sku),
+            Flag {
+                until: now + self.ttl,
+                probing: false,
+            },
+        );
         metrics::gauge!("flashsale_sold_out_flags").set(flags.len() as f64);
     }
 
     /// Drops the flag of `(session, sku)` (units came back).
     pub fn clear(&self, session: i64, sku: i64) {
         let mut flags = self.flags.write().expect("not poisoned");
-        flags.remove(&(session, sku));
-        metrics::gauge!("flashsale_sold_out_flags").set(flags.len() as f64);
+        if flags.remove(&(session, sku)).is_some() {
+            metrics::gauge!("flashsale_sold_out_flags").set(flags.len() as f64);
+        }
     }
 }
 
@@ -297,16 +376,51 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_flag_is_rechecked_by_one_purchase_while_the_others_are_answered() {
+        let s = SoldOut::new(Duration::from_millis(20));
+        assert!(matches!(s.check(1, 2), Check::Open));
+        s.set(1, 2);
+        assert!(matches!(s.check(1, 2), Check::SoldOut));
+        std::thread::sleep(Duration::from_millis(30));
+        let probe = s.check(1, 2);
+        assert!(matches!(probe, Check::Probe(_)), "{probe:?}");
+        assert!(matches!(s.check(1, 2), Check::SoldOut), "one probe at a time");
+        drop(probe);
+        let Check::Probe(again) = s.check(1, 2) else {
+            panic!("a probe dropped without an answer lets the next purchase re-check");
+        };
+        s.learn(1, 2, 0);
+        drop(again);
+        assert!(
+            matches!(s.check(1, 2), Check::SoldOut),
+            "still none left: renewed"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        let Check::Probe(last) = s.check(1, 2) else {
+            panic!("expired again");
+        };
+        s.learn(1, 2, 3);
+        drop(last);
+        assert!(matches!(s.check(1, 2), Check::Open), "units came back: dropped");
+    }
+
+    #[test]
+    fn a_zero_ttl_never_flags() {
+        let s = SoldOut::new(Duration::ZERO);
+        s.learn(1, 2, 0);
+        assert!(matches!(s.check(1, 2), Check::Open));
+    }
+
+    #[test]
     fn sold_out_flags_expire() {
         let s = SoldOut::new(Duration::from_millis(20));
-        assert!(!s.is_set(1, 2));
         s.set(1, 2);
-        assert!(s.is_set(1, 2));
-        assert!(!s.is_set(1, 3));
+        assert!(matches!(s.check(1, 2), Check::SoldOut));
+        assert!(matches!(s.check(1, 3), Check::Open));
         std::thread::sleep(Duration::from_millis(30));
-        assert!(!s.is_set(1, 2));
+        assert!(matches!(s.check(1, 2), Check::Probe(_)));
         s.set(1, 2);
         s.clear(1, 2);
-        assert!(!s.is_set(1, 2));
+        assert!(matches!(s.check(1, 2), Check::Open));
     }
 }

@@ -1,13 +1,14 @@
 //! `MALL_HTTP_THREADS`: requests are served on the serving threads it asks for (or on the shared
-//! runtime with 0), and a stop ends those threads.
+//! runtime with 0), each thread talks to Redis over its own connection, and a stop ends them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use mall_common::config::Vars;
 use mall_common::platform::{HttpThreads, Needs, Platform, PlatformSettings, ServiceDefaults};
+use mall_common::redis::{Redis, client};
 use mall_common::server::Server;
 use mall_testkit::{TestEnv, TestServer, eventually};
 
@@ -70,6 +71,77 @@ async fn requests_run_on_the_serving_threads_and_stopping_ends_them() {
         }
     })
     .await;
+}
+
+/// The Redis `CLIENT ID` of the connection `redis.conn()` gives here.
+async fn client_id(redis: &Redis) -> i64 {
+    let mut conn = redis.conn().await.unwrap();
+    client::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut *conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_thread_talks_to_redis_over_its_own_connection() {
+    let env = TestEnv::new().await;
+    // Named apart from `srv`: the other test counts the `srv-http-*` threads of this process.
+    let mut settings = env.platform_settings(&SRV);
+    settings.http.threads = 2;
+    let needs = Needs {
+        redis: Some(vec![]),
+        ..Needs::default()
+    };
+    let platform = Platform::start("rds", settings, needs).await.unwrap();
+    let redis = platform.redis().unwrap().clone();
+    let handler_redis = redis.clone();
+    let routes = Router::new().route(
+        "/redis",
+        get(move || {
+            let redis = handler_redis.clone();
+            async move {
+                let thread = std::thread::current().name().unwrap_or("").to_owned();
+                format!("{thread} {}", client_id(&redis).await)
+            }
+        }),
+    );
+    let app = env.start(Server::bind(platform, routes).await.unwrap()).await;
+
+    let mut by_thread: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    for _ in 0..20 {
+        let res = reqwest::Client::new()
+            .get(app.url("/redis"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        let (thread, id) = text.split_once(' ').unwrap();
+        by_thread
+            .entry(thread.to_owned())
+            .or_default()
+            .insert(id.parse().unwrap());
+    }
+    let mut shared = BTreeSet::new();
+    for _ in 0..6 {
+        shared.insert(client_id(&redis).await);
+    }
+    for (thread, ids) in &by_thread {
+        assert!(thread.starts_with("rds-http-"), "{thread}");
+        assert_eq!(ids.len(), 1, "{thread} used one connection: {ids:?}");
+        assert!(
+            ids.is_disjoint(&shared),
+            "{thread} has its own, not the process's {shared:?}"
+        );
+    }
+    let all: BTreeSet<i64> = by_thread.values().flatten().copied().collect();
+    assert_eq!(
+        all.len(),
+        by_thread.len(),
+        "no two threads share one: {by_thread:?}"
+    );
+    app.stop().await.expect("clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
