@@ -382,7 +382,10 @@ async fn purchase(
     // The admission's trace context goes into the stream entry, so the hand-off continues it.
     let trace = mall_common::telemetry::propagation::traceparent_of(&span.context()).unwrap_or_default();
     let order_id = Uuid::now_v7().to_string();
-    let keys = ItemKeys::new(&shared.redis, p.session_id, p.sku_id);
+    let keys = shared
+        .catalog
+        .get()
+        .item_keys(&shared.redis, p.session_id, p.sku_id);
     let attempt = Attempt {
         user_id: &who.user_id,
         request_id: &p.request_id,
@@ -391,12 +394,9 @@ async fn purchase(
         order_id: &order_id,
         trace: &trace,
     };
-    let outcome = {
-        use tracing::Instrument;
-        tokio::time::timeout(ADMIT_TIMEOUT, admission::admit(&shared.redis, &keys, attempt))
-            .instrument(span.clone())
-            .await
-    };
+    // The span is open from here until the answer and records the verdict; it is not entered
+    // on every poll (nothing inside logs), which cost an enter and exit per poll in every layer.
+    let outcome = tokio::time::timeout(ADMIT_TIMEOUT, admission::admit(&shared.redis, &keys, attempt)).await;
     let verdict = match outcome {
         Ok(Ok(v)) => {
             shared.breaker.record(permit, true);

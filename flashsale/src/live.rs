@@ -3,7 +3,7 @@
 //! and the in-flight limit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,12 +27,24 @@ pub struct Snapshot {
     pub sessions: Vec<Session>,
     /// The public `GET /api/flashsale/sessions` body, rendered once per refresh.
     pub public: Bytes,
+    /// The Redis keys of every item, by `(session, sku)`: built once per refresh rather than
+    /// formatted (seven keys, fourteen strings) on every purchase.
+    keys: HashMap<(i64, i64), Arc<ItemKeys>>,
 }
 
 impl Snapshot {
     /// A session by id.
     pub fn session(&self, id: i64) -> Option<&Session> {
         self.sessions.iter().find(|s| s.session_id == id)
+    }
+
+    /// The keys of `sku` in `session`: the snapshot's, or made now for an item it does not
+    /// know yet (a session warmed since the last refresh; the script decides either way).
+    pub fn item_keys(&self, redis: &Redis, session: i64, sku: i64) -> Arc<ItemKeys> {
+        match self.keys.get(&(session, sku)) {
+            Some(keys) => keys.clone(),
+            None => Arc::new(ItemKeys::new(redis, session, sku)),
+        }
     }
 }
 
@@ -86,9 +98,14 @@ pub async fn load(redis: &Redis) -> Result<Snapshot, RedisError> {
         }));
     }
     let body = serde_json::to_vec(&json!({ "sessions": public })).expect("json");
+    let ids = sessions
+        .iter()
+        .flat_map(|s| s.items.iter().map(|i| (s.session_id, i.sku_id)));
+    let keys = ids.zip(keys.into_iter().map(Arc::new)).collect();
     Ok(Snapshot {
         sessions,
         public: Bytes::from(body),
+        keys,
     })
 }
 
@@ -237,7 +254,11 @@ impl SoldOut {
 /// answer their retries: the script remembers their first answer, which may be an admission.
 #[derive(Debug, Default)]
 pub struct Uncertain {
-    entries: std::sync::Mutex<HashMap<(String, String), Instant>>,
+    /// Request ids by user, so a look-up borrows instead of building a key.
+    entries: std::sync::Mutex<HashMap<String, HashMap<String, Instant>>>,
+    /// Entries held, readable without the lock: every sold-out answer asks, and almost always
+    /// there are none, so that answer never takes a lock shared by the serving threads.
+    len: AtomicUsize,
 }
 
 /// How long a retry of an uncertain purchase bypasses the sold-out flag.
@@ -248,20 +269,31 @@ impl Uncertain {
     pub fn add(&self, user: &str, request_id: &str) {
         let mut entries = self.entries.lock().expect("not poisoned");
         let now = Instant::now();
-        if entries.len() > 10_000 {
-            entries.retain(|_, at| now.duration_since(*at) < UNCERTAIN_TTL);
+        if self.len.load(Ordering::Relaxed) > 10_000 {
+            for ids in entries.values_mut() {
+                ids.retain(|_, at| now.duration_since(*at) < UNCERTAIN_TTL);
+            }
+            entries.retain(|_, ids| !ids.is_empty());
         }
-        entries.insert((user.to_owned(), request_id.to_owned()), now);
+        entries
+            .entry(user.to_owned())
+            .or_default()
+            .insert(request_id.to_owned(), now);
+        self.len
+            .store(entries.values().map(HashMap::len).sum(), Ordering::Release);
     }
 
     /// Whether `(user, request_id)` is a retry of an uncertain purchase.
     pub fn contains(&self, user: &str, request_id: &str) -> bool {
-        let entries = self.entries.lock().expect("not poisoned");
-        if entries.is_empty() {
+        // Stored under the lock after the insert, so a purchase that follows the one that added
+        // an entry (its retry) sees it.
+        if self.len.load(Ordering::Acquire) == 0 {
             return false;
         }
+        let entries = self.entries.lock().expect("not poisoned");
         entries
-            .get(&(user.to_owned(), request_id.to_owned()))
+            .get(user)
+            .and_then(|ids| ids.get(request_id))
             .is_some_and(|at| at.elapsed() < UNCERTAIN_TTL)
     }
 }
@@ -402,6 +434,23 @@ mod tests {
         s.learn(1, 2, 3);
         drop(last);
         assert!(matches!(s.check(1, 2), Check::Open), "units came back: dropped");
+    }
+
+    #[test]
+    fn uncertain_purchases_are_known_by_user_and_request_id() {
+        let u = Uncertain::default();
+        assert!(!u.contains("7", "r1"), "none yet");
+        u.add("7", "r1");
+        u.add("7", "r2");
+        u.add("8", "r1");
+        assert!(u.contains("7", "r1"));
+        assert!(u.contains("7", "r2"));
+        assert!(u.contains("8", "r1"));
+        assert!(!u.contains("8", "r2"), "another request of a known user");
+        assert!(!u.contains("9", "r1"), "another user");
+        assert_eq!(u.len.load(Ordering::Acquire), 3);
+        u.add("7", "r1");
+        assert_eq!(u.len.load(Ordering::Acquire), 3, "a repeat is one entry");
     }
 
     #[test]

@@ -1,16 +1,16 @@
 //! One upstream instance as a tower `Service`: rewrites the request to the instance, sends it
 //! over the shared keep-alive client, and reports failures for passive ejection.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use futures_util::future::BoxFuture;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
-use metrics::SharedString;
+use http::{Request, Response, StatusCode, Uri};
+use metrics::{Counter, Histogram, SharedString};
 use tokio::sync::mpsc::UnboundedSender;
 use tower::load::{CompleteOnResponse, Load, PeakEwma};
 use tower::{BoxError, Service};
@@ -137,6 +137,15 @@ pub(crate) struct Endpoint {
     authority: Authority,
     pool: &'static str,
     passive: Arc<PassiveHealth>,
+    metrics: Arc<RwLock<Vec<StatusMetrics>>>,
+}
+
+/// `gateway_upstream_*` handles of one instance and status, looked up in the registry once: a
+/// look-up hashes the three labels and allocates the key, twice per request.
+struct StatusMetrics {
+    status: StatusCode,
+    requests: Counter,
+    duration: Histogram,
 }
 
 impl Endpoint {
@@ -146,7 +155,38 @@ impl Endpoint {
             authority,
             pool,
             passive,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts and times one answer of this instance.
+    fn observe(&self, status: StatusCode, seconds: f64) {
+        let find = |list: &[StatusMetrics]| {
+            list.iter().find(|m| m.status == status).map(|m| {
+                m.requests.increment(1);
+                m.duration.record(seconds);
+            })
+        };
+        if find(&self.metrics.read().unwrap_or_else(|e| e.into_inner())).is_some() {
+            return;
+        }
+        let mut list = self.metrics.write().unwrap_or_else(|e| e.into_inner());
+        if find(&list).is_some() {
+            return;
+        }
+        let labels = [
+            ("pool", SharedString::const_str(self.pool)),
+            ("instance", SharedString::from(self.instance.clone())),
+            ("status", mall_common::http::status_label(status)),
+        ];
+        let m = StatusMetrics {
+            status,
+            requests: metrics::counter!("gateway_upstream_requests_total", &labels),
+            duration: metrics::histogram!("gateway_upstream_duration_seconds", &labels),
+        };
+        m.requests.increment(1);
+        m.duration.record(seconds);
+        list.push(m);
     }
 
     pub(super) fn uri(&self, path_and_query: PathAndQuery) -> Uri {
@@ -177,7 +217,7 @@ impl Service<Request<Body>> for Endpoint {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = self.uri(pq);
         let sent = CLIENT.with(|client| client.request(req));
-        let (instance, pool, passive) = (self.instance.clone(), self.pool, self.passive.clone());
+        let this = self.clone();
         Box::pin(async move {
             let started = Instant::now();
             let result = sent.await;
@@ -187,26 +227,21 @@ impl Service<Request<Body>> for Endpoint {
                     let status = res.status();
                     // 502/503/504 say the instance cannot serve; a 500 is about one request.
                     if matches!(status.as_u16(), 502..=504) {
-                        passive.failure();
+                        this.passive.failure();
                     } else {
-                        passive.success();
+                        this.passive.success();
                     }
-                    let labels = [
-                        ("pool", SharedString::const_str(pool)),
-                        ("instance", SharedString::from(instance.clone())),
-                        ("status", mall_common::http::status_label(status)),
-                    ];
-                    metrics::counter!("gateway_upstream_requests_total", &labels).increment(1);
-                    metrics::histogram!("gateway_upstream_duration_seconds", &labels).record(elapsed);
+                    this.observe(status, elapsed);
                     let mut res = res.map(Body::new);
-                    res.extensions_mut().insert(UpstreamInstance(instance));
+                    res.extensions_mut().insert(UpstreamInstance(this.instance));
                     Ok(res)
                 }
                 Err(source) => {
-                    passive.failure();
+                    this.passive.failure();
+                    let instance = this.instance;
                     metrics::counter!(
                         "gateway_upstream_requests_total",
-                        "pool" => pool, "instance" => instance.to_string(), "status" => "error"
+                        "pool" => this.pool, "instance" => instance.to_string(), "status" => "error"
                     )
                     .increment(1);
                     Err(Box::new(EndpointError { instance, source }) as BoxError)
