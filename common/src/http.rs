@@ -21,8 +21,9 @@ use crate::telemetry::propagation;
 pub use extract::{Json, Path, Query};
 pub use stack::status_label;
 
-/// The header carrying the request id, set at the edge and echoed in every response.
-pub const REQUEST_ID: &str = "x-request-id";
+/// The header carrying the request id, set at the edge and echoed in every response. A
+/// `HeaderName`, not a string: every look-up by a string parses and hashes it first.
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Knobs of the standard stack.
 #[derive(Debug, Clone)]

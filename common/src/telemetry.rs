@@ -11,6 +11,7 @@
 
 mod access;
 mod b3;
+mod fields;
 mod log_writer;
 pub mod propagation;
 
@@ -301,6 +302,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
     let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match settings.log_format {
         LogFormat::Compact => tracing_subscriber::fmt::layer()
             .with_writer(writer)
+            .fmt_fields(fields::LogFields)
             .compact()
             .with_ansi(ansi)
             .with_target(true)

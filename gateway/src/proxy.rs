@@ -36,17 +36,22 @@ pub struct Proxy {
     pub max_header_bytes: usize,
 }
 
-/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1). Names, not
+/// strings: a removal by string parses the name first, sixteen times per proxied request.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -130,7 +135,9 @@ pub async fn forward(
     let request_id = request_id_of(&req).to_owned();
     // The server span's context, read once: injected upstream and named in the access log.
     let cx = tracing::Span::current().context();
-    let result = forward_inner(&proxy, &pool, route, peer, req, &cx).await;
+    // Formatted once: the rate-limit key, `x-forwarded-for` and the access line all name it.
+    let client = peer.ip().to_string();
+    let result = forward_inner(&proxy, &pool, route, &client, req, &cx).await;
     let response = match result {
         Ok(res) => res,
         Err(e) => e.into_response(),
@@ -145,7 +152,7 @@ pub async fn forward(
         pool: pool.name().as_str(),
         upstream: upstream.as_deref().unwrap_or(""),
         request_id: &request_id,
-        peer,
+        client: &client,
         started,
     };
     line.write(response.status(), &cx);
@@ -163,7 +170,7 @@ pub async fn unrouted(peer: SocketAddr, req: Request<Body>) -> Response {
         pool: "",
         upstream: "",
         request_id: request_id_of(&req),
-        peer,
+        client: &peer.ip().to_string(),
         started,
     };
     line.write(response.status(), &tracing::Span::current().context());
@@ -184,7 +191,7 @@ struct AccessLine<'a> {
     pool: &'a str,
     upstream: &'a str,
     request_id: &'a str,
-    peer: SocketAddr,
+    client: &'a str,
     started: Instant,
 }
 
@@ -204,7 +211,7 @@ impl AccessLine<'_> {
             latency_ms = self.started.elapsed().as_secs_f64() * 1e3,
             request_id = self.request_id,
             trace_id = %propagation::trace_id_of(cx).unwrap_or_default(),
-            client = %self.peer.ip(),
+            client = %self.client,
             "access"
         );
     }
@@ -214,7 +221,7 @@ async fn forward_inner(
     proxy: &Proxy,
     pool: &Pool,
     route: &'static Route,
-    peer: SocketAddr,
+    client: &str,
     req: Request<Body>,
     cx: &opentelemetry::Context,
 ) -> Result<Response, ApiError> {
@@ -231,7 +238,7 @@ async fn forward_inner(
     let who = proxy.verifier.authorize(route.access, req.headers())?;
     let client_key = match &who {
         Some(id) => format!("u:{}", id.user_id),
-        None => format!("ip:{}", peer.ip()),
+        None => format!("ip:{client}"),
     };
     proxy.limiter.check(req.uri().path(), &client_key).await?;
 
@@ -245,13 +252,13 @@ async fn forward_inner(
     }
     headers.remove(header::AUTHORIZATION);
     if let Some(host) = headers.remove(header::HOST) {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
     // We are the edge: whatever x-forwarded-for a client sent is not evidence of anything.
-    if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
-        headers.insert("x-forwarded-for", ip);
+    if let Ok(ip) = HeaderValue::from_str(client) {
+        headers.insert(X_FORWARDED_FOR, ip);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 
     // One span per request, as Envoy does by default: the upstream continues the gateway's
     // server span directly. A client span per hop doubled the tracing work of every request

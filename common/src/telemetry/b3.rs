@@ -6,6 +6,8 @@ use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
+use crate::identity::to_hex;
+
 const B3_SINGLE: &str = "b3";
 const B3_TRACE_ID: &str = "x-b3-traceid";
 const B3_SPAN_ID: &str = "x-b3-spanid";
@@ -98,9 +100,12 @@ impl TextMapPropagator for B3Propagator {
             return;
         }
         let flag = if sc.is_sampled() { "1" } else { "0" };
-        injector.set(B3_SINGLE, format!("{}-{}-{}", sc.trace_id(), sc.span_id(), flag));
-        injector.set(B3_TRACE_ID, sc.trace_id().to_string());
-        injector.set(B3_SPAN_ID, sc.span_id().to_string());
+        // Hex by table, once per id: `Display` on the ids goes through the integer formatter.
+        let trace = to_hex(&sc.trace_id().to_bytes());
+        let span_hex = to_hex(&sc.span_id().to_bytes());
+        injector.set(B3_SINGLE, [trace.as_str(), &span_hex, flag].join("-"));
+        injector.set(B3_TRACE_ID, trace);
+        injector.set(B3_SPAN_ID, span_hex);
         injector.set(B3_SAMPLED, flag.to_owned());
     }
 

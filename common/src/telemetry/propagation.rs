@@ -7,13 +7,15 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use std::sync::LazyLock;
 
 use opentelemetry::Context;
+use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::B3Propagator;
+use crate::identity::to_hex;
 
 /// The helpers below use this directly rather than the global propagator, so propagation never
 /// silently turns into a no-op in a process that did not install telemetry (tools, tests).
@@ -21,10 +23,36 @@ static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(composit
 
 /// B3 then W3C: on extract the later propagator wins, so `traceparent` takes precedence.
 pub fn composite() -> TextMapCompositePropagator {
-    TextMapCompositePropagator::new(vec![
-        Box::new(B3Propagator::new()),
-        Box::new(TraceContextPropagator::new()),
-    ])
+    TextMapCompositePropagator::new(vec![Box::new(B3Propagator::new()), Box::new(W3c::default())])
+}
+
+/// W3C trace context: the SDK's propagator, with `traceparent` written by table instead of
+/// through the integer formatter (every hop of every request writes one).
+#[derive(Debug, Default)]
+struct W3c(TraceContextPropagator);
+
+impl TextMapPropagator for W3c {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return;
+        }
+        // Version 00, as the SDK writes it; only the sampled flag is defined.
+        let flags = if sc.is_sampled() { "01" } else { "00" };
+        let trace = to_hex(&sc.trace_id().to_bytes());
+        let span_hex = to_hex(&sc.span_id().to_bytes());
+        injector.set("traceparent", ["00", &trace, &span_hex, flags].join("-"));
+        injector.set("tracestate", sc.trace_state().header());
+    }
+
+    fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
+        self.0.extract_with_context(cx, extractor)
+    }
+
+    fn fields(&self) -> FieldIter<'_> {
+        self.0.fields()
+    }
 }
 
 /// The header names the propagators read, parsed once.
@@ -55,6 +83,25 @@ pub fn inject_http(headers: &mut http::HeaderMap) {
 /// Writes `cx` into outgoing HTTP headers (for a caller that already holds the context).
 pub fn inject_http_context(cx: &Context, headers: &mut http::HeaderMap) {
     PROPAGATOR.inject_context(cx, &mut HeaderInjector(headers));
+}
+
+/// Sets headers by the propagators' names parsed once (`FIELDS`), not parsed per header; the
+/// value's bytes become the header's without a copy.
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let name = match FIELDS.iter().find(|name| name.as_str() == key) {
+            Some(name) => name.clone(),
+            None => match http::HeaderName::from_bytes(key.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
+        };
+        if let Ok(value) = http::HeaderValue::try_from(value) {
+            self.0.insert(name, value);
+        }
+    }
 }
 
 struct AmqpInjector<'a>(&'a mut FieldTable);
@@ -102,7 +149,7 @@ pub fn extract_amqp(headers: &FieldTable) -> Context {
 pub fn trace_id_of(cx: &Context) -> Option<String> {
     let span = cx.span();
     let sc = span.span_context();
-    sc.is_valid().then(|| sc.trace_id().to_string())
+    sc.is_valid().then(|| to_hex(&sc.trace_id().to_bytes()))
 }
 
 /// A carrier of one W3C `traceparent` value (a Redis stream entry's field, say).
@@ -130,7 +177,7 @@ impl Extractor for Traceparent {
 /// not headers, such as a Redis stream entry; [`extract_traceparent`] reads it back).
 pub fn traceparent_of(cx: &Context) -> Option<String> {
     let mut carrier = Traceparent(None);
-    TraceContextPropagator::new().inject_context(cx, &mut carrier);
+    W3c::default().inject_context(cx, &mut carrier);
     carrier.0
 }
 
@@ -174,6 +221,40 @@ mod tests {
         assert_eq!(trace_id_of(&back).unwrap(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(traceparent_of(&Context::new()).is_none());
         assert!(trace_id_of(&extract_traceparent("garbage")).is_none());
+    }
+
+    #[test]
+    fn the_traceparent_written_here_is_the_sdks() {
+        use std::collections::HashMap;
+        for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
+            let state = TraceState::from_key_value([("vendor", "x")]).unwrap();
+            for ts in [TraceState::default(), state] {
+                let cx = Context::new().with_remote_span_context(SpanContext::new(
+                    TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+                    SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+                    flags,
+                    true,
+                    ts,
+                ));
+                let (mut ours, mut sdk) = (HashMap::new(), HashMap::new());
+                W3c::default().inject_context(&cx, &mut ours);
+                TraceContextPropagator::new().inject_context(&cx, &mut sdk);
+                assert_eq!(ours, sdk);
+                let mut headers = http::HeaderMap::new();
+                inject_http_context(&cx, &mut headers);
+                assert_eq!(headers["traceparent"], sdk["traceparent"].as_str());
+                assert_eq!(headers["tracestate"], sdk["tracestate"].as_str());
+                assert_eq!(headers["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c");
+            }
+        }
+        let cx = remote("4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            trace_id_of(&cx).unwrap(),
+            cx.span().span_context().trace_id().to_string()
+        );
+        let mut none = HashMap::new();
+        W3c::default().inject_context(&Context::new(), &mut none);
+        assert!(none.is_empty(), "no context, no header");
     }
 
     #[test]
