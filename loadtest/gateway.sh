@@ -2,6 +2,9 @@
 # Gateway benchmark: one upstream measured three ways in one run (directly, through
 # mall-gateway, through nginx configured as an equivalent reverse proxy) at 50 and 256
 # connections with oha. Writes results/gateway-<timestamp>.md (and gateway-latest.md).
+# The three are measured in turn over BENCH_ROUNDS rounds (default 3): on these shared cores the
+# same binary drifts by 10-15% between back-to-back measurements, so each round gives its own
+# ratios and the report takes their median.
 #
 #   loadtest/gateway.sh                    # 10 s per measurement
 #   BENCH_DURATION=30s loadtest/gateway.sh
@@ -73,21 +76,25 @@ declare -A URLS=(
   [gateway]="http://127.0.0.1:$GATEWAY_PORT$TARGET_PATH"
   [nginx]="http://127.0.0.1:$NGINX_PORT$TARGET_PATH"
 )
-for c in $CONNECTIONS; do
-  for name in direct gateway nginx; do
-    warmup "$c" "${URLS[$name]}"
-    measure "$name" "$c" "${URLS[$name]}"
+ROUNDS=${BENCH_ROUNDS:-3}
+for ((r = 1; r <= ROUNDS; r++)); do
+  for c in $CONNECTIONS; do
+    for name in direct gateway nginx; do
+      warmup "$c" "${URLS[$name]}"
+      measure "$name-r$r" "$c" "${URLS[$name]}"
+    done
   done
 done
 
 mkdir -p "$RESULTS"
 stamp=$(date -u +%Y%m%d-%H%M%S)
 report="$RESULTS/gateway-$stamp.md"
-python3 - "$RUN" "$CONNECTIONS" "$DURATION" "$TARGET_PATH" >"$report" <<'PY'
-import json, os, platform, subprocess, sys
+python3 - "$RUN" "$CONNECTIONS" "$DURATION" "$TARGET_PATH" "$ROUNDS" >"$report" <<'PY'
+import json, os, platform, statistics, subprocess, sys
 run, conns, duration, path = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4]
-def load(name, c):
-    d = json.load(open(os.path.join(run, f"{name}-{c}.json")))
+rounds = range(1, int(sys.argv[5]) + 1)
+def load(name, c, r):
+    d = json.load(open(os.path.join(run, f"{name}-r{r}-{c}.json")))
     pct = d.get("latencyPercentiles", {})
     codes = d.get("statusCodeDistribution", {})
     return {
@@ -101,24 +108,27 @@ print("# Gateway benchmark\n")
 print(f"One run on this machine ({cpu} cores, {platform.platform()}): the same upstream (one mall-product")
 print(f"instance, `GET {path}`: a fixed JSON answer from its full stack) measured directly, through mall-gateway (full")
 print("default stack: tracing, metrics, access log; rate limit raised) and through nginx as an")
-print(f"equivalent keep-alive reverse proxy (access log on). oha, {duration} per measurement after a warm-up;")
-print("load generator, proxy and upstream share the same cores.\n")
-print("| connections | target | requests/s | p50 ms | p99 ms | p99.9 ms | status codes | errors |")
-print("|---:|---|---:|---:|---:|---:|---|---:|")
-ratios = []
+print(f"equivalent keep-alive reverse proxy (access log on). oha, {duration} per measurement after a warm-up,")
+print(f"the three in turn over {len(rounds)} rounds; load generator, proxy and upstream share the same cores.\n")
+print("| round | connections | target | requests/s | p50 ms | p99 ms | p99.9 ms | status codes | errors |")
+print("|---:|---:|---|---:|---:|---:|---:|---|---:|")
+per = {c: [] for c in conns}
+for r in rounds:
+    for c in conns:
+        x = {n: load(n, c, r) for n in ("direct", "gateway", "nginx")}
+        for n in ("direct", "gateway", "nginx"):
+            v = x[n]
+            print(f"| {r} | {c} | {n} | {v['rps']:.0f} | {v['p50']:.2f} | {v['p99']:.2f} | {v['p999']:.2f} | {v['codes']} | {v['errors']} |")
+        g, d, n = x["gateway"], x["direct"], x["nginx"]
+        per[c].append((g["rps"] / d["rps"], g["rps"] / n["rps"], n["p99"] / g["p99"]))
+print("\n| connections | gateway/direct req/s | gateway/nginx req/s | nginx p99 / gateway p99 | gateway/nginx req/s by round |")
+print("|---:|---:|---:|---:|---|")
 for c in conns:
-    r = {n: load(n, c) for n in ("direct", "gateway", "nginx")}
-    for n in ("direct", "gateway", "nginx"):
-        x = r[n]
-        print(f"| {c} | {n} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | {x['p999']:.2f} | {x['codes']} | {x['errors']} |")
-    ratios.append((c, r))
-print("\n| connections | gateway/direct req/s | gateway/nginx req/s | nginx p99 / gateway p99 |")
-print("|---:|---:|---:|---:|")
-for c, r in ratios:
-    g, d, n = r["gateway"], r["direct"], r["nginx"]
-    print(f"| {c} | {g['rps']/d['rps']:.2f} | {g['rps']/n['rps']:.2f} | {n['p99']/g['p99']:.2f} |")
-print("\nTarget: gateway/nginx req/s >= 1.0 and nginx p99 / gateway p99 >= 1.0 (the gateway at least")
-print("matches nginx). Reproduce: `loadtest/gateway.sh`.")
+    med = [statistics.median(v[i] for v in per[c]) for i in range(3)]
+    rounds_text = ", ".join(f"{v[1]:.2f}" for v in per[c])
+    print(f"| {c} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {rounds_text} |")
+print("\nRatios are the median of the rounds' ratios. Target: gateway/nginx req/s >= 1.0 and nginx p99 /")
+print("gateway p99 >= 1.0 (the gateway at least matches nginx). Reproduce: `loadtest/gateway.sh`.")
 PY
 cp "$report" "$RESULTS/gateway-latest.md"
 cat "$report"

@@ -281,6 +281,21 @@ pub enum TelemetryError {
     AlreadyInstalled(String),
 }
 
+/// Writes `s` as `{:?}` would, quoted and escaped, without the formatter when nothing in it
+/// needs escaping (printable ASCII, no quote or backslash: request ids, trace ids, routes), as
+/// in most fields of every log and access line.
+fn write_debug_str(out: &mut impl std::fmt::Write, s: &str) -> std::fmt::Result {
+    if s.bytes()
+        .all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
+    {
+        out.write_char('"')?;
+        out.write_str(s)?;
+        out.write_char('"')
+    } else {
+        write!(out, "{s:?}")
+    }
+}
+
 /// Installs logging, tracing, export and propagation for this process. Call once, early.
 pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(propagation::composite());
@@ -389,6 +404,26 @@ fn build_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, Tel
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_are_written_as_debug_writes_them() {
+        for s in [
+            "",
+            "req-1",
+            "a b/c?d=e",
+            "quote\"d",
+            "back\\slash",
+            "line\nbreak",
+            "tab\t",
+            "\u{7f}",
+            "é",
+            "\u{200b}",
+        ] {
+            let mut out = String::new();
+            write_debug_str(&mut out, s).unwrap();
+            assert_eq!(out, format!("{s:?}"), "{s:?}");
+        }
+    }
 
     #[test]
     fn nothing_is_exported_without_an_endpoint() {

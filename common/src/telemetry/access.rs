@@ -83,10 +83,13 @@ struct TextFields<'a> {
 
 impl Visit for TextFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
+        self.line.push(' ');
         if field.name() == "message" {
-            let _ = write!(self.line, " {value}");
+            self.line.push_str(value);
         } else {
-            let _ = write!(self.line, " {}={value:?}", field.name());
+            self.line.push_str(field.name());
+            self.line.push('=');
+            let _ = super::write_debug_str(self.line, value);
         }
     }
 

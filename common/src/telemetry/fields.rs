@@ -87,10 +87,19 @@ impl Visitor<'_> {
 
 impl Visit for Visitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
+        let name = field.name();
+        if name == "message" {
             self.write(field, &format_args!("{value}"));
-        } else {
-            self.write(field, &value);
+        } else if !(self.result.is_err() || TRACE_ONLY.contains(&name) || name.starts_with("log.")) {
+            // The common case (request and trace ids) without the formatter.
+            let sep = if self.first { "" } else { " " };
+            self.first = false;
+            self.result = (|| {
+                self.writer.write_str(sep)?;
+                self.writer.write_str(name.trim_start_matches("r#"))?;
+                self.writer.write_char('=')?;
+                super::write_debug_str(&mut self.writer, value)
+            })();
         }
     }
 
