@@ -1,7 +1,8 @@
 //! Logs and traces, configured once per process.
 //!
 //! [`init`] installs a `tracing` subscriber with independently filtered layers: the log layer
-//! (compact or JSON, filtered by `RUST_LOG`/`MALL_LOG`), the access-line layer (the same format
+//! (compact or JSON, filtered by `RUST_LOG`/`MALL_LOG`; compact lines leave the request span's
+//! trace-only fields to the trace, see `fields`), the access-line layer (the same format
 //! and filter, for events whose target ends in `::access`; see `access`) and the OpenTelemetry
 //! layer (always at INFO, so a quiet log level never silences traces; see DEPENDENCIES.md
 //! gotcha 7).
