@@ -5,6 +5,7 @@
 
 mod extract;
 mod stack;
+mod timed;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::telemetry::propagation;
 
 pub use extract::{Json, Path, Query};
 pub use stack::status_label;
+pub use timed::Timed;
 
 /// The header carrying the request id, set at the edge and echoed in every response. A
 /// `HeaderName`, not a string: every look-up by a string parses and hashes it first.

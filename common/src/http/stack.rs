@@ -24,7 +24,7 @@ use std::convert::Infallible;
 use std::future::poll_fn;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::{Pin, pin};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -35,11 +35,11 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, StatusCode};
-use metrics::{Counter, Histogram, SharedString};
+use metrics::SharedString;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
-use super::{REQUEST_ID, StackSettings};
+use super::{REQUEST_ID, StackSettings, Timed};
 use crate::error::{ApiError, ErrorBody, ErrorCause, code_for_status};
 
 /// Longest plain-text error body turned into a JSON message.
@@ -77,7 +77,7 @@ impl<S> tower::Layer<S> for StandardLayer {
                 service: self.service,
                 timeout: self.timeout,
                 body_limit: self.body_limit,
-                metrics: RwLock::new(Vec::new()),
+                metrics: Timed::default(),
             }),
         }
     }
@@ -95,15 +95,7 @@ struct Shared {
     timeout: Duration,
     body_limit: usize,
     /// Metric handles by (route, method, status): a handful per route.
-    metrics: RwLock<Vec<MetricHandles>>,
-}
-
-struct MetricHandles {
-    route: Box<str>,
-    method: Method,
-    status: StatusCode,
-    requests: Counter,
-    duration: Histogram,
+    metrics: Timed<(Box<str>, Method, StatusCode)>,
 }
 
 impl<S> tower::Service<Request<Body>> for Standard<S>
@@ -220,37 +212,23 @@ async fn finish(
 
 impl Shared {
     fn observe(&self, route: &str, method: &Method, status: StatusCode, seconds: f64) {
-        let find = |list: &[MetricHandles]| {
-            list.iter()
-                .find(|h| h.status == status && h.method == method && &*h.route == route)
-                .map(|h| {
-                    h.requests.increment(1);
-                    h.duration.record(seconds);
-                })
-        };
-        if find(&self.metrics.read().unwrap_or_else(|e| e.into_inner())).is_some() {
-            return;
-        }
-        let mut list = self.metrics.write().unwrap_or_else(|e| e.into_inner());
-        if find(&list).is_some() {
-            return;
-        }
-        let labels = [
-            ("service", SharedString::const_str(self.service)),
-            ("method", static_method(method)),
-            ("route", SharedString::from(route.to_owned())),
-            ("status", status_label(status)),
-        ];
-        let handles = MetricHandles {
-            route: route.into(),
-            method: method.clone(),
-            status,
-            requests: metrics::counter!("http_server_requests_total", &labels),
-            duration: metrics::histogram!("http_server_request_duration_seconds", &labels),
-        };
-        handles.requests.increment(1);
-        handles.duration.record(seconds);
-        list.push(handles);
+        self.metrics.record(
+            |(r, m, s)| *s == status && m == method && &**r == route,
+            || {
+                let labels = [
+                    ("service", SharedString::const_str(self.service)),
+                    ("method", static_method(method)),
+                    ("route", SharedString::from(route.to_owned())),
+                    ("status", status_label(status)),
+                ];
+                (
+                    (route.into(), method.clone(), status),
+                    metrics::counter!("http_server_requests_total", &labels),
+                    metrics::histogram!("http_server_request_duration_seconds", &labels),
+                )
+            },
+            seconds,
+        );
     }
 }
 

@@ -1,8 +1,8 @@
 //! One upstream instance as a tower `Service`: rewrites the request to the instance, sends it
 //! over the shared keep-alive client, and reports failures for passive ejection.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,8 @@ use axum::body::Body;
 use futures_util::future::BoxFuture;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
-use metrics::{Counter, Histogram, SharedString};
+use mall_common::http::Timed;
+use metrics::SharedString;
 use tokio::sync::mpsc::UnboundedSender;
 use tower::load::{CompleteOnResponse, Load, PeakEwma};
 use tower::{BoxError, Service};
@@ -137,15 +138,7 @@ pub(crate) struct Endpoint {
     authority: Authority,
     pool: &'static str,
     passive: Arc<PassiveHealth>,
-    metrics: Arc<RwLock<Vec<StatusMetrics>>>,
-}
-
-/// `gateway_upstream_*` handles of one instance and status, looked up in the registry once: a
-/// look-up hashes the three labels and allocates the key, twice per request.
-struct StatusMetrics {
-    status: StatusCode,
-    requests: Counter,
-    duration: Histogram,
+    metrics: Arc<Timed<StatusCode>>,
 }
 
 impl Endpoint {
@@ -159,34 +152,25 @@ impl Endpoint {
         }
     }
 
-    /// Counts and times one answer of this instance.
+    /// Counts and times one answer of this instance (`gateway_upstream_*`, handles looked up
+    /// once per status).
     fn observe(&self, status: StatusCode, seconds: f64) {
-        let find = |list: &[StatusMetrics]| {
-            list.iter().find(|m| m.status == status).map(|m| {
-                m.requests.increment(1);
-                m.duration.record(seconds);
-            })
-        };
-        if find(&self.metrics.read().unwrap_or_else(|e| e.into_inner())).is_some() {
-            return;
-        }
-        let mut list = self.metrics.write().unwrap_or_else(|e| e.into_inner());
-        if find(&list).is_some() {
-            return;
-        }
-        let labels = [
-            ("pool", SharedString::const_str(self.pool)),
-            ("instance", SharedString::from(self.instance.clone())),
-            ("status", mall_common::http::status_label(status)),
-        ];
-        let m = StatusMetrics {
-            status,
-            requests: metrics::counter!("gateway_upstream_requests_total", &labels),
-            duration: metrics::histogram!("gateway_upstream_duration_seconds", &labels),
-        };
-        m.requests.increment(1);
-        m.duration.record(seconds);
-        list.push(m);
+        self.metrics.record(
+            |s| *s == status,
+            || {
+                let labels = [
+                    ("pool", SharedString::const_str(self.pool)),
+                    ("instance", SharedString::from(self.instance.clone())),
+                    ("status", mall_common::http::status_label(status)),
+                ];
+                (
+                    status,
+                    metrics::counter!("gateway_upstream_requests_total", &labels),
+                    metrics::histogram!("gateway_upstream_duration_seconds", &labels),
+                )
+            },
+            seconds,
+        );
     }
 
     pub(super) fn uri(&self, path_and_query: PathAndQuery) -> Uri {
