@@ -68,19 +68,30 @@ struct Visitor<'w> {
 }
 
 impl Visitor<'_> {
+    /// Whether `field` is written; if so, its separator is already written. Skipped: the
+    /// trace-only fields, `log.*` (from `tracing-log`), everything after a write error.
+    fn start(&mut self, name: &str) -> bool {
+        if self.result.is_err() || TRACE_ONLY.contains(&name) || name.starts_with("log.") {
+            return false;
+        }
+        if !self.first {
+            self.result = self.writer.write_char(' ');
+        }
+        self.first = false;
+        self.result.is_ok()
+    }
+
     fn write(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let name = field.name();
-        if self.result.is_err() || TRACE_ONLY.contains(&name) || name.starts_with("log.") {
+        if !self.start(name) {
             return;
         }
-        let sep = if self.first { "" } else { " " };
-        self.first = false;
         // As the default formatter: the message bare, other fields `name=value`, values in
         // their Debug form (strings quoted and escaped, so a field cannot forge a line).
         self.result = if name == "message" {
-            write!(self.writer, "{sep}{value:?}")
+            write!(self.writer, "{value:?}")
         } else {
-            write!(self.writer, "{sep}{}={value:?}", name.trim_start_matches("r#"))
+            write!(self.writer, "{}={value:?}", name.trim_start_matches("r#"))
         };
     }
 }
@@ -90,12 +101,9 @@ impl Visit for Visitor<'_> {
         let name = field.name();
         if name == "message" {
             self.write(field, &format_args!("{value}"));
-        } else if !(self.result.is_err() || TRACE_ONLY.contains(&name) || name.starts_with("log.")) {
+        } else if self.start(name) {
             // The common case (request and trace ids) without the formatter.
-            let sep = if self.first { "" } else { " " };
-            self.first = false;
             self.result = (|| {
-                self.writer.write_str(sep)?;
                 self.writer.write_str(name.trim_start_matches("r#"))?;
                 self.writer.write_char('=')?;
                 super::write_debug_str(&mut self.writer, value)
