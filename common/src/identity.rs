@@ -1,25 +1,35 @@
 //! The caller's identity as the gateway asserts it to services.
 //!
-//! The gateway verifies the client's JWT at the edge, strips any identity headers the client
-//! sent, and writes its own: user id, roles, a timestamp and an HMAC-SHA256 over them keyed by the
-//! internal secret (`MALL_INTERNAL_SECRET`) that only mall processes know. A service checks the
-//! signature with [`verify`], so a client that reaches a service directly, or sends its own
-//! `x-mall-user-id` through the gateway, can never pose as another user.
+//! The gateway verifies the client's JWT at the edge, strips any identity header the client
+//! sent, and writes its own, ONE header (a service parses one name instead of four, and the
+//! gateway builds one value):
+//!
+//! ```text
+//! x-mall-identity: v1;<signature>;<signed at>;<roles>;<user id>
+//! ```
+//!
+//! `<signature>` is the hex HMAC-SHA256, keyed by the internal secret (`MALL_INTERNAL_SECRET`)
+//! that only mall processes know, over the value with the signature field taken out
+//! (`v1;<signed at>;<roles>;<user id>`); `<signed at>` is unix seconds, `<roles>` is
+//! comma-separated. The user id comes last, so it may hold any character a header value can;
+//! roles may not hold `,` or `;` (see [`carriable`]), so the split is never ambiguous. A service
+//! checks the signature with [`verify`], so a client that reaches a service directly, or sends its
+//! own `x-mall-identity` through the gateway, can never pose as another user.
+
+use std::fmt::Write as _;
 
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 
-/// The asserted user id.
-pub const USER_ID: &str = "x-mall-user-id";
-/// Comma-separated roles.
-pub const ROLES: &str = "x-mall-roles";
-/// Unix seconds at which the gateway signed.
-pub const SIGNED_AT: &str = "x-mall-identity-ts";
-/// Hex HMAC-SHA256 over version, user, roles and timestamp.
-pub const SIGNATURE: &str = "x-mall-identity-sig";
-/// Every identity header, for stripping.
-pub const HEADERS: [&str; 4] = [USER_ID, ROLES, SIGNED_AT, SIGNATURE];
+/// The header that carries the asserted identity.
+pub const HEADER: HeaderName = HeaderName::from_static("x-mall-identity");
+
+/// The format's version prefix.
+const VERSION: &[u8] = b"v1;";
+
+/// Hex digits of an HMAC-SHA256.
+const SIGNATURE_HEX_LEN: usize = 64;
 
 /// How far a signature's timestamp may be from the verifier's clock.
 pub const MAX_SKEW_SECS: u64 = 300;
@@ -40,11 +50,11 @@ impl Identity {
     }
 }
 
-/// Why asserted identity headers were rejected.
+/// Why an asserted identity header was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
-    /// Some identity headers are present but not all, or they are not valid text.
-    #[error("incomplete identity headers")]
+    /// The header is not in the format (or not valid text).
+    #[error("malformed identity header")]
     Incomplete,
     /// The signature does not match: forged or altered.
     #[error("identity signature does not match")]
@@ -54,23 +64,65 @@ pub enum IdentityError {
     Expired,
 }
 
+/// Why an identity cannot be asserted in the header.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NotCarriable {
+    /// An empty user id, or one with control characters.
+    #[error("the user id is empty or holds control characters")]
+    UserId,
+    /// A role that is empty or holds `,`, `;` or control characters.
+    #[error("a role is empty or holds ',', ';' or control characters")]
+    Role,
+}
+
+/// Whether `identity` fits the header: a user id of printable characters (any UTF-8 but control
+/// characters) and roles that are non-empty and hold neither separator. The gateway refuses a
+/// token that does not fit (401) rather than pass on something a service would parse otherwise.
+pub fn carriable(identity: &Identity) -> Result<(), NotCarriable> {
+    let printable = |s: &str| !s.chars().any(char::is_control);
+    if identity.user_id.is_empty() || !printable(&identity.user_id) {
+        return Err(NotCarriable::UserId);
+    }
+    let role_ok = |r: &String| !r.is_empty() && printable(r) && !r.contains([',', ';']);
+    if !identity.roles.iter().all(role_ok) {
+        return Err(NotCarriable::Role);
+    }
+    Ok(())
+}
+
 type HmacSha256 = Hmac<Sha256>;
 
-fn mac(secret: &[u8], user_id: &str, roles: &str, signed_at: u64) -> HmacSha256 {
+/// The MAC over the signed part of the value (`v1;` and what follows the signature).
+fn mac(secret: &[u8], signed: &[u8]) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(format!("v1|{user_id}|{roles}|{signed_at}").as_bytes());
+    mac.update(VERSION);
+    mac.update(signed);
     mac
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 /// Lower-case hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
+    push_hex(&mut s, bytes);
     s
+}
+
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        s.push(HEX_DIGITS[usize::from(b >> 4)] as char);
+        s.push(HEX_DIGITS[usize::from(b & 0xf)] as char);
+    }
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
 }
 
 /// Bytes of a hex string, or `None` if it is not hex.
@@ -78,70 +130,126 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+    s.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?))
         .collect()
 }
 
-/// Writes the identity headers for `identity`, signed at `now` (unix seconds).
-pub fn assert_identity(headers: &mut HeaderMap, secret: &[u8], identity: &Identity, now: u64) {
-    let roles = identity.roles.join(",");
-    let sig = to_hex(
-        &mac(secret, &identity.user_id, &roles, now)
-            .finalize()
-            .into_bytes(),
-    );
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(name, v);
-        }
-    };
-    put(USER_ID, identity.user_id.clone());
-    put(ROLES, roles);
-    put(SIGNED_AT, now.to_string());
-    put(SIGNATURE, sig);
+/// The 32 bytes of a hex signature, without allocating (every verified request decodes one).
+fn signature_bytes(hex: &[u8]) -> Option<[u8; 32]> {
+    if hex.len() != SIGNATURE_HEX_LEN {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+    }
+    Some(out)
 }
 
-/// Removes every identity header (what a client sent must never reach a service).
+/// The identity header's value for `identity`, signed at `now` (unix seconds).
+pub fn header_value(secret: &[u8], identity: &Identity, now: u64) -> Result<HeaderValue, NotCarriable> {
+    carriable(identity)?;
+    let roles_len: usize = identity.roles.iter().map(|r| r.len() + 1).sum();
+    // The signed part, then the value around it.
+    let mut signed = String::with_capacity(20 + roles_len + identity.user_id.len() + 2);
+    let _ = write!(signed, "{now};");
+    for (i, role) in identity.roles.iter().enumerate() {
+        if i > 0 {
+            signed.push(',');
+        }
+        signed.push_str(role);
+    }
+    signed.push(';');
+    signed.push_str(&identity.user_id);
+    let sig = mac(secret, signed.as_bytes()).finalize().into_bytes();
+    let mut value = String::with_capacity(VERSION.len() + SIGNATURE_HEX_LEN + 1 + signed.len());
+    value.push_str("v1;");
+    push_hex(&mut value, &sig);
+    value.push(';');
+    value.push_str(&signed);
+    // Printable UTF-8 (checked above) is a valid header value: bytes >= 0x80 are obs-text.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).map_err(|_| NotCarriable::UserId)
+}
+
+/// Writes the identity header for `identity`, signed at `now` (unix seconds).
+pub fn assert_identity(
+    headers: &mut HeaderMap,
+    secret: &[u8],
+    identity: &Identity,
+    now: u64,
+) -> Result<(), NotCarriable> {
+    headers.insert(HEADER, header_value(secret, identity, now)?);
+    Ok(())
+}
+
+/// Removes the identity header (what a client sent must never reach a service).
 pub fn strip(headers: &mut HeaderMap) {
-    // Names parsed at compile time: the gateway strips on every request.
-    const NAMES: [HeaderName; 4] = [
-        HeaderName::from_static(USER_ID),
-        HeaderName::from_static(ROLES),
-        HeaderName::from_static(SIGNED_AT),
-        HeaderName::from_static(SIGNATURE),
-    ];
-    for name in NAMES {
-        headers.remove(name);
+    headers.remove(HEADER);
+}
+
+/// The parts of a header value: signature (hex), the signed part, and in it the timestamp,
+/// roles and user id.
+struct Parsed<'a> {
+    signature: &'a [u8],
+    signed: &'a [u8],
+    signed_at: &'a str,
+    roles: &'a str,
+    user_id: &'a str,
+}
+
+fn parse(value: &HeaderValue) -> Result<Parsed<'_>, IdentityError> {
+    let rest = value
+        .as_bytes()
+        .strip_prefix(VERSION)
+        .ok_or(IdentityError::Incomplete)?;
+    if rest.len() <= SIGNATURE_HEX_LEN || rest[SIGNATURE_HEX_LEN] != b';' {
+        return Err(IdentityError::Incomplete);
+    }
+    let (signature, signed) = (&rest[..SIGNATURE_HEX_LEN], &rest[SIGNATURE_HEX_LEN + 1..]);
+    let text = std::str::from_utf8(signed).map_err(|_| IdentityError::Incomplete)?;
+    let mut fields = text.splitn(3, ';');
+    match (fields.next(), fields.next(), fields.next()) {
+        (Some(signed_at), Some(roles), Some(user_id)) if !user_id.is_empty() => Ok(Parsed {
+            signature,
+            signed,
+            signed_at,
+            roles,
+            user_id,
+        }),
+        _ => Err(IdentityError::Incomplete),
     }
 }
 
-/// The identity the gateway asserted, `Ok(None)` for an anonymous request, or an error for
-/// headers that are incomplete, forged or stale.
+/// The user id the identity header CLAIMS, unverified: for decisions that are the same for
+/// every caller and only use the claim to pick who goes down the verified path (the flash
+/// sale's sold-out answer). Never use it as who the caller is; that is [`verify`].
+pub fn claimed_user(headers: &HeaderMap) -> Option<&str> {
+    parse(headers.get(HEADER)?).ok().map(|p| p.user_id)
+}
+
+/// The identity the gateway asserted, `Ok(None)` for an anonymous request, or an error for a
+/// header that is malformed, forged or stale.
 pub fn verify(headers: &HeaderMap, secret: &[u8], now: u64) -> Result<Option<Identity>, IdentityError> {
-    let get = |name| {
-        headers
-            .get(name)
-            .map(|v| v.to_str().map_err(|_| IdentityError::Incomplete))
+    let Some(value) = headers.get(HEADER) else {
+        return Ok(None);
     };
-    let (user, roles, at, sig) = match (get(USER_ID), get(ROLES), get(SIGNED_AT), get(SIGNATURE)) {
-        (None, None, None, None) => return Ok(None),
-        (Some(u), Some(r), Some(t), Some(s)) => (u?, r?, t?, s?),
-        _ => return Err(IdentityError::Incomplete),
-    };
-    let signed_at: u64 = at.parse().map_err(|_| IdentityError::Incomplete)?;
-    let sig = from_hex(sig).ok_or(IdentityError::Forged)?;
+    let parsed = parse(value)?;
+    let sig = signature_bytes(parsed.signature).ok_or(IdentityError::Forged)?;
     // Constant-time comparison.
-    mac(secret, user, roles, signed_at)
+    mac(secret, parsed.signed)
         .verify_slice(&sig)
         .map_err(|_| IdentityError::Forged)?;
+    // Signed, so the gateway wrote these fields; a bad timestamp is still refused, not trusted.
+    let signed_at: u64 = parsed.signed_at.parse().map_err(|_| IdentityError::Incomplete)?;
     if now.abs_diff(signed_at) > MAX_SKEW_SECS {
         return Err(IdentityError::Expired);
     }
     Ok(Some(Identity {
-        user_id: user.to_owned(),
-        roles: roles
+        user_id: parsed.user_id.to_owned(),
+        roles: parsed
+            .roles
             .split(',')
             .filter(|r| !r.is_empty())
             .map(str::to_owned)
@@ -226,26 +334,115 @@ mod tests {
         }
     }
 
+    fn header(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER, HeaderValue::from_str(value).expect("value"));
+        headers
+    }
+
     #[test]
     fn a_signed_identity_verifies_and_a_tampered_one_does_not() {
         let mut headers = HeaderMap::new();
         assert_eq!(verify(&headers, b"k", 1000), Ok(None));
-        assert_identity(&mut headers, b"k", &alice(), 1000);
+        assert_eq!(claimed_user(&headers), None);
+        assert_identity(&mut headers, b"k", &alice(), 1000).expect("carriable");
+        assert_eq!(headers.len(), 1, "one header carries the identity");
         assert_eq!(verify(&headers, b"k", 1010), Ok(Some(alice())));
+        assert_eq!(claimed_user(&headers), Some("42"));
         assert_eq!(verify(&headers, b"other-key", 1010), Err(IdentityError::Forged));
         assert_eq!(
             verify(&headers, b"k", 1000 + MAX_SKEW_SECS + 1),
             Err(IdentityError::Expired)
         );
+        assert_eq!(
+            verify(&headers, b"k", 1000 - MAX_SKEW_SECS - 1),
+            Err(IdentityError::Expired)
+        );
 
-        headers.insert(USER_ID, HeaderValue::from_static("43"));
-        assert_eq!(verify(&headers, b"k", 1010), Err(IdentityError::Forged));
+        // Every field is covered: another user, other roles, another time.
+        let value = headers[HEADER].to_str().expect("ascii").to_owned();
+        assert!(
+            value.starts_with("v1;") && value.ends_with(";1000;admin;42"),
+            "{value}"
+        );
+        for (from, to) in [(";42", ";43"), (";admin;", ";root;"), (";1000;", ";1001;")] {
+            let altered = header(&value.replace(from, to));
+            assert_eq!(
+                verify(&altered, b"k", 1010),
+                Err(IdentityError::Forged),
+                "{from} -> {to}"
+            );
+        }
+        // Roles cannot be added by moving a separator: the user id is the rest of the value.
+        let moved = header(&value.replace(";admin;42", ";admin,42;42"));
+        assert_eq!(verify(&moved, b"k", 1010), Err(IdentityError::Forged));
 
-        let mut forged = HeaderMap::new();
-        forged.insert(USER_ID, HeaderValue::from_static("1"));
-        assert_eq!(verify(&forged, b"k", 0), Err(IdentityError::Incomplete));
         strip(&mut headers);
         assert_eq!(verify(&headers, b"k", 1010), Ok(None));
+    }
+
+    #[test]
+    fn malformed_headers_are_refused_and_claim_no_one() {
+        let sig = "0".repeat(SIGNATURE_HEX_LEN);
+        for bad in [
+            "",
+            "42",
+            "v2;00;1;;42",
+            "v1;00;1;;42",
+            &format!("v1;{sig};1;admin"),
+            &format!("v1;{sig};1;admin;"),
+            &format!("v1;{sig}1;admin;42"),
+        ] {
+            let headers = header(bad);
+            assert_eq!(
+                verify(&headers, b"k", 1),
+                Err(IdentityError::Incomplete),
+                "{bad:?}"
+            );
+            assert_eq!(claimed_user(&headers), None, "{bad:?}");
+        }
+        // Well-formed but not hex, or hex but not the signature: forged.
+        let not_hex = header(&format!("v1;{};1;admin;42", "g".repeat(SIGNATURE_HEX_LEN)));
+        assert_eq!(verify(&not_hex, b"k", 1), Err(IdentityError::Forged));
+        let zeros = header(&format!("v1;{sig};1;admin;42"));
+        assert_eq!(verify(&zeros, b"k", 1), Err(IdentityError::Forged));
+        assert_eq!(claimed_user(&zeros), Some("42"), "a claim is only a claim");
+    }
+
+    #[test]
+    fn any_printable_user_id_round_trips_and_roles_must_not_hold_separators() {
+        for user in ["a;b;c", "ünïcødé", "with space", "x,y"] {
+            let who = Identity {
+                user_id: user.into(),
+                roles: vec!["buyer".into(), "admin".into()],
+            };
+            let mut headers = HeaderMap::new();
+            assert_identity(&mut headers, b"k", &who, 5).expect("carriable");
+            assert_eq!(verify(&headers, b"k", 5), Ok(Some(who)), "{user}");
+        }
+        let nobody = Identity {
+            user_id: "1".into(),
+            roles: vec![],
+        };
+        let mut headers = HeaderMap::new();
+        assert_identity(&mut headers, b"k", &nobody, 5).expect("carriable");
+        assert_eq!(verify(&headers, b"k", 5), Ok(Some(nobody)));
+
+        let with_roles = |user: &str, roles: &[&str]| Identity {
+            user_id: user.into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        };
+        assert_eq!(carriable(&with_roles("", &[])), Err(NotCarriable::UserId));
+        assert_eq!(carriable(&with_roles("a\nb", &[])), Err(NotCarriable::UserId));
+        for role in ["", "a,admin", "a;admin", "a\tb"] {
+            let mut headers = HeaderMap::new();
+            assert_eq!(
+                assert_identity(&mut headers, b"k", &with_roles("1", &[role]), 5),
+                Err(NotCarriable::Role),
+                "{role:?}"
+            );
+            assert!(headers.is_empty());
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Sessions as an admin creates them, and the purchase tokens buyers get.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use mall_common::error::{ValidationError, invalid};
@@ -115,10 +117,11 @@ pub fn verify_token(secret: &[u8], token: &str, user: &str, session: i64, sku: i
         .is_ok()
 }
 
-/// `POST /api/flashsale/purchase`.
+/// `POST /api/flashsale/purchase`. The text fields borrow from the body where they can (a token
+/// and a request id never need unescaping): a late buyer's request is parsed without allocating.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Purchase {
+pub struct Purchase<'a> {
     /// The session.
     pub session_id: i64,
     /// The SKU.
@@ -126,13 +129,17 @@ pub struct Purchase {
     /// Units (1 up to the per-user limit).
     pub quantity: i64,
     /// From `POST /api/flashsale/sessions/{session_id}/items/{sku_id}/token`.
-    pub token: String,
+    #[serde(borrow)]
+    #[schema(value_type = String)]
+    pub token: Cow<'a, str>,
     /// Chosen by the client, 1 to 64 of `A-Z a-z 0-9 - _`; a retry with the same id gets the
     /// first answer.
-    pub request_id: String,
+    #[serde(borrow)]
+    #[schema(value_type = String)]
+    pub request_id: Cow<'a, str>,
 }
 
-impl Purchase {
+impl Purchase<'_> {
     /// Checks the shape of the fields (the script checks the rest).
     pub fn validated(self) -> Result<Self, ValidationError> {
         if self.session_id <= 0 || self.sku_id <= 0 {

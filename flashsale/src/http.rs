@@ -322,10 +322,7 @@ async fn purchase(
             Check::Open => {}
             Check::Probe(probe) => _probe = Some(probe),
             Check::SoldOut => {
-                let claimed = parts
-                    .headers
-                    .get(mall_common::identity::USER_ID)
-                    .and_then(|v| v.to_str().ok());
+                let claimed = mall_common::identity::claimed_user(&parts.headers);
                 if !claimed.is_some_and(|user| shared.uncertain.contains(user, &p.request_id)) {
                     shared.sold_out_answers.increment(1);
                     return Ok(sold_out(&shared));

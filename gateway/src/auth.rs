@@ -90,10 +90,15 @@ impl Verifier {
         if data.claims.sub.is_empty() {
             return Err(unauthorized("the token has no subject"));
         }
-        Ok(Some(Identity {
+        let identity = Identity {
             user_id: data.claims.sub,
             roles: data.claims.roles,
-        }))
+        };
+        // Refused here, with the reason, rather than passed on as something a service would
+        // read otherwise (a role "a,admin" must never become two roles).
+        mall_common::identity::carriable(&identity)
+            .map_err(|e| unauthorized(&format!("the token cannot be passed on: {e}")))?;
+        Ok(Some(identity))
     }
 
     /// Applies a route's access rule.

@@ -1,8 +1,8 @@
 //! Forwarding one request: edge checks, header hygiene, the upstream call, and the answer.
 //!
 //! In order: header size limit (431), token and route access (401/403), rate limits (429), then
-//! the upstream request with hop-by-hop headers removed, client-sent identity headers replaced
-//! by the gateway's signed ones, `x-forwarded-*` set, and the trace context of the request's
+//! the upstream request with hop-by-hop headers removed, a client-sent identity header replaced
+//! by the gateway's signed one, `x-forwarded-*` set, and the trace context of the request's
 //! server span injected (W3C and B3). Bodies stream both ways. Every request ends with one access-log line.
 
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ pub struct Proxy {
     pub verifier: Verifier,
     /// Rate limits.
     pub limiter: RateLimiter,
-    /// Signs the identity headers (`MALL_INTERNAL_SECRET`).
+    /// Signs the identity header (`MALL_INTERNAL_SECRET`).
     pub internal_secret: Vec<u8>,
     /// `MALL_GW_MAX_HEADER_BYTES`.
     pub max_header_bytes: usize,
@@ -248,7 +248,10 @@ async fn forward_inner(
     // What a client sends as identity never reaches a service; only the gateway's signed copy.
     identity::strip(headers);
     if let Some(id) = &who {
-        identity::assert_identity(headers, &proxy.internal_secret, id, now_secs());
+        // `identify` refused tokens that do not fit the header, so this holds; should it not,
+        // the request must not go on as anonymous.
+        identity::assert_identity(headers, &proxy.internal_secret, id, now_secs())
+            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))?;
     }
     headers.remove(header::AUTHORIZATION);
     if let Some(host) = headers.remove(header::HOST) {

@@ -473,7 +473,7 @@ pub fn as_user(req: reqwest::RequestBuilder, user: &str) -> reqwest::RequestBuil
     signed_as(req, user, &[])
 }
 
-/// Adds the identity headers the gateway would assert for `user` with `roles`, signed with the
+/// Adds the identity header the gateway would assert for `user` with `roles`, signed with the
 /// development internal secret (what every test service runs with).
 pub fn signed_as(req: reqwest::RequestBuilder, user: &str, roles: &[&str]) -> reqwest::RequestBuilder {
     let mut headers = http::HeaderMap::new();
@@ -489,7 +489,8 @@ pub fn signed_as(req: reqwest::RequestBuilder, user: &str, roles: &[&str]) -> re
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
         },
         now,
-    );
+    )
+    .expect("a test identity fits the header");
     req.headers(headers)
 }
 

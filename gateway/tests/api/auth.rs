@@ -63,6 +63,16 @@ async fn missing_expired_and_forged_tokens_get_401_and_non_admins_get_403_on_adm
         call("/admin/products", Some(token("42", &[]))).await,
         (403, "forbidden".into())
     );
+    // A validly signed token whose roles the identity header cannot carry is refused, never
+    // passed on as something a service would read otherwise ("buyer,admin" is not two roles).
+    assert_eq!(
+        call("/admin/products", Some(token("42", &["buyer,admin"]))).await,
+        (401, "unauthorized".into())
+    );
+    assert_eq!(
+        call("/api/orders", Some(token("42", &["x;admin"]))).await,
+        (401, "unauthorized".into())
+    );
     assert_eq!(
         product.hits() + other.hits(),
         0,

@@ -126,10 +126,7 @@ async fn bad_writes_get_clear_errors_and_change_nothing() {
     let forged = app
         .client()
         .post(app.url("/admin/products"))
-        .header("x-mall-user-id", "1")
-        .header("x-mall-roles", "admin")
-        .header("x-mall-identity-ts", "1")
-        .header("x-mall-identity-sig", "00")
+        .header("x-mall-identity", format!("v1;{};1;admin;1", "0".repeat(64)))
         .json(&product(100))
         .send()
         .await
