@@ -53,6 +53,10 @@ pub enum RedisError {
     /// A command failed (including: Redis unreachable, or no answer within the timeout).
     #[error("redis command: {0}")]
     Command(#[from] client::RedisError),
+    /// The command ran, but its answer is not one this build knows (a script newer or older
+    /// than the binary): whatever it did happened.
+    #[error("redis reply: {0}")]
+    Reply(String),
 }
 
 /// A service's Redis handle.

@@ -401,7 +401,12 @@ async fn purchase(
         }
         Ok(Err(e)) => {
             shared.breaker.record(permit, false);
-            if matches!(e, mall_common::redis::RedisError::Command(_)) {
+            // The script may have run (an error after sending, or an answer this build does
+            // not know): its retries must reach it, not the sold-out flag.
+            if matches!(
+                e,
+                mall_common::redis::RedisError::Command(_) | mall_common::redis::RedisError::Reply(_)
+            ) {
                 shared.uncertain.add(&who.user_id, &p.request_id);
             }
             span.record("result", "redis_error");
@@ -438,6 +443,7 @@ async fn purchase(
         Admission::Repeat { order_id } => Ok(accepted(&order_id)),
         Admission::SoldOut { left } => {
             shared.sold_out.learn(p.session_id, p.sku_id, left);
+            shared.uncertain.resolve(&who.user_id, &p.request_id);
             Ok(sold_out(&shared))
         }
         Admission::LimitExceeded => Err(reject(

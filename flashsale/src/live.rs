@@ -283,6 +283,29 @@ impl Uncertain {
             .store(entries.values().map(HashMap::len).sum(), Ordering::Release);
     }
 
+    /// Forgets `(user, request_id)`: the script answered it `sold_out`, so no admission is
+    /// recorded under it and the flag's answer is now the script's. Without this, every retry
+    /// of a purchase whose first answer was lost went to Redis for the whole TTL, at the moment
+    /// Redis was struggling. An answer that admits (or repeats an admission) keeps the entry:
+    /// its retries must keep getting that admission, not the flag's `sold_out`.
+    pub fn resolve(&self, user: &str, request_id: &str) {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().expect("not poisoned");
+        let Some(ids) = entries.get_mut(user) else {
+            return;
+        };
+        if ids.remove(request_id).is_none() {
+            return;
+        }
+        if ids.is_empty() {
+            entries.remove(user);
+        }
+        self.len
+            .store(entries.values().map(HashMap::len).sum(), Ordering::Release);
+    }
+
     /// Whether `(user, request_id)` is a retry of an uncertain purchase.
     pub fn contains(&self, user: &str, request_id: &str) -> bool {
         // Stored under the lock after the insert, so a purchase that follows the one that added
@@ -451,6 +474,23 @@ mod tests {
         assert_eq!(u.len.load(Ordering::Acquire), 3);
         u.add("7", "r1");
         assert_eq!(u.len.load(Ordering::Acquire), 3, "a repeat is one entry");
+
+        u.resolve("7", "r1");
+        assert!(!u.contains("7", "r1"), "answered by the script: forgotten");
+        assert!(
+            u.contains("7", "r2"),
+            "the user's other purchase is still uncertain"
+        );
+        u.resolve("9", "r1");
+        u.resolve("7", "r9");
+        assert_eq!(u.len.load(Ordering::Acquire), 2, "unknown entries change nothing");
+        u.resolve("7", "r2");
+        u.resolve("8", "r1");
+        assert_eq!(u.len.load(Ordering::Acquire), 0);
+        assert!(
+            u.entries.lock().unwrap().is_empty(),
+            "no user left without entries"
+        );
     }
 
     #[test]

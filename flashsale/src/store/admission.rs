@@ -138,7 +138,7 @@ pub async fn admit(redis: &Redis, keys: &ItemKeys, a: Attempt<'_>) -> Result<Adm
         -5 => Admission::LimitExceeded,
         -6 => Admission::BadQuantity,
         other => {
-            return Err(RedisError::Pool(format!(
+            return Err(RedisError::Reply(format!(
                 "admit.lua returned an unknown code {other}"
             )));
         }

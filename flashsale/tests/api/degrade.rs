@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mall_testkit::{ChaosProxy, TestEnv, eventually};
 use serde_json::json;
 
-use crate::helpers::{Options, Tweak, buy, purchase, running, sale, token_ok};
+use crate::helpers::{Options, Tweak, buy, buy_patiently, purchase, redis_numbers, running, sale, token_ok};
 
 fn through(proxy_url: url::Url, dependency: &'static str) -> Tweak<'static> {
     Box::new(move |s: &mut mall_flashsale::Settings| {
@@ -159,6 +159,70 @@ async fn a_failing_redis_opens_the_breaker_which_answers_503_fast_and_closes_aft
     )
     .await;
     assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_whose_answer_was_lost_reaches_redis_on_retry_until_redis_answers_it() {
+    let env = TestEnv::new().await;
+    let redis_url = env.platform_settings(&mall_flashsale::config::DEFAULTS).redis.url;
+    let (proxy, url) = ChaosProxy::for_url(&redis_url).await;
+    let sale = sale(
+        &env,
+        &[33],
+        10,
+        Options {
+            single: true,
+            flash: &[
+                ("MALL_REDIS_TIMEOUT", "200ms"),
+                ("MALL_FLASHSALE_BREAKER_FAILURES", "100"),
+                // Long enough that the flag cannot lapse between the requests below.
+                ("MALL_FLASHSALE_SOLD_OUT_TTL", "60s"),
+            ],
+            tweak_first: Some(through(url, "redis")),
+            ..Options::default()
+        },
+    )
+    .await;
+    let fs = &sale.fs[0];
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 33, "price_cents": 100, "quantity": 1, "per_user_limit": 1}]),
+    )
+    .await;
+    let (t_first, t_late) = (
+        token_ok(fs, "first", session, 33).await,
+        token_ok(fs, "late", session, 33).await,
+    );
+    let from_memory = || mall_testkit::checks::metric_sum(fs, "flashsale_sold_out_answers_total", &[]);
+
+    // Redis fails under the late buyer's purchase: the instance cannot know whether it ran.
+    proxy.cut();
+    let (status, body) = buy(fs, "late", purchase(session, 33, 1, &t_late, "lost")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    proxy.restore();
+    let (status, _) = buy_patiently(fs, "first", purchase(session, 33, 1, &t_first, "f")).await;
+    assert_eq!(status, 202, "the last unit");
+
+    // Sold out and flagged, yet the uncertain purchase's retry goes to Redis, whose answer is
+    // the first one (had it been admitted, this would be its 202)...
+    let before = from_memory().await;
+    let (status, body) = buy(fs, "late", purchase(session, 33, 1, &t_late, "lost")).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("sold_out")), "{body}");
+    assert_eq!(
+        from_memory().await,
+        before,
+        "the retry was answered by the script"
+    );
+    // ...and once Redis has answered it, its next retry is answered from memory like any other.
+    let (status, body) = buy(fs, "late", purchase(session, 33, 1, &t_late, "lost")).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("sold_out")), "{body}");
+    assert_eq!(from_memory().await, before + 1.0, "answered from the flag");
+    assert_eq!(redis_numbers(&env, session, 33).await, (0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
