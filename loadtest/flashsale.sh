@@ -39,10 +39,6 @@ ensure_tools wrk
 command -v redis-benchmark >/dev/null 2>&1 || { echo "redis-benchmark is needed (apt-get install redis-tools)" >&2; exit 1; }
 ensure_ports_free $GATEWAY_PORT $INVENTORY_PORT $ORDER_PORT "${FLASH_PORTS[@]}"
 build_and_deps
-say "building the crowd client"
-# The whole workspace's examples, not `-p mall-flashsale`: one package alone resolves other
-# dependency features than the workspace build above, and would rebuild half the tree.
-(cd "$ROOT" && cargo build --release --locked --bins --examples)
 
 fresh_prefix "$PREFIX" ${PREFIX}_inventory ${PREFIX}_orders ${PREFIX}_flashsale
 export MALL_REDIS_PREFIX=$PREFIX: MALL_AMQP_PREFIX=$PREFIX. RUST_LOG=warn

@@ -47,8 +47,10 @@ ensure_ports_free() {
 
 build_and_deps() {
   "$ROOT/deploy/local/mall" deps
-  say "building release binaries"
-  (cd "$ROOT" && cargo build --release --locked --bins)
+  say "building release binaries (and the load-generating examples)"
+  # One build of bins and examples together: building examples separately resolves other
+  # dependency features and rebuilds half the tree.
+  (cd "$ROOT" && cargo build --release --locked --bins --examples)
 }
 
 wait_ready() { # url
