@@ -93,8 +93,8 @@ pub fn carriable(identity: &Identity) -> Result<(), NotCarriable> {
 type HmacSha256 = Hmac<Sha256>;
 
 /// The MAC over the signed part of the value (`v1;` and what follows the signature).
-fn mac(secret: &[u8], signed: &[u8]) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+fn mac(key: &HmacSha256, signed: &[u8]) -> HmacSha256 {
+    let mut mac = key.clone();
     mac.update(VERSION);
     mac.update(signed);
     mac
@@ -136,20 +136,67 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The 32 bytes of a hex signature, without allocating (every verified request decodes one).
-fn signature_bytes(hex: &[u8]) -> Option<[u8; 32]> {
-    if hex.len() != SIGNATURE_HEX_LEN {
+/// The `N` bytes of exactly `2 * N` hex digits, without allocating (every verified request
+/// decodes a signature).
+pub fn hex_array<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
+    if hex.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; 32];
+    let mut out = [0u8; N];
     for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
         *byte = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
     }
     Some(out)
 }
 
-/// The identity header's value for `identity`, signed at `now` (unix seconds).
+/// The internal secret, ready to sign and verify: the HMAC with the key already absorbed, so a
+/// signature does not hash the key's two blocks again. Put in every request's extensions by the
+/// server; the gateway signs with its own.
+#[derive(Clone)]
+pub struct IdentityKey(std::sync::Arc<HmacSha256>);
+
+impl std::fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdentityKey(..)")
+    }
+}
+
+impl IdentityKey {
+    /// Prepares the internal secret.
+    pub fn new(secret: &[u8]) -> Self {
+        Self(std::sync::Arc::new(
+            HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length"),
+        ))
+    }
+
+    /// The identity header's value for `identity`, signed at `now` (unix seconds).
+    pub fn header_value(&self, identity: &Identity, now: u64) -> Result<HeaderValue, NotCarriable> {
+        header_value_with(&self.0, identity, now)
+    }
+
+    /// Writes the identity header for `identity`, signed at `now` (unix seconds).
+    pub fn assert_identity(
+        &self,
+        headers: &mut HeaderMap,
+        identity: &Identity,
+        now: u64,
+    ) -> Result<(), NotCarriable> {
+        headers.insert(HEADER, self.header_value(identity, now)?);
+        Ok(())
+    }
+
+    /// The identity the gateway asserted in `headers`; see [`verify`].
+    pub fn verify(&self, headers: &HeaderMap, now: u64) -> Result<Option<Identity>, IdentityError> {
+        verify_with(&self.0, headers, now)
+    }
+}
+
+/// The identity header's value for `identity`, signed with `secret` at `now` (unix seconds).
 pub fn header_value(secret: &[u8], identity: &Identity, now: u64) -> Result<HeaderValue, NotCarriable> {
+    IdentityKey::new(secret).header_value(identity, now)
+}
+
+fn header_value_with(key: &HmacSha256, identity: &Identity, now: u64) -> Result<HeaderValue, NotCarriable> {
     carriable(identity)?;
     let roles_len: usize = identity.roles.iter().map(|r| r.len() + 1).sum();
     // The signed part, then the value around it.
@@ -163,7 +210,7 @@ pub fn header_value(secret: &[u8], identity: &Identity, now: u64) -> Result<Head
     }
     signed.push(';');
     signed.push_str(&identity.user_id);
-    let sig = mac(secret, signed.as_bytes()).finalize().into_bytes();
+    let sig = mac(key, signed.as_bytes()).finalize().into_bytes();
     let mut value = String::with_capacity(VERSION.len() + SIGNATURE_HEX_LEN + 1 + signed.len());
     value.push_str("v1;");
     push_hex(&mut value, &sig);
@@ -173,15 +220,14 @@ pub fn header_value(secret: &[u8], identity: &Identity, now: u64) -> Result<Head
     HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).map_err(|_| NotCarriable::UserId)
 }
 
-/// Writes the identity header for `identity`, signed at `now` (unix seconds).
+/// Writes the identity header for `identity`, signed with `secret` at `now` (unix seconds).
 pub fn assert_identity(
     headers: &mut HeaderMap,
     secret: &[u8],
     identity: &Identity,
     now: u64,
 ) -> Result<(), NotCarriable> {
-    headers.insert(HEADER, header_value(secret, identity, now)?);
-    Ok(())
+    IdentityKey::new(secret).assert_identity(headers, identity, now)
 }
 
 /// Removes the identity header (what a client sent must never reach a service).
@@ -232,13 +278,17 @@ pub fn claimed_user(headers: &HeaderMap) -> Option<&str> {
 /// The identity the gateway asserted, `Ok(None)` for an anonymous request, or an error for a
 /// header that is malformed, forged or stale.
 pub fn verify(headers: &HeaderMap, secret: &[u8], now: u64) -> Result<Option<Identity>, IdentityError> {
+    IdentityKey::new(secret).verify(headers, now)
+}
+
+fn verify_with(key: &HmacSha256, headers: &HeaderMap, now: u64) -> Result<Option<Identity>, IdentityError> {
     let Some(value) = headers.get(HEADER) else {
         return Ok(None);
     };
     let parsed = parse(value)?;
-    let sig = signature_bytes(parsed.signature).ok_or(IdentityError::Forged)?;
+    let sig = hex_array::<32>(parsed.signature).ok_or(IdentityError::Forged)?;
     // Constant-time comparison.
-    mac(secret, parsed.signed)
+    mac(key, parsed.signed)
         .verify_slice(&sig)
         .map_err(|_| IdentityError::Forged)?;
     // Signed, so the gateway wrote these fields; a bad timestamp is still refused, not trusted.
@@ -257,17 +307,6 @@ pub fn verify(headers: &HeaderMap, secret: &[u8], now: u64) -> Result<Option<Ide
     }))
 }
 
-/// The verification key, put in every request's extensions by the server.
-#[derive(Clone)]
-pub struct IdentityKey(std::sync::Arc<[u8]>);
-
-impl IdentityKey {
-    /// Wraps the internal secret.
-    pub fn new(secret: &[u8]) -> Self {
-        Self(secret.into())
-    }
-}
-
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -280,7 +319,7 @@ fn caller(parts: &http::request::Parts) -> Result<Option<Identity>, crate::error
         .extensions
         .get::<IdentityKey>()
         .ok_or_else(|| crate::error::ApiError::internal("IdentityKey extension missing"))?;
-    verify(&parts.headers, &key.0, now_secs()).map_err(|e| {
+    key.verify(&parts.headers, now_secs()).map_err(|e| {
         crate::error::ApiError::new(http::StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
     })
 }
@@ -448,6 +487,10 @@ mod tests {
     #[test]
     fn hex_round_trips() {
         assert_eq!(to_hex(&[0, 15, 255]), "000fff");
+        assert_eq!(hex_array::<3>(b"000fFF"), Some([0, 15, 255]));
+        assert_eq!(hex_array::<3>(b"000ff"), None);
+        assert_eq!(hex_array::<2>(b"000fff"), None);
+        assert_eq!(hex_array::<1>(b"0g"), None);
         assert_eq!(from_hex("000fff"), Some(vec![0, 15, 255]));
         assert_eq!(from_hex("0g"), None);
         assert_eq!(from_hex("abc"), None);

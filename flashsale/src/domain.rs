@@ -84,37 +84,54 @@ impl NewSession {
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn token_mac(secret: &[u8], user: &str, session: i64, sku: i64, exp_ms: i64) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    // The user id is the only free-form field and is length-prefixed, so no two (user,
-    // session, SKU, expiry) tuples sign the same message.
-    mac.update(format!("v1|{}:{user}|{session}|{sku}|{exp_ms}", user.len()).as_bytes());
-    mac
-}
+/// The purchase-token secret, ready to sign and verify: the HMAC with the key already absorbed,
+/// so a token does not hash the key's two blocks again (one verification per purchase).
+#[derive(Clone)]
+pub struct TokenKey(HmacSha256);
 
-/// A purchase token: `<expiry unix ms>.<hex HMAC-SHA256 over user, session, SKU, expiry>`.
-pub fn sign_token(secret: &[u8], user: &str, session: i64, sku: i64, exp_ms: i64) -> String {
-    let tag = token_mac(secret, user, session, sku, exp_ms)
-        .finalize()
-        .into_bytes();
-    format!("{exp_ms}.{}", mall_common::identity::to_hex(&tag))
-}
-
-/// Whether `token` was signed by us for exactly this user, session and SKU, and has not
-/// expired at `now_ms`. The comparison is constant-time.
-pub fn verify_token(secret: &[u8], token: &str, user: &str, session: i64, sku: i64, now_ms: i64) -> bool {
-    let Some((exp, tag)) = token.split_once('.') else {
-        return false;
-    };
-    let (Ok(exp_ms), Some(tag)) = (exp.parse::<i64>(), mall_common::identity::from_hex(tag)) else {
-        return false;
-    };
-    if exp_ms < now_ms {
-        return false;
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
     }
-    token_mac(secret, user, session, sku, exp_ms)
-        .verify_slice(&tag)
-        .is_ok()
+}
+
+impl TokenKey {
+    /// Prepares `secret` (`MALL_FLASHSALE_TOKEN_SECRET`).
+    pub fn new(secret: &[u8]) -> Self {
+        Self(HmacSha256::new_from_slice(secret).expect("HMAC takes any key length"))
+    }
+
+    fn mac(&self, user: &str, session: i64, sku: i64, exp_ms: i64) -> HmacSha256 {
+        let mut mac = self.0.clone();
+        // The user id is the only free-form field and is length-prefixed, so no two (user,
+        // session, SKU, expiry) tuples sign the same message.
+        mac.update(format!("v1|{}:{user}|{session}|{sku}|{exp_ms}", user.len()).as_bytes());
+        mac
+    }
+
+    /// A purchase token: `<expiry unix ms>.<hex HMAC-SHA256 over user, session, SKU, expiry>`.
+    pub fn sign(&self, user: &str, session: i64, sku: i64, exp_ms: i64) -> String {
+        let tag = self.mac(user, session, sku, exp_ms).finalize().into_bytes();
+        format!("{exp_ms}.{}", mall_common::identity::to_hex(&tag))
+    }
+
+    /// Whether `token` was signed by us for exactly this user, session and SKU, and has not
+    /// expired at `now_ms`. The comparison is constant-time.
+    pub fn verify(&self, token: &str, user: &str, session: i64, sku: i64, now_ms: i64) -> bool {
+        let Some((exp, tag)) = token.split_once('.') else {
+            return false;
+        };
+        let (Ok(exp_ms), Some(tag)) = (
+            exp.parse::<i64>(),
+            mall_common::identity::hex_array::<32>(tag.as_bytes()),
+        ) else {
+            return false;
+        };
+        if exp_ms < now_ms {
+            return false;
+        }
+        self.mac(user, session, sku, exp_ms).verify_slice(&tag).is_ok()
+    }
 }
 
 /// `POST /api/flashsale/purchase`. The text fields borrow from the body where they can (a token
@@ -168,25 +185,40 @@ mod tests {
 
     #[test]
     fn a_token_verifies_only_for_its_user_session_sku_and_before_expiry() {
-        let t = sign_token(b"k", "42", 1, 7, 1_000);
-        assert!(verify_token(b"k", &t, "42", 1, 7, 999));
-        assert!(verify_token(b"k", &t, "42", 1, 7, 1_000));
-        assert!(!verify_token(b"k", &t, "42", 1, 7, 1_001), "expired");
-        assert!(!verify_token(b"k", &t, "43", 1, 7, 0), "another user");
-        assert!(!verify_token(b"k", &t, "42", 2, 7, 0), "another session");
-        assert!(!verify_token(b"k", &t, "42", 1, 8, 0), "another SKU");
-        assert!(!verify_token(b"other", &t, "42", 1, 7, 0), "another key");
+        let t = TokenKey::new(b"k").sign("42", 1, 7, 1_000);
+        assert_eq!(
+            t,
+            TokenKey::new(b"k").sign("42", 1, 7, 1_000),
+            "a prepared key signs alike"
+        );
+        let hex_tag = t.split_once('.').map(|(_, tag)| tag.len());
+        assert_eq!(hex_tag, Some(64));
+        assert!(TokenKey::new(b"k").verify(&t, "42", 1, 7, 999));
+        assert!(TokenKey::new(b"k").verify(&t, "42", 1, 7, 1_000));
+        assert!(!TokenKey::new(b"k").verify(&t, "42", 1, 7, 1_001), "expired");
+        assert!(!TokenKey::new(b"k").verify(&t, "43", 1, 7, 0), "another user");
+        assert!(!TokenKey::new(b"k").verify(&t, "42", 2, 7, 0), "another session");
+        assert!(!TokenKey::new(b"k").verify(&t, "42", 1, 8, 0), "another SKU");
+        assert!(!TokenKey::new(b"other").verify(&t, "42", 1, 7, 0), "another key");
         let later = t.replacen("1000.", "9000.", 1);
-        assert!(!verify_token(b"k", &later, "42", 1, 7, 0), "an extended expiry");
-        assert!(!verify_token(b"k", "garbage", "42", 1, 7, 0));
-        assert!(!verify_token(b"k", "1000.zz", "42", 1, 7, 0));
+        assert!(
+            !TokenKey::new(b"k").verify(&later, "42", 1, 7, 0),
+            "an extended expiry"
+        );
+        assert!(!TokenKey::new(b"k").verify("garbage", "42", 1, 7, 0));
+        assert!(!TokenKey::new(b"k").verify("1000.zz", "42", 1, 7, 0));
+        let upper = t.to_uppercase();
+        assert!(
+            TokenKey::new(b"k").verify(&upper, "42", 1, 7, 0),
+            "hex in either case"
+        );
     }
 
     #[test]
     fn user_ids_cannot_be_shifted_into_other_fields() {
         // "4|2" as a user with session 1 must not equal user "4" with other fields.
-        let a = sign_token(b"k", "1|2", 3, 4, 5);
-        assert!(!verify_token(b"k", &a, "1", 2, 3, 0));
+        let a = TokenKey::new(b"k").sign("1|2", 3, 4, 5);
+        assert!(!TokenKey::new(b"k").verify(&a, "1", 2, 3, 0));
     }
 
     fn session(items: Vec<NewItem>) -> NewSession {

@@ -51,6 +51,8 @@ pub struct Shared {
     pub inventory: Peer,
     /// The sale's settings.
     pub flash: FlashSettings,
+    /// Signs and verifies purchase tokens (`MALL_FLASHSALE_TOKEN_SECRET`, prepared once).
+    pub token_key: domain::TokenKey,
     /// The in-memory catalog.
     pub catalog: Catalog,
     /// Sold-out flags.
@@ -239,13 +241,7 @@ async fn token(
     let s = running_item(snapshot.session(session_id), sku_id, now_ms)?;
     let ttl_ms = shared.flash.token_ttl.as_millis() as i64;
     let exp_ms = (now_ms + ttl_ms).min(s.ends_ms());
-    let token = domain::sign_token(
-        shared.flash.token_secret.expose().as_bytes(),
-        &who.user_id,
-        session_id,
-        sku_id,
-        exp_ms,
-    );
+    let token = shared.token_key.sign(&who.user_id, session_id, sku_id, exp_ms);
     let expires_at = chrono::DateTime::from_timestamp_millis(exp_ms).unwrap_or_default();
     Ok(axum::Json(json!({ "token": token, "expires_at": expires_at })))
 }
@@ -333,8 +329,10 @@ async fn purchase(
     let RequireUser(who) = RequireUser::from_request_parts(&mut parts, &()).await?;
     let p = parsed?;
     let now_ms = Utc::now().timestamp_millis();
-    let secret = shared.flash.token_secret.expose().as_bytes();
-    if !domain::verify_token(secret, &p.token, &who.user_id, p.session_id, p.sku_id, now_ms) {
+    if !shared
+        .token_key
+        .verify(&p.token, &who.user_id, p.session_id, p.sku_id, now_ms)
+    {
         return Err(reject(
             "invalid_token",
             ApiError::new(

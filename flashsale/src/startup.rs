@@ -76,6 +76,7 @@ impl Application {
             breaker: Breaker::new(flash.breaker_failures, flash.breaker_open),
             permits: Semaphore::new(flash.max_in_flight),
             cancel: cancel.clone(),
+            token_key: crate::domain::TokenKey::new(flash.token_secret.expose().as_bytes()),
             flash,
             // After Platform::start, so they belong to the installed recorder.
             sold_out_answers: metrics::counter!("flashsale_sold_out_answers_total"),

@@ -31,7 +31,7 @@ pub struct Proxy {
     /// Rate limits.
     pub limiter: RateLimiter,
     /// Signs the identity header (`MALL_INTERNAL_SECRET`).
-    pub internal_secret: Vec<u8>,
+    pub identity_key: identity::IdentityKey,
     /// `MALL_GW_MAX_HEADER_BYTES`.
     pub max_header_bytes: usize,
 }
@@ -250,7 +250,9 @@ async fn forward_inner(
     if let Some(id) = &who {
         // `identify` refused tokens that do not fit the header, so this holds; should it not,
         // the request must not go on as anonymous.
-        identity::assert_identity(headers, &proxy.internal_secret, id, now_secs())
+        proxy
+            .identity_key
+            .assert_identity(headers, id, now_secs())
             .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))?;
     }
     headers.remove(header::AUTHORIZATION);

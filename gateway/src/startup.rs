@@ -31,7 +31,8 @@ impl Application {
         if gw.auth.jwt_secret.expose() == DEV_JWT_SECRET && gw.auth.jwt_public_key_pem.is_none() {
             tracing::warn!("MALL_JWT_SECRET is the development default; set your own outside development");
         }
-        let internal_secret = settings.platform.internal_secret.expose().as_bytes().to_vec();
+        let internal_secret = settings.platform.internal_secret.expose().as_bytes();
+        let identity_key = mall_common::identity::IdentityKey::new(internal_secret);
         if internal_secret == DEV_INTERNAL_SECRET.as_bytes() {
             tracing::warn!(
                 "MALL_INTERNAL_SECRET is the development default; set your own outside development"
@@ -61,7 +62,7 @@ impl Application {
         let proxy = Arc::new(Proxy {
             verifier: Verifier::new(&gw.auth).map_err(anyhow::Error::msg)?,
             limiter: RateLimiter::new(gw.rate_limits.clone(), redis),
-            internal_secret,
+            identity_key,
             max_header_bytes: gw.max_header_bytes,
         });
         let server = Server::bind(platform, router(&proxy, &pools)).await?;
