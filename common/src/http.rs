@@ -79,9 +79,11 @@ fn server_span(service: &'static str, req: &Request<Body>) -> Span {
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         service = service,
-        http.request.method = %req.method(),
+        // `&str` values, not `%` Display: the OTel layer copies a string as it is, and runs a
+        // Display value through the formatter.
+        http.request.method = req.method().as_str(),
         http.route = route,
-        url.path = %req.uri().path(),
+        url.path = req.uri().path(),
         http.response.status_code = tracing::field::Empty,
         request_id = request_id,
         trace_id = tracing::field::Empty,

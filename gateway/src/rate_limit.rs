@@ -111,7 +111,9 @@ const SHARD_SOFT_CAP: usize = 50_000;
 /// The limiter of one gateway instance.
 pub struct RateLimiter {
     rules: Vec<RateLimitRule>,
-    shards: Vec<Mutex<HashMap<(usize, String), Bucket>>>,
+    /// Buckets by key (`<rule>|<route>[|<client>]`): a look-up borrows the key, and only a new
+    /// bucket stores it.
+    shards: Vec<Mutex<HashMap<String, Bucket>>>,
     redis: Redis,
 }
 
@@ -142,16 +144,19 @@ impl RateLimiter {
         }
     }
 
-    fn local(&self, rule: usize, key: &str, per_sec: f64) -> Result<(), Duration> {
+    fn local(&self, key: &str, per_sec: f64) -> Result<(), Duration> {
         let shard_index = {
             use std::hash::{Hash, Hasher};
             // A fixed-key hasher, so a key always lands on the same shard.
             let mut h = std::hash::DefaultHasher::new();
-            (rule, key).hash(&mut h);
+            key.hash(&mut h);
             (h.finish() as usize) % SHARDS
         };
         let now = Instant::now();
         let mut shard = self.shards[shard_index].lock().expect("rate-limit shard");
+        if let Some(bucket) = shard.get_mut(key) {
+            return bucket.take(per_sec, now);
+        }
         if shard.len() > SHARD_SOFT_CAP {
             shard.retain(|_, b| {
                 let refill = now.saturating_duration_since(b.at).as_secs_f64() * per_sec;
@@ -159,7 +164,7 @@ impl RateLimiter {
             });
         }
         shard
-            .entry((rule, key.to_owned()))
+            .entry(key.to_owned())
             .or_insert(Bucket {
                 tokens: per_sec,
                 at: now,
@@ -167,20 +172,26 @@ impl RateLimiter {
             .take(per_sec, now)
     }
 
-    /// Checks every rule matching `path` for `client` (user id or IP).
-    pub async fn check(&self, path: &str, client: &str) -> Result<(), ApiError> {
+    /// Checks every rule matching `path` for `client`.
+    pub async fn check(&self, path: &str, client: Client<'_>) -> Result<(), ApiError> {
+        // One buffer for every local rule's key, built in place (no format! per rule).
+        let mut key = String::new();
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.matches(path) {
                 continue;
             }
             match rule.scope {
                 // A `*` rule keys per route prefix too, so one busy route cannot starve another.
-                Scope::Client => self
-                    .local(i, &format!("{}|{client}", route_key(rule, path)), rule.per_sec)
-                    .map_err(|wait| refused(Scope::Client, wait))?,
-                Scope::Route => self
-                    .local(i, route_key(rule, path), rule.per_sec)
-                    .map_err(|wait| refused(Scope::Route, wait))?,
+                Scope::Client => {
+                    bucket_key(&mut key, i, route_key(rule, path), Some(client));
+                    self.local(&key, rule.per_sec)
+                        .map_err(|wait| refused(Scope::Client, wait))?;
+                }
+                Scope::Route => {
+                    bucket_key(&mut key, i, route_key(rule, path), None);
+                    self.local(&key, rule.per_sec)
+                        .map_err(|wait| refused(Scope::Route, wait))?;
+                }
                 Scope::Cluster => self.cluster(rule, path).await?,
             }
         }
@@ -214,6 +225,34 @@ impl RateLimiter {
                 Ok(())
             }
         }
+    }
+}
+
+/// Who a per-client bucket belongs to.
+#[derive(Debug, Clone, Copy)]
+pub enum Client<'a> {
+    /// A signed-in user: the token's subject.
+    User(&'a str),
+    /// An anonymous client: its IP address.
+    Ip(&'a str),
+}
+
+/// `<rule>|<route>` or `<rule>|<route>|u:<user>` / `|ip:<address>` into `key`. The rule's index
+/// keeps two rules on the same route apart; the user id comes last, so no two keys collide.
+fn bucket_key(key: &mut String, rule: usize, route: &str, client: Option<Client<'_>>) {
+    use std::fmt::Write as _;
+    key.clear();
+    let _ = write!(key, "{rule}|{route}");
+    match client {
+        Some(Client::User(user)) => {
+            key.push_str("|u:");
+            key.push_str(user);
+        }
+        Some(Client::Ip(ip)) => {
+            key.push_str("|ip:");
+            key.push_str(ip);
+        }
+        None => {}
     }
 }
 
@@ -280,5 +319,28 @@ mod tests {
         let rule = &RateLimitRule::parse_list("*:client:1/s").unwrap()[0];
         assert_eq!(route_key(rule, "/api/products/12/x"), "/api/products");
         assert_eq!(route_key(rule, "/api/products"), "/api/products");
+    }
+
+    #[test]
+    fn bucket_keys_keep_rules_routes_and_clients_apart() {
+        let mut key = String::new();
+        let mut keys = std::collections::HashSet::new();
+        for (rule, route, client) in [
+            (0, "/api/orders", None),
+            (1, "/api/orders", None),
+            (0, "/api/cart", None),
+            (0, "/api/orders", Some(Client::User("42"))),
+            (0, "/api/orders", Some(Client::Ip("42"))),
+            (0, "/api/orders", Some(Client::User("43"))),
+            (1, "/api/orders", Some(Client::User("42"))),
+        ] {
+            bucket_key(&mut key, rule, route, client);
+            assert!(keys.insert(key.clone()), "{key} twice");
+        }
+        bucket_key(&mut key, 3, "/api/orders", Some(Client::Ip("10.0.0.1")));
+        assert_eq!(
+            key, "3|/api/orders|ip:10.0.0.1",
+            "the buffer is reused, not appended to"
+        );
     }
 }
