@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use mall_testkit::{ChaosProxy, TestEnv, eventually};
 use serde_json::json;
 
-use crate::helpers::{Options, Tweak, buy, buy_patiently, purchase, redis_numbers, running, sale, token_ok};
+use crate::helpers::{
+    Options, Sale, Tweak, buy, buy_patiently, purchase, redis_numbers, running, sale, token_ok,
+};
 
 fn through(proxy_url: url::Url, dependency: &'static str) -> Tweak<'static> {
     Box::new(move |s: &mut mall_flashsale::Settings| {
@@ -15,25 +17,36 @@ fn through(proxy_url: url::Url, dependency: &'static str) -> Tweak<'static> {
     })
 }
 
+/// One flashsale instance (with `flash` set) that reaches Redis through a breakable proxy,
+/// selling `sku`, of which inventory holds `stock`.
+async fn behind_a_redis_proxy(
+    env: &TestEnv,
+    sku: i64,
+    stock: i64,
+    flash: &[(&str, &str)],
+) -> (Sale, ChaosProxy) {
+    let redis_url = env.platform_settings(&mall_flashsale::config::DEFAULTS).redis.url;
+    let (proxy, url) = ChaosProxy::for_url(&redis_url).await;
+    let sale = sale(
+        env,
+        &[sku],
+        stock,
+        Options {
+            single: true,
+            flash,
+            tweak_first: Some(through(url, "redis")),
+            ..Options::default()
+        },
+    )
+    .await;
+    (sale, proxy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excess_purchases_are_shed_with_503_and_retry_after_instead_of_queueing() {
     let env = TestEnv::new().await;
-    let redis_url = env.platform_settings(&mall_flashsale::config::DEFAULTS).redis.url;
-    let (proxy, url) = ChaosProxy::for_url(&redis_url).await;
-    let sale = Arc::new(
-        sale(
-            &env,
-            &[31],
-            100,
-            Options {
-                single: true,
-                flash: &[("MALL_FLASHSALE_MAX_IN_FLIGHT", "2")],
-                tweak_first: Some(through(url, "redis")),
-                ..Options::default()
-            },
-        )
-        .await,
-    );
+    let (sale, proxy) = behind_a_redis_proxy(&env, 31, 100, &[("MALL_FLASHSALE_MAX_IN_FLIGHT", "2")]).await;
+    let sale = Arc::new(sale);
     let session = running(
         &sale,
         10,
@@ -98,22 +111,15 @@ async fn excess_purchases_are_shed_with_503_and_retry_after_instead_of_queueing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_redis_opens_the_breaker_which_answers_503_fast_and_closes_after_recovery() {
     let env = TestEnv::new().await;
-    let redis_url = env.platform_settings(&mall_flashsale::config::DEFAULTS).redis.url;
-    let (proxy, url) = ChaosProxy::for_url(&redis_url).await;
-    let sale = sale(
+    let (sale, proxy) = behind_a_redis_proxy(
         &env,
-        &[32],
+        32,
         100,
-        Options {
-            single: true,
-            flash: &[
-                ("MALL_FLASHSALE_BREAKER_FAILURES", "3"),
-                ("MALL_FLASHSALE_BREAKER_OPEN", "500ms"),
-                ("MALL_REDIS_TIMEOUT", "200ms"),
-            ],
-            tweak_first: Some(through(url, "redis")),
-            ..Options::default()
-        },
+        &[
+            ("MALL_FLASHSALE_BREAKER_FAILURES", "3"),
+            ("MALL_FLASHSALE_BREAKER_OPEN", "500ms"),
+            ("MALL_REDIS_TIMEOUT", "200ms"),
+        ],
     )
     .await;
     let fs = &sale.fs[0];
@@ -164,23 +170,16 @@ async fn a_failing_redis_opens_the_breaker_which_answers_503_fast_and_closes_aft
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_whose_answer_was_lost_reaches_redis_on_retry_until_redis_answers_it() {
     let env = TestEnv::new().await;
-    let redis_url = env.platform_settings(&mall_flashsale::config::DEFAULTS).redis.url;
-    let (proxy, url) = ChaosProxy::for_url(&redis_url).await;
-    let sale = sale(
+    let (sale, proxy) = behind_a_redis_proxy(
         &env,
-        &[33],
+        33,
         10,
-        Options {
-            single: true,
-            flash: &[
-                ("MALL_REDIS_TIMEOUT", "200ms"),
-                ("MALL_FLASHSALE_BREAKER_FAILURES", "100"),
-                // Long enough that the flag cannot lapse between the requests below.
-                ("MALL_FLASHSALE_SOLD_OUT_TTL", "60s"),
-            ],
-            tweak_first: Some(through(url, "redis")),
-            ..Options::default()
-        },
+        &[
+            ("MALL_REDIS_TIMEOUT", "200ms"),
+            ("MALL_FLASHSALE_BREAKER_FAILURES", "100"),
+            // Long enough that the flag cannot lapse between the requests below.
+            ("MALL_FLASHSALE_SOLD_OUT_TTL", "60s"),
+        ],
     )
     .await;
     let fs = &sale.fs[0];
