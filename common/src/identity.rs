@@ -67,8 +67,9 @@ pub enum IdentityError {
 /// Why an identity cannot be asserted in the header.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NotCarriable {
-    /// An empty user id, or one with control characters.
-    #[error("the user id is empty or holds control characters")]
+    /// An empty user id, one with control characters, or one that ends in whitespace (which an
+    /// HTTP parser trims off the end of a header value, and the signature with it).
+    #[error("the user id is empty, holds control characters or ends in whitespace")]
     UserId,
     /// A role that is empty or holds `,`, `;` or control characters.
     #[error("a role is empty or holds ',', ';' or control characters")]
@@ -76,11 +77,13 @@ pub enum NotCarriable {
 }
 
 /// Whether `identity` fits the header: a user id of printable characters (any UTF-8 but control
-/// characters) and roles that are non-empty and hold neither separator. The gateway refuses a
+/// characters) that does not end in whitespace, and roles that are non-empty and hold neither
+/// separator. The gateway refuses a
 /// token that does not fit (401) rather than pass on something a service would parse otherwise.
 pub fn carriable(identity: &Identity) -> Result<(), NotCarriable> {
     let printable = |s: &str| !s.chars().any(char::is_control);
-    if identity.user_id.is_empty() || !printable(&identity.user_id) {
+    let user = &identity.user_id;
+    if user.is_empty() || !printable(user) || user.ends_with([' ', '\t']) {
         return Err(NotCarriable::UserId);
     }
     let role_ok = |r: &String| !r.is_empty() && printable(r) && !r.contains([',', ';']);
@@ -473,6 +476,13 @@ mod tests {
         };
         assert_eq!(carriable(&with_roles("", &[])), Err(NotCarriable::UserId));
         assert_eq!(carriable(&with_roles("a\nb", &[])), Err(NotCarriable::UserId));
+        // The end of a header value is trimmed in transit, which would break the signature.
+        assert_eq!(carriable(&with_roles("bob ", &[])), Err(NotCarriable::UserId));
+        assert_eq!(
+            carriable(&with_roles(" bob", &[])),
+            Ok(()),
+            "the value starts with v1;"
+        );
         for role in ["", "a,admin", "a;admin", "a\tb"] {
             let mut headers = HeaderMap::new();
             assert_eq!(

@@ -73,6 +73,11 @@ async fn missing_expired_and_forged_tokens_get_401_and_non_admins_get_403_on_adm
         call("/api/orders", Some(token("42", &["x;admin"]))).await,
         (401, "unauthorized".into())
     );
+    // A subject ending in whitespace would lose it in transit, and its signature with it.
+    assert_eq!(
+        call("/api/orders", Some(token("42 ", &[]))).await,
+        (401, "unauthorized".into())
+    );
     assert_eq!(
         product.hits() + other.hits(),
         0,
