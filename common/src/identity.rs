@@ -78,8 +78,8 @@ pub enum NotCarriable {
 
 /// Whether `identity` fits the header: a user id of printable characters (any UTF-8 but control
 /// characters) that does not end in whitespace, and roles that are non-empty and hold neither
-/// separator. The gateway refuses a
-/// token that does not fit (401) rather than pass on something a service would parse otherwise.
+/// separator. The gateway refuses a token that does not fit (401) rather than pass on something
+/// a service would parse otherwise.
 pub fn carriable(identity: &Identity) -> Result<(), NotCarriable> {
     let printable = |s: &str| !s.chars().any(char::is_control);
     let user = &identity.user_id;
@@ -497,12 +497,12 @@ mod tests {
     #[test]
     fn hex_round_trips() {
         assert_eq!(to_hex(&[0, 15, 255]), "000fff");
+        assert_eq!(from_hex("000fff"), Some(vec![0, 15, 255]));
+        assert_eq!(from_hex("0g"), None);
+        assert_eq!(from_hex("abc"), None);
         assert_eq!(hex_array::<3>(b"000fFF"), Some([0, 15, 255]));
         assert_eq!(hex_array::<3>(b"000ff"), None);
         assert_eq!(hex_array::<2>(b"000fff"), None);
         assert_eq!(hex_array::<1>(b"0g"), None);
-        assert_eq!(from_hex("000fff"), Some(vec![0, 15, 255]));
-        assert_eq!(from_hex("0g"), None);
-        assert_eq!(from_hex("abc"), None);
     }
 }
