@@ -252,19 +252,49 @@ impl SoldOut {
 /// Purchases whose admission call may have run in Redis although this instance never got the
 /// answer (a timeout, or an error after the command was sent). The sold-out flag must not
 /// answer their retries: the script remembers their first answer, which may be an admission.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Uncertain {
     /// Request ids by user, so a look-up borrows instead of building a key.
     entries: std::sync::Mutex<HashMap<String, HashMap<String, Instant>>>,
     /// Entries held, readable without the lock: every sold-out answer asks, and almost always
     /// there are none, so that answer never takes a lock shared by the serving threads.
     len: AtomicUsize,
+    /// When the newest entry runs out, in milliseconds since `epoch`: past it every entry is
+    /// stale, and the sold-out answer skips the lock again even though nothing removed them.
+    live_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Uncertain {
+    fn default() -> Self {
+        Self {
+            entries: Default::default(),
+            len: AtomicUsize::new(0),
+            live_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// How long a retry of an uncertain purchase bypasses the sold-out flag.
 const UNCERTAIN_TTL: Duration = Duration::from_secs(60);
 
 impl Uncertain {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether no entry can match, known without the lock.
+    fn none_live(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0 || self.now_ms() >= self.live_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Publishes the count (under the lock, after the change it counts).
+    fn count(&self, entries: &HashMap<String, HashMap<String, Instant>>) {
+        self.len
+            .store(entries.values().map(HashMap::len).sum(), Ordering::Release);
+    }
+
     /// Remembers `(user, request_id)`.
     pub fn add(&self, user: &str, request_id: &str) {
         let mut entries = self.entries.lock().expect("not poisoned");
@@ -279,8 +309,12 @@ impl Uncertain {
             .entry(user.to_owned())
             .or_default()
             .insert(request_id.to_owned(), now);
-        self.len
-            .store(entries.values().map(HashMap::len).sum(), Ordering::Release);
+        self.live_until_ms.store(
+            // A millisecond past the entry's own expiry, so rounding never ends it early.
+            self.now_ms() + UNCERTAIN_TTL.as_millis() as u64 + 1,
+            Ordering::Release,
+        );
+        self.count(&entries);
     }
 
     /// Forgets `(user, request_id)`: the script answered it `sold_out`, so no admission is
@@ -289,7 +323,7 @@ impl Uncertain {
     /// Redis was struggling. An answer that admits (or repeats an admission) keeps the entry:
     /// its retries must keep getting that admission, not the flag's `sold_out`.
     pub fn resolve(&self, user: &str, request_id: &str) {
-        if self.len.load(Ordering::Acquire) == 0 {
+        if self.none_live() {
             return;
         }
         let mut entries = self.entries.lock().expect("not poisoned");
@@ -302,15 +336,14 @@ impl Uncertain {
         if ids.is_empty() {
             entries.remove(user);
         }
-        self.len
-            .store(entries.values().map(HashMap::len).sum(), Ordering::Release);
+        self.count(&entries);
     }
 
     /// Whether `(user, request_id)` is a retry of an uncertain purchase.
     pub fn contains(&self, user: &str, request_id: &str) -> bool {
         // Stored under the lock after the insert, so a purchase that follows the one that added
         // an entry (its retry) sees it.
-        if self.len.load(Ordering::Acquire) == 0 {
+        if self.none_live() {
             return false;
         }
         let entries = self.entries.lock().expect("not poisoned");
