@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use utoipa::ToSchema;
 
+mod compact;
+
 /// Most items one session may hold.
 pub const MAX_ITEMS: usize = 50;
 /// Longest session window.
@@ -136,7 +138,7 @@ impl TokenKey {
 
 /// `POST /api/flashsale/purchase`. The text fields borrow from the body where they can (a token
 /// and a request id never need unescaping): a late buyer's request is parsed without allocating.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Purchase<'a> {
     /// The session.
@@ -156,7 +158,16 @@ pub struct Purchase<'a> {
     pub request_id: Cow<'a, str>,
 }
 
-impl Purchase<'_> {
+impl<'a> Purchase<'a> {
+    /// Reads a body: the common compact form in one pass ([`compact`]), anything else (and
+    /// every error the client is told) by serde_json.
+    pub fn from_json(body: &'a [u8]) -> Result<Self, serde_json::Error> {
+        match compact::purchase(body) {
+            Some(purchase) => Ok(purchase),
+            None => serde_json::from_slice(body),
+        }
+    }
+
     /// Checks the shape of the fields (the script checks the rest).
     pub fn validated(self) -> Result<Self, ValidationError> {
         if self.session_id <= 0 || self.sku_id <= 0 {

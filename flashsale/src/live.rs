@@ -339,6 +339,12 @@ impl Uncertain {
         self.count(&entries);
     }
 
+    /// Whether any entry may still match, known without the lock: when not, a caller need not
+    /// even work out which user is asking.
+    pub fn may_hold_any(&self) -> bool {
+        !self.none_live()
+    }
+
     /// Whether `(user, request_id)` is a retry of an uncertain purchase.
     pub fn contains(&self, user: &str, request_id: &str) -> bool {
         // Stored under the lock after the insert, so a purchase that follows the one that added

@@ -404,6 +404,20 @@ async fn bad_purchases_get_the_right_4xx_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401, "no identity");
+    // A body in several frames is read whole: one of declared length written in pieces, and
+    // a chunked one, both answered by the script (over the limit), not as malformed JSON; a
+    // chunked body past the body limit is 413.
+    let over_limit = serde_json::to_vec(&purchase(session, 15, 3, &mine, "pieces")).unwrap();
+    let (front, back) = over_limit.split_at(over_limit.len() / 2);
+    for chunked in [false, true] {
+        let (status, answer) = raw_purchase(fs, "alice", &[front, back], chunked).await;
+        assert_eq!(status, 409, "chunked {chunked}: {answer}");
+        assert!(answer.contains(r#""code":"limit_exceeded""#), "{answer}");
+    }
+    let filler = vec![b' '; 700 * 1024];
+    let (status, answer) = raw_purchase(fs, "alice", &[&filler, &filler], true).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
     assert_eq!(redis_numbers(&env, session, 15).await, (5, 0), "nothing changed");
 
     // Before the start: no token; a token forged for it is refused.
@@ -654,4 +668,69 @@ async fn late_buyers_of_a_sold_out_item_are_answered_from_memory_before_any_othe
     let (status, body) = buy(fs, "late", purchase(session, 15, 0, &t, "z")).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("validation_failed")));
     assert_eq!(redis_numbers(&env, session, 15).await, (0, 1));
+}
+
+/// `POST /api/flashsale/purchase` over a plain connection, the body written in `pieces` (a
+/// pause after each, so they arrive as separate reads) with a `Content-Length` or chunked;
+/// returns the status and the whole response as text.
+async fn raw_purchase(
+    fs: &mall_testkit::TestServer,
+    user: &str,
+    pieces: &[&[u8]],
+    chunked: bool,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut identity = http::HeaderMap::new();
+    let now = Utc::now().timestamp() as u64;
+    let who = mall_common::identity::Identity {
+        user_id: user.into(),
+        roles: Vec::new(),
+    };
+    mall_common::identity::assert_identity(
+        &mut identity,
+        mall_common::platform::DEV_INTERNAL_SECRET.as_bytes(),
+        &who,
+        now,
+    )
+    .unwrap();
+    let mut head = String::from("POST /api/flashsale/purchase HTTP/1.1\r\nhost: mall\r\n");
+    head.push_str("content-type: application/json\r\nconnection: close\r\n");
+    for (name, value) in &identity {
+        head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    if chunked {
+        head.push_str("transfer-encoding: chunked\r\n\r\n");
+    } else {
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        head.push_str(&format!("content-length: {len}\r\n\r\n"));
+    }
+    let mut conn = tokio::net::TcpStream::connect(fs.addr()).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    for piece in pieces {
+        let mut frame = Vec::new();
+        if chunked {
+            frame.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            frame.extend_from_slice(piece);
+            frame.extend_from_slice(b"\r\n");
+        } else {
+            frame.extend_from_slice(piece);
+        }
+        // A server that refused the body (413) may stop reading; its answer is what counts.
+        if conn.write_all(&frame).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if chunked {
+        let _ = conn.write_all(b"0\r\n\r\n").await;
+    }
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    (status, answer)
 }
