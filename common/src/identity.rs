@@ -26,7 +26,7 @@ use sha2::Sha256;
 pub const HEADER: HeaderName = HeaderName::from_static("x-mall-identity");
 
 /// The format's version prefix.
-const VERSION: &[u8] = b"v1;";
+const VERSION: &str = "v1;";
 
 /// Hex digits of an HMAC-SHA256.
 const SIGNATURE_HEX_LEN: usize = 64;
@@ -98,7 +98,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// The MAC over the signed part of the value (`v1;` and what follows the signature).
 fn mac(key: &HmacSha256, signed: &[u8]) -> HmacSha256 {
     let mut mac = key.clone();
-    mac.update(VERSION);
+    mac.update(VERSION.as_bytes());
     mac.update(signed);
     mac
 }
@@ -128,15 +128,17 @@ fn hex_digit(c: u8) -> Option<u8> {
     }
 }
 
+/// The byte two hex digits spell.
+fn hex_byte(pair: &[u8]) -> Option<u8> {
+    Some(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?)
+}
+
 /// Bytes of a hex string, or `None` if it is not hex.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    s.as_bytes()
-        .chunks_exact(2)
-        .map(|pair| Some(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?))
-        .collect()
+    s.as_bytes().chunks_exact(2).map(hex_byte).collect()
 }
 
 /// The `N` bytes of exactly `2 * N` hex digits, without allocating (every verified request
@@ -147,7 +149,7 @@ pub fn hex_array<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
     }
     let mut out = [0u8; N];
     for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+        *byte = hex_byte(pair)?;
     }
     Some(out)
 }
@@ -215,7 +217,7 @@ fn header_value_with(key: &HmacSha256, identity: &Identity, now: u64) -> Result<
     signed.push_str(&identity.user_id);
     let sig = mac(key, signed.as_bytes()).finalize().into_bytes();
     let mut value = String::with_capacity(VERSION.len() + SIGNATURE_HEX_LEN + 1 + signed.len());
-    value.push_str("v1;");
+    value.push_str(VERSION);
     push_hex(&mut value, &sig);
     value.push(';');
     value.push_str(&signed);
@@ -251,7 +253,7 @@ struct Parsed<'a> {
 fn parse(value: &HeaderValue) -> Result<Parsed<'_>, IdentityError> {
     let rest = value
         .as_bytes()
-        .strip_prefix(VERSION)
+        .strip_prefix(VERSION.as_bytes())
         .ok_or(IdentityError::Incomplete)?;
     if rest.len() <= SIGNATURE_HEX_LEN || rest[SIGNATURE_HEX_LEN] != b';' {
         return Err(IdentityError::Incomplete);

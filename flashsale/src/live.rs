@@ -284,9 +284,10 @@ impl Uncertain {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Whether no entry can match, known without the lock.
-    fn none_live(&self) -> bool {
-        self.len.load(Ordering::Acquire) == 0 || self.now_ms() >= self.live_until_ms.load(Ordering::Acquire)
+    /// Whether any entry may still match, known without the lock: when not, a caller need not
+    /// even work out which user is asking.
+    pub fn may_hold_any(&self) -> bool {
+        self.len.load(Ordering::Acquire) > 0 && self.now_ms() < self.live_until_ms.load(Ordering::Acquire)
     }
 
     /// Publishes the count (under the lock, after the change it counts).
@@ -323,7 +324,7 @@ impl Uncertain {
     /// Redis was struggling. An answer that admits (or repeats an admission) keeps the entry:
     /// its retries must keep getting that admission, not the flag's `sold_out`.
     pub fn resolve(&self, user: &str, request_id: &str) {
-        if self.none_live() {
+        if !self.may_hold_any() {
             return;
         }
         let mut entries = self.entries.lock().expect("not poisoned");
@@ -339,17 +340,11 @@ impl Uncertain {
         self.count(&entries);
     }
 
-    /// Whether any entry may still match, known without the lock: when not, a caller need not
-    /// even work out which user is asking.
-    pub fn may_hold_any(&self) -> bool {
-        !self.none_live()
-    }
-
     /// Whether `(user, request_id)` is a retry of an uncertain purchase.
     pub fn contains(&self, user: &str, request_id: &str) -> bool {
         // Stored under the lock after the insert, so a purchase that follows the one that added
         // an entry (its retry) sees it.
-        if self.none_live() {
+        if !self.may_hold_any() {
             return false;
         }
         let entries = self.entries.lock().expect("not poisoned");

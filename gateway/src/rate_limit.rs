@@ -182,15 +182,11 @@ impl RateLimiter {
             }
             match rule.scope {
                 // A `*` rule keys per route prefix too, so one busy route cannot starve another.
-                Scope::Client => {
-                    bucket_key(&mut key, i, route_key(rule, path), Some(client));
+                Scope::Client | Scope::Route => {
+                    let who = (rule.scope == Scope::Client).then_some(client);
+                    bucket_key(&mut key, i, route_key(rule, path), who);
                     self.local(&key, rule.per_sec)
-                        .map_err(|wait| refused(Scope::Client, wait))?;
-                }
-                Scope::Route => {
-                    bucket_key(&mut key, i, route_key(rule, path), None);
-                    self.local(&key, rule.per_sec)
-                        .map_err(|wait| refused(Scope::Route, wait))?;
+                        .map_err(|wait| refused(rule.scope, wait))?;
                 }
                 Scope::Cluster => self.cluster(rule, path).await?,
             }
