@@ -199,6 +199,10 @@ impl Platform {
         settings: PlatformSettings,
         needs: Needs,
     ) -> Result<Self, StartError> {
+        // Before anything takes a metric handle: a handle taken while no recorder is installed
+        // counts into nothing, for the life of the process (the recorder was once installed
+        // only when the health routes were built, after the flash sale had taken its handles).
+        crate::health::prometheus();
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let mut readiness = Readiness::default();
