@@ -54,7 +54,8 @@ pub struct FlashSettings {
     /// rest are shed at once with 503 `overloaded`.
     pub max_in_flight: usize,
     /// `MALL_FLASHSALE_SOLD_OUT_TTL` (1s): how long an instance answers `sold_out` from memory
-    /// before asking Redis again (units of cancelled orders come back).
+    /// before it re-reads the stock in Redis, in the background (units of cancelled orders come
+    /// back).
     pub sold_out_ttl: Duration,
     /// `MALL_FLASHSALE_BREAKER_FAILURES` (5): consecutive Redis failures that open the breaker.
     pub breaker_failures: u32,

@@ -350,21 +350,20 @@ async fn purchase(
     // The claimed user id is only used to let a retry of an uncertain purchase through to the
     // full path, which verifies it (the signature covers the user id, so the verified user is the
     // claimed one and the flag need not be checked again below).
-    // When the flag has run out, this purchase may be the one that re-checks it in Redis (the
-    // probe is released when the purchase ends, whatever happened to it).
-    let mut _probe = None;
+    // When the flag has run out, this purchase starts the re-check of the stock and is answered
+    // from memory like the others (see `SoldOut`).
     if let Ok(p) = &parsed {
-        match shared.sold_out.check(p.session_id, p.sku_id) {
-            Check::Open => {}
-            Check::Probe(probe) => _probe = Some(probe),
-            Check::SoldOut => {
-                let retry_of_uncertain = shared.uncertain.may_hold_any()
-                    && mall_common::identity::claimed_user(&parts.headers)
-                        .is_some_and(|user| shared.uncertain.contains(user, &p.request_id));
-                if !retry_of_uncertain {
-                    shared.sold_out_answers.increment(1);
-                    return Ok(sold_out(&shared));
-                }
+        let check = shared.sold_out.check(p.session_id, p.sku_id);
+        if check == Check::Recheck {
+            tokio::spawn(recheck(shared.clone(), p.session_id, p.sku_id));
+        }
+        if check != Check::Open {
+            let retry_of_uncertain = shared.uncertain.may_hold_any()
+                && mall_common::identity::claimed_user(&parts.headers)
+                    .is_some_and(|user| shared.uncertain.contains(user, &p.request_id));
+            if !retry_of_uncertain {
+                shared.sold_out_answers.increment(1);
+                return Ok(sold_out(&shared));
             }
         }
     }
@@ -511,6 +510,33 @@ async fn purchase(
                 "quantity: must be a positive number of units",
             ),
         )),
+    }
+}
+
+/// Reads the stock of an item whose sold-out flag ran out, and renews the flag (none left),
+/// drops it (units came back, or the item is no longer loaded, which the script answers for),
+/// or, when Redis does not answer in time, keeps the last answer for another ttl. No purchase
+/// waits for it.
+async fn recheck(shared: Arc<Shared>, session: i64, sku: i64) {
+    let keys = shared.catalog.get().item_keys(&shared.redis, session, sku);
+    let read = tokio::time::timeout(
+        ADMIT_TIMEOUT,
+        admission::stock_left(&shared.redis, std::slice::from_ref(&*keys)),
+    )
+    .await;
+    match read {
+        Ok(Ok(left)) => match left.first().copied().flatten() {
+            Some(left) => shared.sold_out.learn(session, sku, left),
+            None => shared.sold_out.clear(session, sku),
+        },
+        Ok(Err(e)) => {
+            tracing::warn!(session, sku, error = %e, "sold-out re-check failed; the flag stands");
+            shared.sold_out.renew(session, sku);
+        }
+        Err(_) => {
+            tracing::warn!(session, sku, "sold-out re-check timed out; the flag stands");
+            shared.sold_out.renew(session, sku);
+        }
     }
 }
 

@@ -128,10 +128,13 @@ impl Catalog {
 /// Items known to be sold out, remembered for a short time so late buyers are answered
 /// without Redis. Short, because units of cancelled orders come back.
 ///
-/// When a flag runs out, one purchase re-checks in Redis (the probe) while the others are still
-/// answered from memory; its answer renews the flag or drops it. Letting every late buyer
-/// through at once instead sent a burst of full purchases (two HMACs and a script call each) to
-/// Redis every `ttl`, and those waited behind the flood on the serving threads.
+/// When a flag runs out, the instance re-checks the item's stock in Redis in the background
+/// (one re-check at a time, [`Check::Recheck`]) while every late buyer, the one who noticed
+/// included, is still answered from memory; the stock it reads renews the flag or drops it.
+/// Letting every late buyer through at once sent a burst of full purchases (two HMACs and a
+/// script call each) to Redis every `ttl`; letting one buyer's purchase be the re-check (before)
+/// made that buyer wait on Redis, and on a saturated machine a few of them waited out the
+/// admission timeout and were told 503 for an item that was simply sold out.
 #[derive(Debug)]
 pub struct SoldOut {
     ttl: Duration,
@@ -141,36 +144,21 @@ pub struct SoldOut {
 #[derive(Debug, Clone, Copy)]
 struct Flag {
     until: Instant,
-    /// A purchase is re-checking in Redis (a [`Probe`] is alive).
+    /// A re-check is reading the stock (see [`Check::Recheck`]).
     probing: bool,
 }
 
 /// What the flag says about a purchase of one item.
-#[derive(Debug)]
-pub enum Check<'a> {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Check {
     /// Not known to be sold out: the purchase goes to Redis.
     Open,
-    /// Sold out (or being re-checked by another purchase): answer `sold_out` from memory.
+    /// Sold out (or being re-checked): answer `sold_out` from memory.
     SoldOut,
-    /// The flag ran out and this purchase re-checks it in Redis; dropping the probe without an
-    /// answer (rejected before Redis, Redis failing) lets the next purchase re-check.
-    Probe(Probe<'a>),
-}
-
-/// The right to re-check an expired flag; see [`Check::Probe`].
-#[derive(Debug)]
-pub struct Probe<'a> {
-    flags: &'a SoldOut,
-    key: (i64, i64),
-}
-
-impl Drop for Probe<'_> {
-    fn drop(&mut self) {
-        let mut flags = self.flags.flags.write().expect("not poisoned");
-        if let Some(flag) = flags.get_mut(&self.key) {
-            flag.probing = false;
-        }
-    }
+    /// Sold out as far as this instance knows, but the flag ran out: answer `sold_out` from
+    /// memory and start the re-check, which ends in [`SoldOut::learn`] (the stock it read) or
+    /// [`SoldOut::renew`] (it could not read it); until then every purchase gets `SoldOut`.
+    Recheck,
 }
 
 impl SoldOut {
@@ -183,7 +171,7 @@ impl SoldOut {
     }
 
     /// What to do with a purchase of `(session, sku)`; see [`Check`].
-    pub fn check(&self, session: i64, sku: i64) -> Check<'_> {
+    pub fn check(&self, session: i64, sku: i64) -> Check {
         let key = (session, sku);
         let now = Instant::now();
         let answer = |flag: Option<&Flag>| match flag {
@@ -198,10 +186,26 @@ impl SoldOut {
         if let Some(answer) = answer(flags.get(&key)) {
             return answer;
         }
-        if let Some(flag) = flags.get_mut(&key) {
-            flag.probing = true;
+        match flags.get_mut(&key) {
+            Some(flag) => {
+                flag.probing = true;
+                Check::Recheck
+            }
+            // Dropped (units came back) between the two looks.
+            None => Check::Open,
         }
-        Check::Probe(Probe { flags: self, key })
+    }
+
+    /// A re-check could not read the stock (Redis failing or slow): the last answer stands for
+    /// another `ttl`, and the next purchase after that starts another re-check. Redis being
+    /// down does not make an item that was sold out available; its buyers would only be told
+    /// 503 instead.
+    pub fn renew(&self, session: i64, sku: i64) {
+        let mut flags = self.flags.write().expect("not poisoned");
+        if let Some(flag) = flags.get_mut(&(session, sku)) {
+            flag.until = Instant::now() + self.ttl;
+            flag.probing = false;
+        }
     }
 
     /// What Redis said is left of `(session, sku)` after a purchase: none flags it (again),
@@ -465,32 +469,30 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_flag_is_rechecked_by_one_purchase_while_the_others_are_answered() {
+    fn an_expired_flag_is_rechecked_once_while_every_purchase_is_answered() {
         let s = SoldOut::new(Duration::from_millis(20));
-        assert!(matches!(s.check(1, 2), Check::Open));
+        assert_eq!(s.check(1, 2), Check::Open);
         s.set(1, 2);
-        assert!(matches!(s.check(1, 2), Check::SoldOut));
+        assert_eq!(s.check(1, 2), Check::SoldOut);
         std::thread::sleep(Duration::from_millis(30));
-        let probe = s.check(1, 2);
-        assert!(matches!(probe, Check::Probe(_)), "{probe:?}");
-        assert!(matches!(s.check(1, 2), Check::SoldOut), "one probe at a time");
-        drop(probe);
-        let Check::Probe(again) = s.check(1, 2) else {
-            panic!("a probe dropped without an answer lets the next purchase re-check");
-        };
+        assert_eq!(s.check(1, 2), Check::Recheck, "the flag ran out");
+        assert_eq!(s.check(1, 2), Check::SoldOut, "one re-check at a time");
         s.learn(1, 2, 0);
-        drop(again);
-        assert!(
-            matches!(s.check(1, 2), Check::SoldOut),
-            "still none left: renewed"
+        assert_eq!(s.check(1, 2), Check::SoldOut, "still none left: renewed");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(s.check(1, 2), Check::Recheck, "expired again");
+        s.renew(1, 2);
+        assert_eq!(
+            s.check(1, 2),
+            Check::SoldOut,
+            "a re-check that read nothing keeps the last answer"
         );
         std::thread::sleep(Duration::from_millis(30));
-        let Check::Probe(last) = s.check(1, 2) else {
-            panic!("expired again");
-        };
+        assert_eq!(s.check(1, 2), Check::Recheck, "and tries again after a ttl");
         s.learn(1, 2, 3);
-        drop(last);
-        assert!(matches!(s.check(1, 2), Check::Open), "units came back: dropped");
+        assert_eq!(s.check(1, 2), Check::Open, "units came back: dropped");
+        s.renew(1, 2);
+        assert_eq!(s.check(1, 2), Check::Open, "renewing no flag makes none");
     }
 
     #[test]
@@ -541,7 +543,7 @@ mod tests {
         assert!(matches!(s.check(1, 2), Check::SoldOut));
         assert!(matches!(s.check(1, 3), Check::Open));
         std::thread::sleep(Duration::from_millis(30));
-        assert!(matches!(s.check(1, 2), Check::Probe(_)));
+        assert_eq!(s.check(1, 2), Check::Recheck);
         s.set(1, 2);
         s.clear(1, 2);
         assert!(matches!(s.check(1, 2), Check::Open));

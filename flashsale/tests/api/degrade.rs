@@ -168,6 +168,82 @@ async fn a_failing_redis_opens_the_breaker_which_answers_503_fast_and_closes_aft
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_sold_out_flag_is_rechecked_without_a_buyer_waiting_on_redis() {
+    let env = TestEnv::new().await;
+    let (sale, proxy) = behind_a_redis_proxy(
+        &env,
+        34,
+        10,
+        &[
+            ("MALL_REDIS_TIMEOUT", "300ms"),
+            ("MALL_FLASHSALE_BREAKER_FAILURES", "100"),
+            ("MALL_FLASHSALE_SOLD_OUT_TTL", "200ms"),
+        ],
+    )
+    .await;
+    let fs = &sale.fs[0];
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 34, "price_cents": 100, "quantity": 1, "per_user_limit": 1}]),
+    )
+    .await;
+    let (t_first, t_late) = (
+        token_ok(fs, "first", session, 34).await,
+        token_ok(fs, "late", session, 34).await,
+    );
+    let from_memory = || mall_testkit::checks::metric_sum(fs, "flashsale_sold_out_answers_total", &[]);
+    let (status, _) = buy_patiently(fs, "first", purchase(session, 34, 1, &t_first, "f")).await;
+    assert_eq!(status, 202, "the only unit");
+    let (status, body) = buy(fs, "late", purchase(session, 34, 1, &t_late, "l0")).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("sold_out")), "{body}");
+
+    // Redis is unreachable while the flag runs out, again and again: every late buyer is still
+    // told sold_out at once, from memory, and none waits on the re-checks (which fail).
+    proxy.cut();
+    let before = from_memory().await;
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let (status, body) = buy(fs, "late", purchase(session, 34, 1, &t_late, &format!("l{i}"))).await;
+        let took = started.elapsed();
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (409, Some("sold_out")),
+            "{i}: {body}"
+        );
+        assert!(
+            took < Duration::from_millis(150),
+            "{i}: answered at once, not after Redis: {took:?}"
+        );
+    }
+    assert_eq!(from_memory().await, before + 8.0, "all from the flag");
+
+    // A unit comes back (as an unpaid order's would): once Redis answers, a re-check reads it
+    // and the next buyers go to the script again.
+    proxy.restore();
+    let redis = crate::helpers::redis(&env);
+    let keys = mall_flashsale::store::admission::ItemKeys::new(&redis, session, 34);
+    let mut conn = redis.conn().await.unwrap();
+    let () = mall_common::redis::client::cmd("INCR")
+        .arg(&keys.stock)
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    let (status, body) = eventually(Duration::from_secs(10), "the unit is sold again", || async {
+        let (status, body) = buy(fs, "late", purchase(session, 34, 1, &t_late, "again")).await;
+        if status == 202 {
+            Ok((status, body))
+        } else {
+            Err((status, body))
+        }
+    })
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(redis_numbers(&env, session, 34).await, (0, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_whose_answer_was_lost_reaches_redis_on_retry_until_redis_answers_it() {
     let env = TestEnv::new().await;
     let (sale, proxy) = behind_a_redis_proxy(
