@@ -153,6 +153,7 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         408 => "request_timeout",
         409 => "conflict",
         413 => "payload_too_large",
+        414 => "uri_too_long",
         415 => "unsupported_media_type",
         422 => "unprocessable_entity",
         429 => "rate_limited",

@@ -8,9 +8,12 @@
 //! Connections are served on the process's runtime, or with `MALL_HTTP_THREADS` > 0 on that many
 //! threads with a single-threaded runtime each (the gateway's default; see `serve_per_thread`).
 
+mod protocol_errors;
+
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::net::TcpListener;
@@ -20,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health;
 use crate::http::standard_stack;
 use crate::platform::Platform;
+use protocol_errors::JsonErrorListener;
 
 /// A bound, ready-to-run service.
 pub struct Server {
@@ -211,8 +215,10 @@ async fn accept_loop(
     stop: CancellationToken,
     abort: CancellationToken,
 ) -> std::io::Result<()> {
+    // `tap_io` does nothing to a connection; it is what gives a wrapped listener's connections
+    // their `ConnectInfo<SocketAddr>` (axum implements it for tapped listeners).
     let serve = axum::serve(
-        listener,
+        JsonErrorListener(listener).tap_io(|_| {}),
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stop.cancelled_owned());

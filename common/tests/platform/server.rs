@@ -169,3 +169,72 @@ fn the_thread_count_defaults_per_service_and_is_validated() {
     let err = threads(&SRV, &[("MALL_HTTP_THREADS", "many")]).unwrap_err();
     assert_eq!(err.var, "MALL_HTTP_THREADS");
 }
+
+/// Sends `raw` on a fresh connection and returns the whole answer (the server closes it).
+async fn raw_answer(app: &TestServer, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status and JSON body of an answer.
+fn status_and_body(answer: &str) -> (u16, serde_json::Value) {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_hyper_cannot_parse_get_json_errors_on_both_kinds_of_runtime() {
+    let env = TestEnv::new().await;
+    for threads in [2, 0] {
+        let app = serve(&env, threads).await;
+        let long_uri = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70 * 1024));
+        let big_head = format!(
+            "GET /thread HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+            "y".repeat(500 * 1024)
+        );
+        let cases: [(&[u8], u16, &str); 5] = [
+            (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+            (
+                b"GET /thread HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n",
+                400,
+                "bad_request",
+            ),
+            (
+                b"GET /thread HTTP/1.1\r\nhost: x\r\ncontent-length: ten\r\n\r\n",
+                400,
+                "bad_request",
+            ),
+            (long_uri.as_bytes(), 414, "uri_too_long"),
+            (big_head.as_bytes(), 431, "headers_too_large"),
+        ];
+        for (raw, status, code) in cases {
+            let answer = raw_answer(&app, raw).await;
+            let (got, body) = status_and_body(&answer);
+            assert_eq!(
+                (got, body["code"].as_str()),
+                (status, Some(code)),
+                "{threads} threads: {answer}"
+            );
+            assert!(answer.contains("content-type: application/json"), "{answer}");
+        }
+        // A good request on a connection is answered as before.
+        let answer = raw_answer(
+            &app,
+            b"GET /thread HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    }
+}
