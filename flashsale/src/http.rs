@@ -518,12 +518,25 @@ async fn purchase(
 /// or, when Redis does not answer in time, keeps the last answer for another ttl. No purchase
 /// waits for it.
 async fn recheck(shared: Arc<Shared>, session: i64, sku: i64) {
+    // A flag being re-checked answers every purchase until the re-check ends, so one that ends
+    // without an answer (a panic, its runtime stopping) renews it on the way out rather than
+    // leaving it re-checking for ever.
+    struct Unanswered<'a>(Option<&'a SoldOut>, i64, i64);
+    impl Drop for Unanswered<'_> {
+        fn drop(&mut self) {
+            if let Some(flags) = self.0 {
+                flags.renew(self.1, self.2);
+            }
+        }
+    }
+    let mut unanswered = Unanswered(Some(&shared.sold_out), session, sku);
     let keys = shared.catalog.get().item_keys(&shared.redis, session, sku);
     let read = tokio::time::timeout(
         ADMIT_TIMEOUT,
         admission::stock_left(&shared.redis, std::slice::from_ref(&*keys)),
     )
     .await;
+    unanswered.0 = None;
     match read {
         Ok(Ok(left)) => match left.first().copied().flatten() {
             Some(left) => shared.sold_out.learn(session, sku, left),
