@@ -7,6 +7,8 @@
 //! and such an answer, recognised by hyper's exact head, is written as the JSON error instead.
 //! Nothing else is touched: an answer of ours carries `x-request-id` and its content type
 //! before hyper's `connection` and `content-length`, so it never starts like one of these.
+//! One case stays hyper's: a client that pipelines a bad request behind good ones may get the
+//! error answer in the same write as the answers before it, which is passed on as it is.
 
 use std::io;
 use std::net::SocketAddr;
