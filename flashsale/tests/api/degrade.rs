@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mall_testkit::{ChaosProxy, TestEnv, eventually};
+use mall_testkit::{ChaosProxy, TestEnv};
 use serde_json::json;
 
 use crate::helpers::{
-    Options, Sale, Tweak, buy, buy_patiently, purchase, redis_numbers, running, sale, token_ok,
+    Options, Sale, Tweak, buy, buy_patiently, buy_until_admitted, purchase, redis_numbers, running, sale,
+    token_ok,
 };
 
 fn through(proxy_url: url::Url, dependency: &'static str) -> Tweak<'static> {
@@ -40,6 +41,26 @@ async fn behind_a_redis_proxy(
     )
     .await;
     (sale, proxy)
+}
+
+/// A running session selling one unit of `sku` (limit 1) on an instance behind a Redis proxy,
+/// and the purchase tokens of the buyers "first" and "late": (sale, proxy, session, tokens).
+async fn one_unit_behind_a_redis_proxy(
+    env: &TestEnv,
+    sku: i64,
+    flash: &[(&str, &str)],
+) -> (Sale, ChaosProxy, i64, String, String) {
+    let (sale, proxy) = behind_a_redis_proxy(env, sku, 10, flash).await;
+    let fs = &sale.fs[0];
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": sku, "price_cents": 100, "quantity": 1, "per_user_limit": 1}]),
+    )
+    .await;
+    let t_first = token_ok(fs, "first", session, sku).await;
+    let t_late = token_ok(fs, "late", session, sku).await;
+    (sale, proxy, session, t_first, t_late)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,17 +172,12 @@ async fn a_failing_redis_opens_the_breaker_which_answers_503_fast_and_closes_aft
         );
     }
     proxy.restore();
-    let (status, body) = eventually(
+    let (status, body) = buy_until_admitted(
+        fs,
+        "steady",
         Duration::from_secs(10),
         "the breaker closes after a good probe",
-        || async {
-            let (status, body) = buy(fs, "steady", purchase(session, 32, 1, &t, "after")).await;
-            if status == 202 {
-                Ok((status, body))
-            } else {
-                Err((status, body))
-            }
-        },
+        || purchase(session, 32, 1, &t, "after"),
     )
     .await;
     assert_eq!(status, 202, "{body}");
@@ -170,10 +186,9 @@ async fn a_failing_redis_opens_the_breaker_which_answers_503_fast_and_closes_aft
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_sold_out_flag_is_rechecked_without_a_buyer_waiting_on_redis() {
     let env = TestEnv::new().await;
-    let (sale, proxy) = behind_a_redis_proxy(
+    let (sale, proxy, session, t_first, t_late) = one_unit_behind_a_redis_proxy(
         &env,
         34,
-        10,
         &[
             ("MALL_REDIS_TIMEOUT", "300ms"),
             ("MALL_FLASHSALE_BREAKER_FAILURES", "100"),
@@ -182,16 +197,6 @@ async fn an_expired_sold_out_flag_is_rechecked_without_a_buyer_waiting_on_redis(
     )
     .await;
     let fs = &sale.fs[0];
-    let session = running(
-        &sale,
-        10,
-        json!([{"sku_id": 34, "price_cents": 100, "quantity": 1, "per_user_limit": 1}]),
-    )
-    .await;
-    let (t_first, t_late) = (
-        token_ok(fs, "first", session, 34).await,
-        token_ok(fs, "late", session, 34).await,
-    );
     let from_memory = || mall_testkit::checks::metric_sum(fs, "flashsale_sold_out_answers_total", &[]);
     let (status, _) = buy_patiently(fs, "first", purchase(session, 34, 1, &t_first, "f")).await;
     assert_eq!(status, 202, "the only unit");
@@ -230,14 +235,13 @@ async fn an_expired_sold_out_flag_is_rechecked_without_a_buyer_waiting_on_redis(
         .query_async(&mut *conn)
         .await
         .unwrap();
-    let (status, body) = eventually(Duration::from_secs(10), "the unit is sold again", || async {
-        let (status, body) = buy(fs, "late", purchase(session, 34, 1, &t_late, "again")).await;
-        if status == 202 {
-            Ok((status, body))
-        } else {
-            Err((status, body))
-        }
-    })
+    let (status, body) = buy_until_admitted(
+        fs,
+        "late",
+        Duration::from_secs(10),
+        "the unit is sold again",
+        || purchase(session, 34, 1, &t_late, "again"),
+    )
     .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(redis_numbers(&env, session, 34).await, (0, 2));
@@ -246,10 +250,9 @@ async fn an_expired_sold_out_flag_is_rechecked_without_a_buyer_waiting_on_redis(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_whose_answer_was_lost_reaches_redis_on_retry_until_redis_answers_it() {
     let env = TestEnv::new().await;
-    let (sale, proxy) = behind_a_redis_proxy(
+    let (sale, proxy, session, t_first, t_late) = one_unit_behind_a_redis_proxy(
         &env,
         33,
-        10,
         &[
             ("MALL_REDIS_TIMEOUT", "200ms"),
             ("MALL_FLASHSALE_BREAKER_FAILURES", "100"),
@@ -259,16 +262,6 @@ async fn a_purchase_whose_answer_was_lost_reaches_redis_on_retry_until_redis_ans
     )
     .await;
     let fs = &sale.fs[0];
-    let session = running(
-        &sale,
-        10,
-        json!([{"sku_id": 33, "price_cents": 100, "quantity": 1, "per_user_limit": 1}]),
-    )
-    .await;
-    let (t_first, t_late) = (
-        token_ok(fs, "first", session, 33).await,
-        token_ok(fs, "late", session, 33).await,
-    );
     let from_memory = || mall_testkit::checks::metric_sum(fs, "flashsale_sold_out_answers_total", &[]);
 
     // Redis fails under the late buyer's purchase: the instance cannot know whether it ran.

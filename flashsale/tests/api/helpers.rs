@@ -232,6 +232,26 @@ pub(crate) async fn buy_patiently(fs: &TestServer, buyer: &str, body: Value) -> 
     panic!("503 for a minute")
 }
 
+/// Buys as `buyer` until a purchase is admitted (202) within `within`, `body` making each
+/// attempt's body; the admitted answer.
+pub(crate) async fn buy_until_admitted(
+    fs: &TestServer,
+    buyer: &str,
+    within: Duration,
+    what: &str,
+    body: impl Fn() -> Value,
+) -> (u16, Value) {
+    eventually(within, what, || async {
+        let (status, answer) = buy(fs, buyer, body()).await;
+        if status == 202 {
+            Ok((status, answer))
+        } else {
+            Err((status, answer))
+        }
+    })
+    .await
+}
+
 /// A purchase body.
 pub(crate) fn purchase(session: i64, sku: i64, quantity: i64, token: &str, request_id: &str) -> Value {
     json!({ "session_id": session, "sku_id": sku, "quantity": quantity, "token": token, "request_id": request_id })

@@ -11,8 +11,8 @@ use mall_testkit::{ChaosProxy, TestEnv, eventually};
 use serde_json::json;
 
 use crate::helpers::{
-    Options, SETTLE, admitted_orders, buy, buy_patiently, create, purchase, redis_numbers, running, sale,
-    stock, token, token_ok, wait_loaded, wait_orders,
+    Options, SETTLE, admitted_orders, buy, buy_patiently, buy_until_admitted, create, purchase,
+    redis_numbers, running, sale, stock, token, token_ok, wait_loaded, wait_orders,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,24 +285,14 @@ async fn an_unpaid_flash_order_times_out_and_its_unit_is_bought_by_someone_else_
         if n.0 == 1 { Ok(()) } else { Err(n) }
     })
     .await;
-    let (status, body) = eventually(SETTLE, "someone else buys it", || async {
-        let (status, body) = buy(
-            fs,
-            "late",
-            purchase(
-                session,
-                14,
-                1,
-                &t,
-                &format!("l-{}", Utc::now().timestamp_millis()),
-            ),
+    let (status, body) = buy_until_admitted(fs, "late", SETTLE, "someone else buys it", || {
+        purchase(
+            session,
+            14,
+            1,
+            &t,
+            &format!("l-{}", Utc::now().timestamp_millis()),
         )
-        .await;
-        if status == 202 {
-            Ok((status, body))
-        } else {
-            Err((status, body))
-        }
     })
     .await;
     assert_eq!(status, 202, "{body}");
