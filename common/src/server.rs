@@ -16,8 +16,8 @@ use axum::Router;
 use axum::serve::ListenerExt as _;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::health;
@@ -160,13 +160,19 @@ fn serve_shared(
     AcceptLoops(FuturesUnordered::from_iter([ended]))
 }
 
-/// `threads` accept loops, each on its own thread with a single-threaded runtime, all accepting
-/// from the one listening socket (the kernel hands each connection to one of them; a busy thread
-/// is the last to take one). A connection then lives on one thread: its request, the tasks it
-/// spawns and the wake-ups between them never cross to another core. On the gateway that was a
-/// third of its CPU per request on a work-stealing runtime (README, "Benchmarks"). What the
-/// handlers share (locks, channels, the Redis connection's task) works across the runtimes; a
-/// task spawned while serving lives on the serving thread's runtime, which ends with the server.
+/// `threads` serving threads, each with a single-threaded runtime and its own serve loop, and
+/// one acceptor on the process's runtime that deals the accepted connections to them in turn. A
+/// connection then lives on one thread: its request, the tasks it spawns and the wake-ups between
+/// them never cross to another core. On the gateway that was a third of its CPU per request on a
+/// work-stealing runtime (README, "Benchmarks"). What the handlers share (locks, channels, the
+/// Redis connection's task) works across the runtimes; a task spawned while serving lives on the
+/// serving thread's runtime, which ends with the server.
+///
+/// The acceptor deals the connections instead of every thread accepting from the one socket:
+/// the socket woke every thread and the first to run took the whole backlog, so a load generator
+/// opening its connections at once could leave one thread with all of them and the other idle
+/// (seen on the gateway: 50 `wrk` connections all on one thread, 10,000 req/s, against 15,500
+/// when they were split). In turn, each thread gets an even share of any burst.
 fn serve_per_thread(
     service: &'static str,
     threads: usize,
@@ -175,10 +181,13 @@ fn serve_per_thread(
     stop: &CancellationToken,
     abort: &CancellationToken,
 ) -> std::io::Result<AcceptLoops> {
-    let listener = listener.into_std()?;
+    let addr = listener.local_addr()?;
     let loops = FuturesUnordered::new();
+    let mut dealt = Vec::with_capacity(threads);
     for i in 0..threads {
-        let listener = listener.try_clone()?;
+        let (deal, connections) = mpsc::unbounded_channel();
+        dealt.push(deal);
+        let listener = DealtListener { connections, addr };
         let (router, stop, abort) = (router.clone(), stop.clone(), abort.clone());
         let (done, ended) = oneshot::channel();
         std::thread::Builder::new()
@@ -193,10 +202,7 @@ fn serve_per_thread(
                 };
                 SERVING_THREAD.set(true);
                 runtime.block_on(async move {
-                    let served = match TcpListener::from_std(listener) {
-                        Ok(listener) => accept_loop(listener, router, stop, abort.clone()).await,
-                        Err(e) => Err(e),
-                    };
+                    let served = accept_loop(listener, router, stop, abort.clone()).await;
                     let _ = done.send(served);
                     // A task spawned here while serving (a Redis connection's driver, say) may be
                     // what other threads and the draining background work still use, so the
@@ -206,15 +212,78 @@ fn serve_per_thread(
             })?;
         loops.push(ended);
     }
+    let (done, ended) = oneshot::channel();
+    let (stop, abort) = (stop.clone(), abort.clone());
+    tokio::spawn(async move {
+        deal_connections(listener, dealt, stop, abort).await;
+        let _ = done.send(Ok(()));
+    });
+    loops.push(ended);
     Ok(AcceptLoops(loops))
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// Accepts until `stop` (or `abort`) and hands each connection to the next serving thread.
+async fn deal_connections(
+    mut listener: TcpListener,
+    threads: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) {
+    for next in (0..threads.len()).cycle() {
+        let (stream, peer) = tokio::select! {
+            // axum's accept for a TCP listener: it retries and logs what fails.
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+            () = stop.cancelled() => return,
+            () = abort.cancelled() => return,
+        };
+        // Out of this runtime's reactor, into the serving thread's when it takes it.
+        match stream.into_std() {
+            Ok(stream) => {
+                // A thread that is gone has stopped serving: its connection is closed (dropped).
+                let _ = threads[next].send((stream, peer));
+            }
+            Err(e) => tracing::warn!(error = %e, %peer, "could not hand a connection to a serving thread"),
+        }
+    }
+}
+
+/// A serving thread's side of the acceptor: the connections dealt to it.
+struct DealtListener {
+    connections: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for DealtListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.connections.recv().await {
+                Some((stream, peer)) => match TcpStream::from_std(stream) {
+                    Ok(stream) => return (stream, peer),
+                    Err(e) => tracing::warn!(error = %e, %peer, "a dealt connection could not be served"),
+                },
+                // The acceptor has stopped: nothing more comes; the serve loop ends on `stop`.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+async fn accept_loop<L>(
+    listener: L,
     router: Router,
     stop: CancellationToken,
     abort: CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Io = TcpStream, Addr = SocketAddr>,
+{
     // `tap_io` does nothing to a connection; it is what gives a wrapped listener's connections
     // their `ConnectInfo<SocketAddr>` (axum implements it for tapped listeners).
     let serve = axum::serve(

@@ -18,20 +18,24 @@ use std::task::{Context, Poll, ready};
 use axum::serve::Listener;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::error::{ErrorBody, code_for_status};
 
-/// A TCP listener whose connections answer hyper's own parse errors in JSON.
-pub(super) struct JsonErrorListener(pub(super) TcpListener);
+/// A listener of TCP connections (a TCP listener's own, or those dealt to a serving thread)
+/// whose connections answer hyper's own parse errors in JSON.
+pub(super) struct JsonErrorListener<L>(pub(super) L);
 
-impl Listener for JsonErrorListener {
+impl<L> Listener for JsonErrorListener<L>
+where
+    L: Listener<Io = TcpStream, Addr = SocketAddr>,
+{
     type Io = JsonErrors<TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // The TCP listener's own accept: it retries and logs errors.
-        let (io, addr) = Listener::accept(&mut self.0).await;
+        // The inner listener's accept (a TCP listener's retries and logs errors).
+        let (io, addr) = self.0.accept().await;
         (JsonErrors::new(io), addr)
     }
 

@@ -22,9 +22,16 @@ const SRV: ServiceDefaults = ServiceDefaults {
 
 /// Serves `/thread` (the name of the thread that ran the handler) with `threads` serving threads.
 async fn serve(env: &TestEnv, threads: usize) -> TestServer {
+    serve_as(env, "srv", threads).await
+}
+
+/// `serve` under another service name, so its threads are not counted as `srv`'s.
+async fn serve_as(env: &TestEnv, service: &'static str, threads: usize) -> TestServer {
     let mut settings = env.platform_settings(&SRV);
     settings.http.threads = threads;
-    let platform = Platform::start("srv", settings, Needs::default()).await.unwrap();
+    let platform = Platform::start(service, settings, Needs::default())
+        .await
+        .unwrap();
     let routes = Router::new().route(
         "/thread",
         get(|| async { std::thread::current().name().unwrap_or("").to_owned() }),
@@ -32,17 +39,25 @@ async fn serve(env: &TestEnv, threads: usize) -> TestServer {
     env.start(Server::bind(platform, routes).await.unwrap()).await
 }
 
-/// Thread names seen by `connections` fresh connections.
-async fn threads_seen(app: &TestServer, connections: usize) -> BTreeSet<String> {
-    let mut seen = BTreeSet::new();
+/// How many of `connections` fresh connections each thread served.
+async fn connections_by_thread(app: &TestServer, connections: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
     for _ in 0..connections {
         // A client per request: a new connection each time, so any serving thread may take it.
         let client = reqwest::Client::new();
         let res = client.get(app.url("/thread")).send().await.unwrap();
         assert_eq!(res.status(), 200);
-        seen.insert(res.text().await.unwrap());
+        *seen.entry(res.text().await.unwrap()).or_default() += 1;
     }
     seen
+}
+
+/// Thread names seen by `connections` fresh connections.
+async fn threads_seen(app: &TestServer, connections: usize) -> BTreeSet<String> {
+    connections_by_thread(app, connections)
+        .await
+        .into_keys()
+        .collect()
 }
 
 fn serving_threads_alive() -> usize {
@@ -71,6 +86,33 @@ async fn requests_run_on_the_serving_threads_and_stopping_ends_them() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_dealt_to_the_serving_threads_in_turn() {
+    let env = TestEnv::new().await;
+    // Named apart from `srv`: another test counts the `srv-http-*` threads of this process.
+    let app = serve_as(&env, "deal", 3).await;
+    // Before, every thread accepted from the one socket and whichever ran first could take them
+    // all; dealt in turn, twelve connections one after another are four per thread, exactly.
+    let by_thread = connections_by_thread(&app, 12).await;
+    let expected: BTreeMap<String, usize> = (0..3).map(|i| (format!("deal-http-{i}"), 4)).collect();
+    assert_eq!(by_thread, expected);
+
+    // Connections opened together, as a load generator opens them, are dealt evenly too.
+    let clients: Vec<reqwest::Client> = (0..9).map(|_| reqwest::Client::new()).collect();
+    let answers =
+        futures_util::future::join_all(clients.iter().map(|client| client.get(app.url("/thread")).send()))
+            .await;
+    let mut together: BTreeMap<String, usize> = BTreeMap::new();
+    for res in answers {
+        let res = res.unwrap();
+        assert_eq!(res.status(), 200);
+        *together.entry(res.text().await.unwrap()).or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> = (0..3).map(|i| (format!("deal-http-{i}"), 3)).collect();
+    assert_eq!(together, expected);
+    app.stop().await.expect("clean stop");
 }
 
 /// The Redis `CLIENT ID` of the connection `redis.conn()` gives here.
