@@ -51,6 +51,8 @@ for port in "${FLASH_PORTS[@]}"; do
   start "flashsale-$port" mall-flashsale MALL_HTTP_ADDR=127.0.0.1:$port MALL_DATABASE_SCHEMA=${PREFIX}_flashsale \
     MALL_INVENTORY_URLS=http://127.0.0.1:$INVENTORY_PORT MALL_FLASHSALE_JOB_INTERVAL=200ms
   flash_urls="${flash_urls:+$flash_urls,}http://127.0.0.1:$port"
+  # The instance measured directly, whose CPU time is read around its runs.
+  if [ "$port" = "${FLASH_PORTS[0]}" ]; then FLASH_PID=${PIDS[-1]}; fi
 done
 # The gateway's full stack; the rate limits are raised so that they cannot trigger (the
 # benchmark measures the path, not the limiter).
@@ -58,6 +60,7 @@ start gateway mall-gateway MALL_HTTP_ADDR=127.0.0.1:$GATEWAY_PORT \
   MALL_UPSTREAM_PRODUCT=http://127.0.0.1:$INVENTORY_PORT MALL_UPSTREAM_INVENTORY=http://127.0.0.1:$INVENTORY_PORT \
   MALL_UPSTREAM_ORDER=http://127.0.0.1:$ORDER_PORT MALL_UPSTREAM_FLASHSALE="$flash_urls" \
   'MALL_GW_RATE_LIMITS=*:client:100000000/s,/api/flashsale/purchase:cluster:100000000/s' MALL_GW_MAX_CONCURRENCY=4096
+GATEWAY_PID=${PIDS[-1]}
 for port in $INVENTORY_PORT $ORDER_PORT "${FLASH_PORTS[@]}" $GATEWAY_PORT; do
   wait_ready "http://127.0.0.1:$port/readyz"
 done
@@ -140,7 +143,7 @@ sha=$(redis-cli SCRIPT LOAD "$(cat "$ROOT/lua/flashsale/admit.lua")")
 k="$PREFIX:fs:{fs:$ceiling_session:2}"
 ROUNDS=${BENCH_ROUNDS:-3}
 for ((r = 1; r <= ROUNDS; r++)); do
-  measure_wrk "endpoint-$r" "$CONC" POST "$direct" "$rate_body" "${rate_headers[@]}" "$json"
+  MEASURE_PIDS=$FLASH_PID measure_wrk "endpoint-$r" "$CONC" POST "$direct" "$rate_body" "${rate_headers[@]}" "$json"
   say "redis-benchmark: the admission script, $CONC connections (round $r)"
   redis-benchmark -c "$CONC" -n "${BENCH_REDIS_REQUESTS:-300000}" --csv \
     EVALSHA "$sha" 5 "$k:meta" "$k:stock" "$k:users" "$k:requests" "$k:admissions" \
@@ -170,9 +173,9 @@ purchase_answers() { # status count, one line each, of the measured instance's p
 for ((r = 1; r <= ROUNDS; r++)); do
   # wrk tells only 2xx from the rest: the instance's own counters say which answers it gave.
   purchase_answers >"$RUN/soldout-$r.before"
-  measure_wrk "soldout-$r" "$CONC" POST "$direct" "$late_body" "${late_headers[@]}" "$json"
+  MEASURE_PIDS=$FLASH_PID measure_wrk "soldout-$r" "$CONC" POST "$direct" "$late_body" "${late_headers[@]}" "$json"
   purchase_answers >"$RUN/soldout-$r.after"
-  measure_wrk "gwfixed-$r" "$CONC" GET "$GW/nowhere" ""
+  MEASURE_PIDS=$GATEWAY_PID measure_wrk "gwfixed-$r" "$CONC" GET "$GW/nowhere" ""
 done
 
 mkdir -p "$RESULTS"
@@ -219,10 +222,17 @@ def wrk(name, expected):
         answers["other"] = d["requests"] - ok
     if d["socket_errors"]:
         answers["socket errors"] = d["socket_errors"]
-    return d["requests"] / d["seconds"], d["p50_ms"], d["p99_ms"], answers, d["requests"] == ok and not d["socket_errors"]
+    return d["requests"] / d["seconds"], d["p50_ms"], d["p99_ms"], answers, d["requests"] == ok and not d["socket_errors"], cpu_us(name, d["requests"])
+def cpu_us(name, requests):
+    """The measured server's CPU time (user + system, all threads) per request, in microseconds."""
+    try:
+        ticks, hz = (int(x) for x in open(f"{run}/{name}-{conc}.cpu").read().split())
+    except (OSError, ValueError):
+        return None
+    return ticks * 1e6 / hz / requests if requests else None
 def rb(r):
     row = list(csv.reader(open(f"{run}/redis-benchmark-{r}.csv")))[1]
-    return float(row[1]), (float(row[4]) if len(row) > 6 else 0), (float(row[6]) if len(row) > 6 else 0)
+    return float(row[1]), (float(row[4]) if len(row) > 6 else 0), (float(row[6]) if len(row) > 6 else 0), "", True, None
 ep = {r: wrk(f"endpoint-{r}", 202) for r in rounds}
 rbs = {r: rb(r) for r in rounds}
 so = {r: wrk(f"soldout-{r}", 409) for r in rounds}
@@ -233,7 +243,7 @@ for r in rounds:
     before, after = answered(r, "before"), answered(r, "after")
     grown = {c: after[c] - before.get(c, 0) for c in after if after[c] != before.get(c, 0)}
     if set(grown) != {"409"} or grown["409"] < so[r][3].get("409", 0):
-        so[r] = (*so[r][:3], {**so[r][3], "instance counted": grown}, False)
+        so[r] = (*so[r][:3], {**so[r][3], "instance counted": grown}, False, so[r][5])
 gf = {r: wrk(f"gwfixed-{r}", 404) for r in rounds}
 ep_ok = all(v[4] for v in ep.values())
 so_ok = all(v[4] for v in so.values())
@@ -254,22 +264,28 @@ for name, ok in checks.items():
     print(f"| {name} | {'yes' if ok else '**NO**'} |")
 print(f"\n## The ceiling: the admission script in redis-benchmark vs the purchase endpoint measured directly\n")
 print("The same request both ways (a repeated request id: the script's repeat path).\n")
+def us(v):
+    return f"{v:.1f}" if v is not None else ""
 def table(label_a, a, label_b, b, ratio_name):
     """One row per round and path, the round's ratio (a/b req/s), and their median."""
-    print(f"| round | path | req/s | p50 ms | p99 ms | answers | {ratio_name} |\n|---:|---|---:|---:|---:|---|---:|")
+    print(f"| round | path | req/s | p50 ms | p99 ms | server CPU us/req | answers | {ratio_name} |\n|---:|---|---:|---:|---:|---:|---|---:|")
     ratios, p99s = [], []
     for r in rounds:
         ratio = a[r][0] / b[r][0]
         ratios.append(ratio)
         p99s.append(b[r][2] / a[r][2] if a[r][2] else 0)
-        print(f"| {r} | {label_a} | {a[r][0]:.0f} | {a[r][1]:.2f} | {a[r][2]:.2f} | {a[r][3] if len(a[r]) > 3 else ''} | {ratio:.2f} |")
-        print(f"| {r} | {label_b} | {b[r][0]:.0f} | {b[r][1]:.2f} | {b[r][2]:.2f} | {b[r][3] if len(b[r]) > 3 else ''} | |")
+        print(f"| {r} | {label_a} | {a[r][0]:.0f} | {a[r][1]:.2f} | {a[r][2]:.2f} | {us(a[r][5])} | {a[r][3]} | {ratio:.2f} |")
+        print(f"| {r} | {label_b} | {b[r][0]:.0f} | {b[r][1]:.2f} | {b[r][2]:.2f} | {us(b[r][5])} | {b[r][3]} | |")
     return statistics.median(ratios), statistics.median(p99s), ratios
 ratio, _, ratios = table("POST /api/flashsale/purchase, one instance", ep, "redis-benchmark EVALSHA admit.lua", rbs, "endpoint / script")
 print(f"\nEndpoint / script, median of {len(ratios)} rounds: **{ratio:.2f}** (rounds: {', '.join(f'{x:.2f}' for x in ratios)}; target >= 0.50).\n")
 print("## The rejected path: sold out, answered from memory, vs the gateway's own fixed answer\n")
 so_ratio, so_p99, so_ratios = table("POST /api/flashsale/purchase (sold out), one instance", so, "GET /nowhere at mall-gateway (its own 404)", gf, "sold out / gateway")
-print(f"\nSold out / gateway fixed, median of {len(so_ratios)} rounds: throughput **{so_ratio:.2f}** (rounds: {', '.join(f'{x:.2f}' for x in so_ratios)}), p99 {so_p99:.2f} (gateway p99 / sold-out p99; target >= 1.0).\n")
+print(f"\nSold out / gateway fixed, median of {len(so_ratios)} rounds: throughput **{so_ratio:.2f}** (rounds: {', '.join(f'{x:.2f}' for x in so_ratios)}), p99 {so_p99:.2f} (gateway p99 / sold-out p99; target >= 1.0).")
+so_cpu = [so[r][5] / gf[r][5] for r in rounds if so[r][5] and gf[r][5]]
+if so_cpu:
+    print(f"Server CPU per answer, sold out / gateway 404: median {statistics.median(so_cpu):.2f} (rounds: {', '.join(f'{x:.2f}' for x in so_cpu)}; below 1 means the sold-out answer costs its server less).")
+print("Server CPU is the measured process's user + system time (all its threads, from `/proc/<pid>/stat`) during the run, divided by the requests answered.\n")
 ok = all(checks.values())
 print(f"Invariants: {'PASS' if ok else 'FAIL'}. Reproduce: `loadtest/flashsale.sh`.")
 sys.exit(0 if ok else 1)

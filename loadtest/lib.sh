@@ -75,14 +75,35 @@ warmup() { # connections oha-target-args...
   oha -z "$WARMUP" -c "$c" --no-tui "$@" >/dev/null
 }
 
-measure() { # name connections oha-target-args... : writes $RUN/name-c.json
+cpu_ticks() { # pid... : their user + system CPU time so far, in clock ticks (all threads)
+  local pid total=0 utime stime
+  for pid in "$@"; do
+    # Fields 14 and 15 of /proc/<pid>/stat; the name field (2) of our processes has no spaces.
+    read -r utime stime < <(awk '{print $14, $15}' "/proc/$pid/stat" 2>/dev/null || echo "0 0")
+    total=$((total + utime + stime))
+  done
+  echo "$total"
+}
+
+# The server side's CPU per request is measured along with each run when MEASURE_PIDS names the
+# processes that serve it: on cores shared with the load generator, throughput moves with
+# whatever else runs, while the work a server does per answer stays put.
+cpu_begin() { [ -n "${MEASURE_PIDS:-}" ] && cpu_ticks $MEASURE_PIDS >"$RUN/cpu.begin" || true; }
+cpu_end() { # file : writes "<ticks> <ticks per second>" for the run just made
+  [ -n "${MEASURE_PIDS:-}" ] || return 0
+  echo "$(($(cpu_ticks $MEASURE_PIDS) - $(cat "$RUN/cpu.begin"))) $(getconf CLK_TCK)" >"$1"
+}
+
+measure() { # name connections oha-target-args... : writes $RUN/name-c.json (and name-c.cpu)
   local name=$1 c=$2
   shift 2
   say "$name, $c connections, $DURATION"
+  cpu_begin
   oha -z "$DURATION" -c "$c" --no-tui --output-format json "$@" >"$RUN/$name-$c.json"
+  cpu_end "$RUN/$name-$c.cpu"
 }
 
-measure_wrk() { # name connections method url body header... : writes $RUN/name-c.json
+measure_wrk() { # name connections method url body header... : writes $RUN/name-c.json (and .cpu)
   # wrk with a script that only sets the request (so wrk stays on its fast path) and prints one
   # JSON line at the end; two threads, one per core.
   local name=$1 c=$2 method=$3 url=$4 body=$5
@@ -106,7 +127,9 @@ open(out, "w").write("\n".join(lines) + "\n")
 PY
   wrk -t 2 -c "$c" -d "$WARMUP" -s "$RUN/$name.lua" "$url" >/dev/null
   say "$name, $c connections, $DURATION (wrk)"
+  cpu_begin
   wrk -t 2 -c "$c" -d "$DURATION" -s "$RUN/$name.lua" "$url" | tail -n 1 >"$RUN/$name-$c.json"
+  cpu_end "$RUN/$name-$c.cpu"
 }
 
 fresh_prefix() { # prefix schema... : drops a scenario's schemas (in $PG), Redis keys and queues
