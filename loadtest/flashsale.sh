@@ -226,10 +226,10 @@ def wrk(name, expected):
 def cpu_us(name, requests):
     """The measured server's CPU time (user + system, all threads) per request, in microseconds."""
     try:
-        ticks, hz = (int(x) for x in open(f"{run}/{name}-{conc}.cpu").read().split())
+        spent = int(open(f"{run}/{name}-{conc}.cpu").read())
     except (OSError, ValueError):
         return None
-    return ticks * 1e6 / hz / requests if requests else None
+    return spent / requests if requests else None
 def rb(r):
     row = list(csv.reader(open(f"{run}/redis-benchmark-{r}.csv")))[1]
     return float(row[1]), (float(row[4]) if len(row) > 6 else 0), (float(row[6]) if len(row) > 6 else 0), "", True, None

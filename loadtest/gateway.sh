@@ -117,11 +117,11 @@ def load(name, c, r):
 def cpu_us(name, c, r, d):
     """The measured server's CPU time (user + system, all threads) per answered request, in us."""
     try:
-        ticks, hz = (int(x) for x in open(os.path.join(run, f"{name}-r{r}-{c}.cpu")).read().split())
+        spent = int(open(os.path.join(run, f"{name}-r{r}-{c}.cpu")).read())
     except (OSError, ValueError):
         return None
     answered = sum(d.get("statusCodeDistribution", {}).values())
-    return ticks * 1e6 / hz / answered if answered else None
+    return spent / answered if answered else None
 def us(v):
     return f"{v:.1f}" if v is not None else ""
 cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()

@@ -85,13 +85,13 @@ cpu_ticks() { # pid... : their user + system CPU time so far, in clock ticks (al
   echo "$total"
 }
 
-# The server side's CPU per request is measured along with each run when MEASURE_PIDS names the
-# processes that serve it: on cores shared with the load generator, throughput moves with
-# whatever else runs, while the work a server does per answer stays put.
+# The server side's CPU time is measured along with each run when MEASURE_PIDS names the
+# processes that serve it: on cores shared with the load generator, throughput also says how
+# much CPU the rest of the machine left a server; this is what the server itself spent.
 cpu_begin() { [ -n "${MEASURE_PIDS:-}" ] && cpu_ticks $MEASURE_PIDS >"$RUN/cpu.begin" || true; }
-cpu_end() { # file : writes "<ticks> <ticks per second>" for the run just made
+cpu_end() { # file : writes the microseconds of CPU the servers spent in the run just made
   [ -n "${MEASURE_PIDS:-}" ] || return 0
-  echo "$(($(cpu_ticks $MEASURE_PIDS) - $(cat "$RUN/cpu.begin"))) $(getconf CLK_TCK)" >"$1"
+  echo "$((($(cpu_ticks $MEASURE_PIDS) - $(cat "$RUN/cpu.begin")) * 1000000 / $(getconf CLK_TCK)))" >"$1"
 }
 
 measure() { # name connections oha-target-args... : writes $RUN/name-c.json (and name-c.cpu)
