@@ -46,27 +46,7 @@ start gateway mall-gateway MALL_HTTP_ADDR=127.0.0.1:$GATEWAY_PORT \
 GATEWAY_PID=${PIDS[-1]}
 
 say "starting nginx on :$NGINX_PORT (keep-alive upstream, access log on)"
-cat >"$RUN/nginx.conf" <<NGINX
-worker_processes auto;
-pid $RUN/nginx.pid;
-error_log $RUN/nginx-error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log $RUN/nginx-access.log;
-  upstream product { server 127.0.0.1:$PRODUCT_PORT; keepalive 512; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://product;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Request-Id \$request_id;
-    }
-  }
-}
-NGINX
+write_nginx_conf "$RUN/nginx.conf" $NGINX_PORT $PRODUCT_PORT "worker_processes auto;" "pid $RUN/nginx.pid;"
 nginx -c "$RUN/nginx.conf" -p "$RUN"
 
 wait_ready "http://127.0.0.1:$PRODUCT_PORT/readyz"

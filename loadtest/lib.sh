@@ -69,6 +69,34 @@ start() { # name binary env... : runs a mall binary in the background, logging t
   PIDS+=($!)
 }
 
+write_nginx_conf() { # file listen-port upstream-port top-level-directive... : nginx as an
+  # equivalent keep-alive reverse proxy in front of one upstream, access log on
+  local file=$1 port=$2 upstream=$3
+  shift 3
+  {
+    printf '%s\n' "$@"
+    cat <<NGINX
+error_log $RUN/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log $RUN/nginx-access.log;
+  upstream product { server 127.0.0.1:$upstream; keepalive 512; }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://product;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Request-Id \$request_id;
+    }
+  }
+}
+NGINX
+  } >"$file"
+}
+
 warmup() { # connections oha-target-args...
   local c=$1
   shift

@@ -136,7 +136,7 @@ pub async fn forward(
     // The server span's context, read once: injected upstream and named in the access log.
     let cx = tracing::Span::current().context();
     // Formatted once: the rate-limit key, `x-forwarded-for` and the access line all name it.
-    let client = peer.ip().to_string();
+    let client = mall_common::text::ip(peer.ip());
     let result = forward_inner(&proxy, &pool, route, &client, req, &cx).await;
     let response = match result {
         Ok(res) => res,
@@ -170,7 +170,7 @@ pub async fn unrouted(peer: SocketAddr, req: Request<Body>) -> Response {
         pool: "",
         upstream: "",
         request_id: request_id_of(&req),
-        client: &peer.ip().to_string(),
+        client: &mall_common::text::ip(peer.ip()),
         started,
     };
     line.write(response.status(), &tracing::Span::current().context());

@@ -6,6 +6,8 @@
 //! This layer writes the same line (compact text or one JSON object, as `MALL_LOG_FORMAT` says)
 //! into a per-thread buffer in one pass and hands it to the log sink with one copy. It is
 //! filtered by `MALL_LOG` like every other line, and the log layer skips these events.
+//! Numbers are written without the formatter; a floating-point field (the latency, in
+//! milliseconds) to three decimals, the microsecond.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
@@ -81,6 +83,14 @@ struct TextFields<'a> {
     line: &'a mut String,
 }
 
+impl TextFields<'_> {
+    fn key(&mut self, field: &Field) {
+        self.line.push(' ');
+        self.line.push_str(field.name());
+        self.line.push('=');
+    }
+}
+
 impl Visit for TextFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.line.push(' ');
@@ -91,6 +101,28 @@ impl Visit for TextFields<'_> {
             self.line.push('=');
             let _ = super::write_debug_str(self.line, value);
         }
+    }
+
+    // Numbers without the formatter: the status and the latency of every access line went
+    // through `Debug`, about 1,200 instructions per line.
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        crate::text::push_decimal(self.line, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        crate::text::push_signed(self.line, value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        crate::text::push_millis(self.line, value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.line.push_str(if value { "true" } else { "false" });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -121,7 +153,7 @@ impl Visit for JsonFields<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
         if value.is_finite() {
-            let _ = write!(self.line, "{value}");
+            crate::text::push_millis(self.line, value);
         } else {
             self.line.push_str("null");
         }
@@ -129,12 +161,12 @@ impl Visit for JsonFields<'_> {
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
-        let _ = write!(self.line, "{value}");
+        crate::text::push_signed(self.line, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        let _ = write!(self.line, "{value}");
+        crate::text::push_decimal(self.line, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {

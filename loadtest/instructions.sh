@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Instructions per request: the gateway benchmark's paths counted with valgrind's callgrind,
+# which counts instructions instead of timing them, so the figure does not drift with what the
+# rest of the shared machine is doing (gateway.sh's throughput moves 10-15% between two
+# back-to-back runs of the same binary; a 3% change only shows here). Measured, each process
+# alone under callgrind with one serving thread and wrk (1 thread, 8 connections):
+#   - mall-product answering `GET /api/products/0` directly (the upstream's own cost);
+#   - mall-gateway proxying it to a mall-product outside valgrind (the gateway's cost alone);
+#   - nginx proxying it the same way (one worker process, the gateway.sh configuration);
+#   - mall-gateway's own 404 (`GET /nowhere`, the reference of flashsale.sh's sold-out target).
+# Each count is the whole process's (every thread: the upstream connections' tasks, health
+# checks, the log writer) from a reset after a warm-up to a dump after the measured run,
+# divided by the requests wrk made. Writes results/instructions-<timestamp>.md (and -latest).
+#
+#   loadtest/instructions.sh                 # 5 s per path (a few thousand requests each)
+#   BENCH_DURATION=10s loadtest/instructions.sh
+#
+# Traffic goes to 127.0.0.1 only and every measurement is bounded in time.
+set -euo pipefail
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+DURATION=${BENCH_DURATION:-5s}
+PRODUCT_PORT=18081
+GATEWAY_PORT=18096
+NGINX_PORT=18097
+DIRECT_PORT=18098
+TARGET_PATH=/api/products/0
+
+ensure_tools wrk
+if ! command -v valgrind >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then
+  [ "$(id -u)" -eq 0 ] || { echo "install valgrind and nginx-light, then run again" >&2; exit 1; }
+  say "installing valgrind and nginx (Debian packages)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nginx-light >/dev/null
+fi
+ensure_ports_free $PRODUCT_PORT $GATEWAY_PORT $NGINX_PORT $DIRECT_PORT
+build_and_deps
+
+export MALL_REDIS_PREFIX=bench: MALL_AMQP_PREFIX=bench. MALL_DATABASE_SCHEMA=bench_product
+say "starting the upstream (mall-product on :$PRODUCT_PORT, not under valgrind)"
+start product mall-product MALL_HTTP_ADDR=127.0.0.1:$PRODUCT_PORT
+wait_ready "http://127.0.0.1:$PRODUCT_PORT/readyz"
+
+# One process doing all the work, in the foreground, so that callgrind counts all of it.
+write_nginx_conf "$RUN/nginx.conf" $NGINX_PORT $PRODUCT_PORT "daemon off;" "master_process off;" \
+  "worker_processes 1;" "pid $RUN/nginx-cg.pid;"
+
+under_callgrind() { # name [VAR=value...] command... : starts it under callgrind, its pid in CG_PID
+  local name=$1 vars=()
+  shift
+  while [[ $# -gt 0 && $1 == *=* ]]; do vars+=("$1"); shift; done
+  # The variables go in front of valgrind, not through env(1) inside it: valgrind stops
+  # counting at an exec.
+  env "${vars[@]}" valgrind --tool=callgrind --callgrind-out-file="$RUN/cg-$name.%p" "$@" >"$RUN/$name.log" 2>&1 &
+  CG_PID=$!
+  PIDS+=("$CG_PID")
+}
+
+count() { # name url status : one path's instructions per request into $RUN/name.count
+  local name=$1 url=$2 status=$3 got
+  for ((i = 0; i < 480; i++)); do
+    got=$(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null || true)
+    [ "$got" = "$status" ] && break
+    sleep 0.25
+  done
+  [ "$got" = "$status" ] || { echo "$name: $url answered $got, not $status" >&2; exit 1; }
+  wrk -t1 -c8 -d3s "$url" >/dev/null
+  callgrind_control -z "$CG_PID" >/dev/null
+  say "$name: $url under callgrind, $DURATION"
+  wrk -t1 -c8 -d"$DURATION" "$url" >"$RUN/$name.wrk"
+  callgrind_control -d "$CG_PID" >/dev/null
+  local dump
+  for ((i = 0; i < 40; i++)); do
+    dump=$(ls "$RUN/cg-$name.$CG_PID".* 2>/dev/null | head -n 1 || true)
+    [ -n "$dump" ] && break
+    sleep 0.25
+  done
+  [ -n "$dump" ] || { echo "$name: no callgrind dump" >&2; exit 1; }
+  local total requests
+  total=$(callgrind_annotate "$dump" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
+  requests=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$RUN/$name.wrk")
+  echo "$total $requests" >"$RUN/$name.count"
+  kill "$CG_PID" 2>/dev/null || true
+  wait "$CG_PID" 2>/dev/null || true
+}
+
+# The gateway as gateway.sh runs it (full default stack, rate limit raised), on one serving
+# thread so that one connection task's work is not split across threads.
+gateway_env=(MALL_HTTP_THREADS=1 MALL_HTTP_ADDR=127.0.0.1:$GATEWAY_PORT
+  MALL_UPSTREAM_PRODUCT=http://127.0.0.1:$PRODUCT_PORT MALL_UPSTREAM_INVENTORY=http://127.0.0.1:$PRODUCT_PORT
+  MALL_UPSTREAM_ORDER=http://127.0.0.1:$PRODUCT_PORT MALL_UPSTREAM_FLASHSALE=http://127.0.0.1:$PRODUCT_PORT
+  'MALL_GW_RATE_LIMITS=*:client:100000000/s' MALL_GW_MAX_CONCURRENCY=4096)
+
+under_callgrind direct MALL_HTTP_THREADS=1 MALL_HTTP_ADDR=127.0.0.1:$DIRECT_PORT "$ROOT/target/release/mall-product"
+count direct "http://127.0.0.1:$DIRECT_PORT$TARGET_PATH" 404
+under_callgrind gateway "${gateway_env[@]}" "$ROOT/target/release/mall-gateway"
+count gateway "http://127.0.0.1:$GATEWAY_PORT$TARGET_PATH" 404
+under_callgrind nginx nginx -c "$RUN/nginx.conf" -p "$RUN"
+count nginx "http://127.0.0.1:$NGINX_PORT$TARGET_PATH" 404
+under_callgrind gateway404 "${gateway_env[@]}" "$ROOT/target/release/mall-gateway"
+count gateway404 "http://127.0.0.1:$GATEWAY_PORT/nowhere" 404
+
+mkdir -p "$RESULTS"
+stamp=$(date -u +%Y%m%d-%H%M%S)
+report="$RESULTS/instructions-$stamp.md"
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit with uncommitted changes"
+python3 - "$RUN" "$DURATION" "$TARGET_PATH" "$commit" >"$report" <<'PY'
+import os, sys
+run, duration, path, commit = sys.argv[1:5]
+rows = [
+    ("direct", f"mall-product, `GET {path}` directly"),
+    ("gateway", f"mall-gateway proxying `GET {path}`"),
+    ("nginx", f"nginx (one worker) proxying `GET {path}`"),
+    ("gateway404", "mall-gateway, its own 404 (`GET /nowhere`)"),
+]
+counts = {}
+for name, _ in rows:
+    total, requests = open(os.path.join(run, f"{name}.count")).read().split()
+    counts[name] = (int(total), int(requests))
+per = {name: t / r for name, (t, r) in counts.items()}
+print("# Instructions per request\n")
+print(f"Counted with `valgrind --tool=callgrind` (commit {commit}): each process alone under callgrind (one")
+print(f"serving thread), reset after a 3 s warm-up, then `wrk -t1 -c8 -d{duration}`; the whole process's instructions")
+print("(all threads) divided by the requests wrk made. The proxies forward to one mall-product outside valgrind.")
+print("Instruction counts do not drift with the load on the shared cores as throughput does; they leave out")
+print("what the kernel spends (system calls, TCP), which `gateway.sh`'s CPU-per-request column includes.\n")
+print("| path | requests | instructions per request | / nginx's |\n|---|---:|---:|---:|")
+for name, label in rows:
+    print(f"| {label} | {counts[name][1]} | {per[name]:,.0f} | {per[name] / per['nginx']:.2f} |")
+print(f"\nThe gateway spends **{per['gateway'] / per['nginx']:.2f}x** nginx's instructions on the same proxied request")
+print(f"({per['gateway'] - per['nginx']:,.0f} more). Reproduce: `loadtest/instructions.sh`.")
+PY
+cp "$report" "$RESULTS/instructions-latest.md"
+cat "$report"
+say "report: $report"
