@@ -86,19 +86,26 @@ async fn a_post_is_never_retried_once_sent_and_a_get_is_retried_until_the_overal
 async fn retries_stop_when_the_budget_is_spent_and_refused_connections_are_502() {
     let env = TestEnv::new().await;
     let (dead, other) = (FakeUpstream::start("dead").await, FakeUpstream::start("o").await);
+    // The dead instance is the inventory pool's: the counters below are totals of the process's
+    // one metrics registry, and the other tests' gateways retry on the product pool.
+    let dead_url = dead.url();
     let mut extra = NO_EJECTION.to_vec();
-    extra.extend([("MALL_GW_RETRY_RATIO", "0"), ("MALL_GW_RETRY_MIN_PER_SEC", "1")]);
-    let gw = spawn(&env, settings(&env, &[&dead], &other, &extra)).await;
+    extra.extend([
+        ("MALL_GW_RETRY_RATIO", "0"),
+        ("MALL_GW_RETRY_MIN_PER_SEC", "1"),
+        ("MALL_UPSTREAM_INVENTORY", dead_url.as_str()),
+    ]);
+    let gw = spawn(&env, settings(&env, &[&other], &other, &extra)).await;
     dead.kill();
     for _ in 0..30 {
-        let (status, body) = get(&gw, "/api/skus/1").await;
+        let (status, body) = get(&gw, "/api/stock/1").await;
         assert_eq!((status, body["code"].as_str()), (502, Some("bad_gateway")));
     }
-    let retries = metric(&gw, "gateway_retries_total", &[("pool", "product")]).await;
+    let retries = metric(&gw, "gateway_retries_total", &[("pool", "inventory")]).await;
     let exhausted = metric(
         &gw,
         "gateway_retry_budget_exhausted_total",
-        &[("pool", "product")],
+        &[("pool", "inventory")],
     )
     .await;
     // Without a budget this would be 60 retries; the floor allows about 1/s over a 10 s window.
