@@ -70,8 +70,6 @@ fn server_span(service: &'static str, req: &Request<Body>) -> Span {
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    // An explicit root: the caller's context, if it sent a valid one, is the only parent a
-    // server span has.
     // Joined by hand: a `%format_args!` name went through the formatter twice per request (the
     // OpenTelemetry layer formats it again with `{:?}`), a `&str` is copied as it is.
     let method = req.method().as_str();
@@ -79,6 +77,8 @@ fn server_span(service: &'static str, req: &Request<Body>) -> Span {
     name.push_str(method);
     name.push(' ');
     name.push_str(route);
+    // An explicit root: the caller's context, if it sent a valid one, is the only parent a
+    // server span has.
     let span = tracing::info_span!(
         parent: None,
         "http.server",

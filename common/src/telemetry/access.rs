@@ -93,12 +93,11 @@ impl TextFields<'_> {
 
 impl Visit for TextFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.line.push(' ');
         if field.name() == "message" {
+            self.line.push(' ');
             self.line.push_str(value);
         } else {
-            self.line.push_str(field.name());
-            self.line.push('=');
+            self.key(field);
             let _ = super::write_debug_str(self.line, value);
         }
     }
