@@ -7,23 +7,42 @@
 //! `MALL_SHUTDOWN_TIMEOUT`, and returns; past the grace it drops what is left and says so.
 //! Connections are served on the process's runtime, or with `MALL_HTTP_THREADS` > 0 on that many
 //! threads with a single-threaded runtime each (the gateway's default; see `serve_per_thread`).
+//! A service may serve its connections itself ([`ServeConnection`], the gateway's data path)
+//! instead of through axum's HTTP/1 server; accepting, dealing and draining stay the same.
 
 mod protocol_errors;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::serve::ListenerExt as _;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::health;
 use crate::http::standard_stack;
 use crate::platform::Platform;
 use protocol_errors::JsonErrorListener;
+
+/// Serves accepted connections in place of axum's HTTP/1 server.
+pub trait ServeConnection: Send + Sync + 'static {
+    /// Serves one connection until the peer closes it or `stop` is cancelled (then the request
+    /// in progress is finished and the connection closed). `router` is the service's whole
+    /// router (its routes, the health routes, the standard stack), for requests it leaves to it.
+    fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        router: Router,
+        stop: CancellationToken,
+    ) -> BoxFuture<'static, ()>;
+}
 
 /// A bound, ready-to-run service.
 pub struct Server {
@@ -31,6 +50,7 @@ pub struct Server {
     addr: SocketAddr,
     router: Router,
     platform: Platform,
+    connections: Option<Arc<dyn ServeConnection>>,
 }
 
 impl Server {
@@ -49,7 +69,14 @@ impl Server {
             addr,
             router,
             platform,
+            connections: None,
         })
+    }
+
+    /// Serves the connections with `connections` instead of axum's HTTP/1 server.
+    pub fn serve_connections_with(mut self, connections: Arc<dyn ServeConnection>) -> Self {
+        self.connections = Some(connections);
+        self
     }
 
     /// The address actually bound.
@@ -71,6 +98,7 @@ impl Server {
             listener,
             router,
             platform,
+            connections,
             ..
         } = self;
         let service = platform.service();
@@ -82,10 +110,16 @@ impl Server {
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
         let _abort_when_dropped = abort.clone().drop_guard();
+        let serving = Serving {
+            router,
+            connections,
+            stop: stop.clone(),
+            abort: abort.clone(),
+        };
         let mut loops = if threads == 0 {
-            serve_shared(listener, router, &stop, &abort)
+            serve_shared(listener, serving)
         } else {
-            serve_per_thread(service, threads, listener, router, &stop, &abort)?
+            serve_per_thread(service, threads, listener, serving)?
         };
 
         tokio::select! {
@@ -145,17 +179,21 @@ impl AcceptLoops {
     }
 }
 
-/// One accept loop on the process's runtime.
-fn serve_shared(
-    listener: TcpListener,
+/// What every accept loop serves with: the router, the connection server that takes its place
+/// (if any), and the tokens that stop it.
+#[derive(Clone)]
+struct Serving {
     router: Router,
-    stop: &CancellationToken,
-    abort: &CancellationToken,
-) -> AcceptLoops {
+    connections: Option<Arc<dyn ServeConnection>>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+}
+
+/// One accept loop on the process's runtime.
+fn serve_shared(listener: TcpListener, serving: Serving) -> AcceptLoops {
     let (done, ended) = oneshot::channel();
-    let (stop, abort) = (stop.clone(), abort.clone());
     tokio::spawn(async move {
-        let _ = done.send(accept_loop(listener, router, stop, abort).await);
+        let _ = done.send(accept_loop(listener, serving).await);
     });
     AcceptLoops(FuturesUnordered::from_iter([ended]))
 }
@@ -177,9 +215,7 @@ fn serve_per_thread(
     service: &'static str,
     threads: usize,
     listener: TcpListener,
-    router: Router,
-    stop: &CancellationToken,
-    abort: &CancellationToken,
+    serving: Serving,
 ) -> std::io::Result<AcceptLoops> {
     let addr = listener.local_addr()?;
     let loops = FuturesUnordered::new();
@@ -188,7 +224,7 @@ fn serve_per_thread(
         let (deal, connections) = mpsc::unbounded_channel();
         dealt.push(deal);
         let listener = DealtListener { connections, addr };
-        let (router, stop, abort) = (router.clone(), stop.clone(), abort.clone());
+        let serving = serving.clone();
         let (done, ended) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("{service}-http-{i}"))
@@ -202,7 +238,8 @@ fn serve_per_thread(
                 };
                 SERVING_THREAD.set(true);
                 runtime.block_on(async move {
-                    let served = accept_loop(listener, router, stop, abort.clone()).await;
+                    let abort = serving.abort.clone();
+                    let served = accept_loop(listener, serving).await;
                     let _ = done.send(served);
                     // A task spawned here while serving (a Redis connection's driver, say) may be
                     // what other threads and the draining background work still use, so the
@@ -213,7 +250,7 @@ fn serve_per_thread(
         loops.push(ended);
     }
     let (done, ended) = oneshot::channel();
-    let (stop, abort) = (stop.clone(), abort.clone());
+    let (stop, abort) = (serving.stop.clone(), serving.abort.clone());
     tokio::spawn(async move {
         deal_connections(listener, dealt, stop, abort).await;
         let _ = done.send(Ok(()));
@@ -275,15 +312,19 @@ impl axum::serve::Listener for DealtListener {
     }
 }
 
-async fn accept_loop<L>(
-    listener: L,
-    router: Router,
-    stop: CancellationToken,
-    abort: CancellationToken,
-) -> std::io::Result<()>
+async fn accept_loop<L>(listener: L, serving: Serving) -> std::io::Result<()>
 where
     L: axum::serve::Listener<Io = TcpStream, Addr = SocketAddr>,
 {
+    let Serving {
+        router,
+        connections,
+        stop,
+        abort,
+    } = serving;
+    if let Some(connections) = connections {
+        return serve_itself(listener, connections, router, stop, abort).await;
+    }
     // `tap_io` does nothing to a connection; it is what gives a wrapped listener's connections
     // their `ConnectInfo<SocketAddr>` (axum implements it for tapped listeners).
     let serve = axum::serve(
@@ -295,4 +336,33 @@ where
         served = serve.into_future() => served,
         () = abort.cancelled() => Ok(()),
     }
+}
+
+/// The accept loop of a [`ServeConnection`]: each connection on a task of this runtime; on
+/// `stop`, no more are taken and the ones open finish their request in progress.
+async fn serve_itself<L>(
+    mut listener: L,
+    connections: Arc<dyn ServeConnection>,
+    router: Router,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Io = TcpStream, Addr = SocketAddr>,
+{
+    let open = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+            () = abort.cancelled() => return Ok(()),
+        };
+        open.spawn(connections.serve(stream, peer, router.clone(), stop.clone()));
+    }
+    open.close();
+    tokio::select! {
+        () = open.wait() => {}
+        () = abort.cancelled() => {}
+    }
+    Ok(())
 }

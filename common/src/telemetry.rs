@@ -10,7 +10,7 @@
 //! and a plain local start never wait on a collector. Propagation reads and writes both W3C
 //! `traceparent` and B3 ([`propagation`]).
 
-mod access;
+pub mod access;
 mod b3;
 mod fields;
 mod log_writer;
@@ -313,6 +313,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         .map_err(|e| TelemetryError::LogWriter(e.to_string()))?;
     // Access lines have their own writer (`access`); both obey MALL_LOG.
     let not_access = filter_fn(|meta| !access::is_access(meta));
+    access::install(writer.clone(), settings.log_format);
     let access_layer = access::AccessLayer::new(writer.clone(), settings.log_format)
         .with_filter(log_filter(&settings.log_filter).and(filter_fn(access::is_access)));
     let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match settings.log_format {

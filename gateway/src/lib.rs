@@ -14,16 +14,20 @@
 //! - [`auth`]: JWT verification and minting.
 //! - [`rate_limit`]: local and cluster-wide token buckets.
 //! - [`upstream`]: pools, endpoints, health checks, breaker, retry policy.
+//! - [`edge`]: the gateway's own HTTP/1.1 server, which carries every routed request.
 //! - [`proxy`]: forwarding one request.
 //! - [`startup`]: building and running the [`Application`].
+//! - `wire`: HTTP/1.1 body framing for the gateway's own upstream client.
 
 pub mod auth;
 pub mod config;
+pub mod edge;
 pub mod proxy;
 pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod upstream;
+mod wire;
 
 pub use config::Settings;
 pub use startup::Application;

@@ -1,12 +1,10 @@
 //! Forwarding one request: edge checks, header hygiene, the upstream call, and the answer.
 //!
 //! In order: header size limit (431), token and route access (401/403), rate limits (429), then
-//! the upstream request with hop-by-hop headers removed, a client-sent identity header replaced
-//! by the gateway's signed one, `x-forwarded-*` set, and the trace context of the request's
+//! the upstream request (its hop-by-hop headers already left out by the edge's parser), a
+//! client-sent identity header replaced by the gateway's signed one, `x-forwarded-*` set, and the trace context of the request's
 //! server span injected (W3C and B3). Bodies stream both ways. Every request ends with one access-log line.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -15,9 +13,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, StatusCode};
 use mall_common::error::ApiError;
 use mall_common::identity;
+use mall_common::telemetry::access::{self, Field};
 use mall_common::telemetry::propagation;
 use tower::BoxError;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::edge::{BodyTooLarge, RequestBodyError};
 
 use crate::auth::{Verifier, now_secs};
 use crate::rate_limit::{Client, RateLimiter};
@@ -36,39 +36,9 @@ pub struct Proxy {
     pub max_header_bytes: usize,
 }
 
-/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1). Names, not
-/// strings: a removal by string parses the name first, sixteen times per proxied request.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// Removes hop-by-hop headers, including any the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
 
 fn header_bytes(headers: &HeaderMap) -> usize {
     headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum()
@@ -93,6 +63,16 @@ pub fn upstream_error(pool: &str, error: &BoxError) -> ApiError {
             format!("{pool} is failing; the circuit is open"),
         )
         .with_retry_after(open.retry_after.as_secs().max(1));
+    }
+    if let Some(too_large) = find_cause::<BodyTooLarge>(e) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            too_large.to_string(),
+        );
+    }
+    if let Some(unreadable) = find_cause::<RequestBodyError>(e) {
+        return ApiError::bad_request("bad_request", unreadable.to_string());
     }
     if find_cause::<NoHealthyInstance>(e).is_some() {
         return ApiError::new(
@@ -122,22 +102,20 @@ pub fn upstream_error(pool: &str, error: &BoxError) -> ApiError {
     .with_cause(cause)
 }
 
-/// Proxies `req` along `route` to `pool`.
+/// Proxies `req` along `route` to `pool`; `client` is the client's address as text, `cx` the
+/// request's server span (injected upstream, named in the access line).
 pub async fn forward(
-    proxy: Arc<Proxy>,
-    pool: Pool,
+    proxy: &Proxy,
+    pool: &Pool,
     route: &'static Route,
-    peer: SocketAddr,
+    client: &str,
     req: Request<Body>,
+    cx: &opentelemetry::Context,
 ) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let request_id = request_id_of(&req).to_owned();
-    // The server span's context, read once: injected upstream and named in the access log.
-    let cx = tracing::Span::current().context();
-    // Formatted once: the rate-limit key, `x-forwarded-for` and the access line all name it.
-    let client = mall_common::text::ip(peer.ip());
-    let result = forward_inner(&proxy, &pool, route, &client, req, &cx).await;
+    let result = forward_inner(proxy, pool, route, client, req, cx).await;
     let response = match result {
         Ok(res) => res,
         Err(e) => e.into_response(),
@@ -152,28 +130,10 @@ pub async fn forward(
         pool: pool.name().as_str(),
         upstream: upstream.as_deref().unwrap_or(""),
         request_id: &request_id,
-        client: &client,
+        client,
         started,
     };
-    line.write(response.status(), &cx);
-    response
-}
-
-/// Answers a request no route matched (`/internal/...` included): 404 `not_found`, with its
-/// access line like every other request.
-pub async fn unrouted(peer: SocketAddr, req: Request<Body>) -> Response {
-    let started = Instant::now();
-    let response = ApiError::not_found("no such route").into_response();
-    let line = AccessLine {
-        method: req.method(),
-        route: mall_common::http::UNMATCHED,
-        pool: "",
-        upstream: "",
-        request_id: request_id_of(&req),
-        client: &mall_common::text::ip(peer.ip()),
-        started,
-    };
-    line.write(response.status(), &tracing::Span::current().context());
+    line.write(response.status(), cx);
     response
 }
 
@@ -185,37 +145,40 @@ fn request_id_of<B>(req: &Request<B>) -> &str {
 }
 
 /// What one access line says about its request.
-struct AccessLine<'a> {
-    method: &'a http::Method,
-    route: &'a str,
-    pool: &'a str,
-    upstream: &'a str,
-    request_id: &'a str,
-    client: &'a str,
-    started: Instant,
+pub(crate) struct AccessLine<'a> {
+    pub(crate) method: &'a http::Method,
+    pub(crate) route: &'a str,
+    pub(crate) pool: &'a str,
+    pub(crate) upstream: &'a str,
+    pub(crate) request_id: &'a str,
+    pub(crate) client: &'a str,
+    pub(crate) started: Instant,
 }
 
 impl AccessLine<'_> {
-    fn write(&self, status: StatusCode, cx: &opentelemetry::Context) {
-        // A root event: the line already names the request and trace ids, so it neither repeats
-        // the span's fields nor becomes an event on the exported span (measured: formatting both
-        // made this line a seventh of the gateway's CPU per request).
-        // Text values as `&str`, not `%` Display: a Display field goes through the formatting
-        // machinery in every layer that reads it.
+    pub(crate) fn write(&self, status: StatusCode, cx: &opentelemetry::Context) {
+        // A line of its own, not an event of the span: it names the request and trace ids
+        // itself, so it neither repeats the span's fields nor becomes an event on the exported
+        // span (measured: formatting both made this line a seventh of the gateway's CPU).
+        // Written directly rather than as a tracing event (the same line; `access::write`),
+        // when `MALL_LOG` lets this target's INFO lines through.
+        if !tracing::enabled!(target: "mall_gateway::access", tracing::Level::INFO) {
+            return;
+        }
         let trace_id = propagation::trace_id_of(cx);
-        tracing::info!(
-            target: "mall_gateway::access",
-            parent: None,
-            method = self.method.as_str(),
-            route = self.route,
-            pool = self.pool,
-            status = status.as_u16(),
-            upstream = self.upstream,
-            latency_ms = self.started.elapsed().as_secs_f64() * 1e3,
-            request_id = self.request_id,
-            trace_id = trace_id.as_deref().unwrap_or(""),
-            client = self.client,
-            "access"
+        access::write(
+            "mall_gateway::access",
+            &[
+                Field::Str("method", self.method.as_str()),
+                Field::Str("route", self.route),
+                Field::Str("pool", self.pool),
+                Field::U64("status", u64::from(status.as_u16())),
+                Field::Str("upstream", self.upstream),
+                Field::F64("latency_ms", self.started.elapsed().as_secs_f64() * 1e3),
+                Field::Str("request_id", self.request_id),
+                Field::Str("trace_id", trace_id.as_deref().unwrap_or("")),
+                Field::Str("client", self.client),
+            ],
         );
     }
 }
@@ -245,9 +208,10 @@ async fn forward_inner(
     };
     proxy.limiter.check(req.uri().path(), client_key).await?;
 
+    // Hop-by-hop headers never got this far: the edge's parser (`edge/head.rs`) and the upstream
+    // client's (`upstream/client.rs`) leave out each connection's own as they read a head.
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
     // What a client sends as identity never reaches a service; only the gateway's signed copy.
     identity::strip(headers);
     if let Some(id) = &who {
@@ -274,30 +238,16 @@ async fn forward_inner(
     propagation::inject_http_context(cx, &mut parts.headers);
     let upstream_req = Request::from_parts(parts, body);
 
-    let mut res = pool
+    let res = pool
         .send(upstream_req)
         .await
         .map_err(|e| upstream_error(pool.name().as_str(), &e))?;
-    strip_hop_by_hop(res.headers_mut());
     Ok(res.into_response())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
-        h.insert("x-secret-hop", "1".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("upgrade", "websocket".parse().unwrap());
-        h.insert("x-kept", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
-    }
 
     #[test]
     fn stack_failures_map_to_the_error_contract() {

@@ -5,18 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::routing::any;
-use http::Request;
 use mall_common::platform::{Needs, Platform};
 use mall_common::server::Server;
 
 use crate::auth::Verifier;
 use crate::config::{DEFAULTS, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, Settings};
-use crate::proxy::{Proxy, forward, unrouted};
+use crate::edge::{Edge, EdgeServer, EdgeSettings};
+use crate::proxy::Proxy;
 use crate::rate_limit::{CLUSTER_BUCKET, RateLimiter};
-use crate::routes::{PoolName, ROUTES, Route};
+use crate::routes::PoolName;
 use crate::upstream::{Pool, http_client};
 
 /// A built gateway: listener bound, pools balancing, health checks running.
@@ -42,6 +39,7 @@ impl Application {
             redis: Some(vec![&CLUSTER_BUCKET]),
             ..Needs::default()
         };
+        let stack = settings.platform.stack(DEFAULTS.name);
         let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
         let redis = platform.redis().expect("declared above").clone();
 
@@ -65,7 +63,21 @@ impl Application {
             identity_key,
             max_header_bytes: gw.max_header_bytes,
         });
-        let server = Server::bind(platform, router(&proxy, &pools)).await?;
+        let edge = Edge::new(
+            proxy,
+            |route| pools[&route.pool].clone(),
+            EdgeSettings {
+                service: stack.service,
+                body_limit: stack.body_limit,
+                max_header_bytes: gw.max_header_bytes,
+                request_timeout: stack.request_timeout,
+            },
+        );
+        // The axum router carries only the health routes (`Server::bind` adds them); every other
+        // request is the edge's (`edge.rs`).
+        let server = Server::bind(platform, Router::new())
+            .await?
+            .serve_connections_with(Arc::new(EdgeServer(Arc::new(edge))));
         Ok(Self { server })
     }
 
@@ -86,28 +98,4 @@ impl Application {
     pub fn into_server(self) -> Server {
         self.server
     }
-}
-
-/// One axum route per table entry (and its subtree for prefixes), so the matched route is a
-/// low-cardinality label and the most specific entry wins.
-fn router(proxy: &Arc<Proxy>, pools: &HashMap<PoolName, Pool>) -> Router {
-    let mut router = Router::new();
-    for route in ROUTES {
-        let route: &'static Route = route;
-        let handler = {
-            let (proxy, pool) = (proxy.clone(), pools[&route.pool].clone());
-            move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| {
-                forward(proxy.clone(), pool.clone(), route, peer, req)
-            }
-        };
-        router = router.route(route.path, any(handler.clone()));
-        if route.prefix {
-            router = router.route(&format!("{}/{{*rest}}", route.path), any(handler));
-        }
-    }
-    // Everything else, `/internal/...` included (internal endpoints of the services are never
-    // reachable from outside), is answered here rather than by the standard stack's fallback, so
-    // that it gets an access line too. The health routes, merged later, are more specific.
-    let unrouted = |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| unrouted(peer, req);
-    router.route("/", any(unrouted)).route("/{*rest}", any(unrouted))
 }

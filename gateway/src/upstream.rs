@@ -13,6 +13,7 @@
 //! 8. p2c balancer over peak-EWMA endpoints (ranked behind any with recent failures).
 
 mod breaker;
+mod client;
 mod endpoint;
 mod health;
 mod retry;
@@ -36,24 +37,18 @@ use crate::config::GatewaySettings;
 use crate::routes::PoolName;
 
 pub use breaker::{Breaker, BreakerOpen, BreakerState};
+pub use client::ClientError;
 pub use endpoint::{EndpointError, UpstreamInstance};
 pub use health::Registry;
 
-/// An HTTP/1.1 client: keep-alive pooling per instance.
+/// The health checks' HTTP/1.1 client (requests go through `client.rs`, on the thread that
+/// serves them).
 pub type HttpClient = Client<HttpConnector, Body>;
 
 /// How long connecting to an instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-thread_local! {
-    /// Requests go out through the pool of the thread they are served on. A pooled connection
-    /// is driven by a task on the runtime that opened it, so a pool shared by the per-core
-    /// serving threads would hand a request to another core's task and wait there for the
-    /// answer: two cross-thread wake-ups per request, the cost the serving threads avoid.
-    static CLIENT: HttpClient = http_client();
-}
-
-/// Builds an upstream client (the health checks' own; requests use the thread's).
+/// Builds the health checks' client.
 pub fn http_client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);

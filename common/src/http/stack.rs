@@ -34,7 +34,7 @@ use axum::extract::MatchedPath;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use metrics::SharedString;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
@@ -114,7 +114,7 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let start = Instant::now();
         let shared = self.shared.clone();
-        let request_id = ensure_request_id(&mut req);
+        let request_id = ensure_request_id(req.headers_mut());
         let route = req.extensions().get::<MatchedPath>().cloned();
         let method = req.method().clone();
         let span = super::server_span(shared.service, &req);
@@ -189,9 +189,7 @@ async fn finish(
 ) -> Response {
     let status = res.status();
     if status.is_client_error() || status.is_server_error() {
-        if !is_json(&res) {
-            res = to_json_error(res).await;
-        }
+        res = with_json_error_body(res).await;
         if status.is_server_error() {
             // The only place a failure is logged, inside the request span. A failure with a
             // cause is a fault of ours; a bare 5xx (timeout, an unready dependency) is a
@@ -236,8 +234,8 @@ impl Shared {
 }
 
 /// Keeps a usable caller-sent request id or sets a new UUID; returns the one in force.
-fn ensure_request_id(req: &mut Request<Body>) -> HeaderValue {
-    if let Some(id) = req.headers().get(REQUEST_ID)
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(REQUEST_ID)
         && !id.is_empty()
         && id.len() <= MAX_REQUEST_ID
         && id.to_str().is_ok()
@@ -247,11 +245,12 @@ fn ensure_request_id(req: &mut Request<Body>) -> HeaderValue {
     let mut buf = Uuid::encode_buffer();
     let id = HeaderValue::from_str(Uuid::new_v4().hyphenated().encode_lower(&mut buf))
         .expect("a UUID is a valid header value");
-    req.headers_mut().insert(REQUEST_ID, id.clone());
+    headers.insert(REQUEST_ID, id.clone());
     id
 }
 
-fn with_request_id(mut res: Response, id: HeaderValue) -> Response {
+/// Echoes the request id on a response that does not name one.
+pub fn with_request_id(mut res: Response, id: HeaderValue) -> Response {
     if !res.headers().contains_key(REQUEST_ID) {
         res.headers_mut().insert(REQUEST_ID, id);
     }
@@ -327,7 +326,16 @@ fn is_json(res: &Response) -> bool {
         .is_some_and(|ct| ct.starts_with("application/json"))
 }
 
-/// Gives a bare error (one of axum's rejections, a 405) the standard body.
+/// Gives an error response that is not JSON (one of axum's rejections, a 405, an upstream's
+/// plain-text error) the standard body; any other response is returned as it is.
+pub async fn with_json_error_body(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&res) {
+        return res;
+    }
+    to_json_error(res).await
+}
+
 async fn to_json_error(res: Response) -> Response {
     let (parts, body) = res.into_parts();
     let text = to_bytes(body, MAX_TEXT_ERROR)
@@ -363,19 +371,19 @@ mod tests {
             .header(REQUEST_ID, "abc-123")
             .body(Body::empty())
             .unwrap();
-        assert_eq!(ensure_request_id(&mut req), "abc-123");
+        assert_eq!(ensure_request_id(req.headers_mut()), "abc-123");
 
         let long = "x".repeat(MAX_REQUEST_ID + 1);
         let mut req = Request::builder()
             .header(REQUEST_ID, long.as_str())
             .body(Body::empty())
             .unwrap();
-        let made = ensure_request_id(&mut req);
+        let made = ensure_request_id(req.headers_mut());
         assert!(Uuid::parse_str(made.to_str().unwrap()).is_ok());
         assert_eq!(req.headers()[REQUEST_ID], made);
 
         let mut req = Request::new(Body::empty());
-        let made = ensure_request_id(&mut req);
+        let made = ensure_request_id(req.headers_mut());
         assert!(Uuid::parse_str(made.to_str().unwrap()).is_ok());
     }
 

@@ -1,5 +1,6 @@
-//! One upstream instance as a tower `Service`: rewrites the request to the instance, sends it
-//! over the shared keep-alive client, and reports failures for passive ejection.
+//! One upstream instance as a tower `Service`: sends the request to the instance over the
+//! serving thread's keep-alive connections (`client.rs`), and reports failures for passive
+//! ejection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -9,14 +10,14 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use futures_util::future::BoxFuture;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{Request, Response, StatusCode, Uri};
 use mall_common::http::Timed;
 use metrics::SharedString;
 use tokio::sync::mpsc::UnboundedSender;
 use tower::load::{CompleteOnResponse, Load, PeakEwma};
 use tower::{BoxError, Service};
 
-use super::CLIENT;
+use super::client::{self, ClientError, Target};
 
 /// The instance that answered, attached to the response (access log, metrics).
 #[derive(Debug, Clone)]
@@ -30,7 +31,7 @@ pub struct EndpointError {
     pub instance: Arc<str>,
     /// The client's error.
     #[source]
-    pub source: hyper_util::client::legacy::Error,
+    pub source: ClientError,
 }
 
 impl EndpointError {
@@ -136,9 +137,7 @@ impl Service<Request<Body>> for Ranked {
 pub(crate) struct Endpoint {
     pub(super) instance: Arc<str>,
     authority: Authority,
-    /// The `Host` upstream requests carry, made once: left to the client, it is formatted
-    /// (`host:port`) for every request, about 900 instructions.
-    host: HeaderValue,
+    target: Arc<Target>,
     pool: &'static str,
     passive: Arc<PassiveHealth>,
     metrics: Arc<Timed<StatusCode>>,
@@ -148,7 +147,7 @@ impl Endpoint {
     pub(super) fn new(authority: Authority, pool: &'static str, passive: Arc<PassiveHealth>) -> Self {
         Self {
             instance: authority.as_str().into(),
-            host: HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value"),
+            target: Arc::new(Target::new(authority.as_str())),
             authority,
             pool,
             passive,
@@ -197,19 +196,11 @@ impl Service<Request<Body>> for Endpoint {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = self.uri(pq);
-        req.headers_mut().insert(header::HOST, self.host.clone());
-        let sent = CLIENT.with(|client| client.request(req));
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let result = sent.await;
+            let result = client::send(&this.target, req).await;
             let elapsed = started.elapsed().as_secs_f64();
             match result {
                 Ok(res) => {

@@ -4,6 +4,7 @@
 mod access_log;
 mod auth;
 mod balancing;
+mod edge;
 mod helpers;
 mod limits;
 mod platform;

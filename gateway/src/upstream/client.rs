@@ -1,0 +1,530 @@
+//! The upstream hop's HTTP/1.1 client: the request future itself writes the request on a
+//! pooled keep-alive connection and reads the answer, with no connection task in between.
+//!
+//! hyper-util's client drives every connection from a task of its own and hands requests and
+//! answers to it through channels: two task wake-ups, a pool keyed by a hashed string and about
+//! 11,000 instructions per proxied request (callgrind), more than nginx spends on the whole
+//! request. Here a connection is a plain `TcpStream` in a per-thread idle list (a request served
+//! on a serving thread never leaves it), taken for one exchange and put back only once the
+//! answer's body has been read to its end, so a connection is never reused in the middle of a
+//! message. A pooled connection the instance has closed meanwhile is detected when it is taken
+//! (its readiness, no system call) or, if the close races the request, by the answer being
+//! empty: a request whose body is in hand is then sent once more on a new connection, as
+//! hyper-util does.
+
+use std::cell::RefCell;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, HttpBody};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use tokio::net::TcpStream;
+
+use crate::wire::{self, BodyError, Chunk, Decoder};
+
+/// How long connecting to an instance may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// An idle connection older than this is closed rather than reused: mall's services (hyper)
+/// close a connection that brings no request head for 30 s.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Idle connections kept per instance and thread.
+const MAX_IDLE: usize = 1024;
+/// Largest answer head accepted, and most header fields.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+/// A request body at most this large that is in hand when the request is sent goes out in the
+/// same write as the head, and can be sent again on a fresh connection.
+const INLINE_BODY: usize = 64 * 1024;
+
+/// Why an exchange with an instance failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The connection could not be made (refused, unreachable, timed out): nothing was sent.
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    /// Reading or writing failed after the connection was made.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The instance closed the connection before answering.
+    #[error("connection closed before an answer")]
+    Closed,
+    /// The answer's head is not HTTP/1.1 the client can use.
+    #[error("invalid answer head: {0}")]
+    Head(String),
+    /// The request body failed while it was being sent.
+    #[error("request body: {0}")]
+    Body(#[source] axum::Error),
+}
+
+impl ClientError {
+    /// Whether nothing reached the instance.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect(_))
+    }
+}
+
+/// One instance as the client sees it.
+#[derive(Debug)]
+pub(crate) struct Target {
+    /// Unique per instance for the life of the process: the idle lists' key.
+    id: u64,
+    /// `host:port`.
+    authority: Box<str>,
+    /// The `Host` header line, written once.
+    host_line: Box<[u8]>,
+}
+
+impl Target {
+    pub(crate) fn new(authority: &str) -> Self {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut host_line = Vec::with_capacity(authority.len() + 8);
+        wire::push_header(&mut host_line, b"host", authority.as_bytes());
+        Self {
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            authority: authority.into(),
+            host_line: host_line.into(),
+        }
+    }
+}
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+thread_local! {
+    /// Idle connections per instance: a short list scanned by id, no hashing.
+    static IDLE: RefCell<Vec<(u64, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A connection taken from the idle list or newly made, returned by [`release`].
+fn take_idle(target: &Target) -> Option<TcpStream> {
+    IDLE.with_borrow_mut(|lists| {
+        let (_, list) = lists.iter_mut().find(|(id, _)| *id == target.id)?;
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() < IDLE_TIMEOUT && still_open(&idle.stream) {
+                return Some(idle.stream);
+            }
+        }
+        None
+    })
+}
+
+/// An idle connection the reactor has seen readable has either been closed by the instance or
+/// sent bytes nobody asked for; either way it cannot carry a request. No system call unless so.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(_) => {
+            let mut probe = [0u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+fn release(id: u64, stream: TcpStream) {
+    IDLE.with_borrow_mut(|lists| {
+        let list = match lists.iter().position(|(k, _)| *k == id) {
+            Some(i) => &mut lists[i].1,
+            None => {
+                lists.push((id, Vec::new()));
+                &mut lists.last_mut().expect("just pushed").1
+            }
+        };
+        if list.len() < MAX_IDLE {
+            list.push(Idle {
+                stream,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+async fn connect(target: &Target) -> Result<TcpStream, ClientError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&*target.authority))
+        .await
+        .map_err(|_| ClientError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
+        .map_err(ClientError::Connect)?;
+    stream.set_nodelay(true).map_err(ClientError::Connect)?;
+    Ok(stream)
+}
+
+/// Sends `req` (origin-form path; its headers as given, plus `Host`) to `target` and returns
+/// the answer, whose body streams from the connection.
+pub(crate) async fn send(target: &Arc<Target>, req: Request<Body>) -> Result<Response<Body>, ClientError> {
+    let (parts, mut body) = req.into_parts();
+    let head_only = parts.method == Method::HEAD;
+
+    // The body's first frame, if it is already here: a small body that came whole with its head
+    // goes out in the head's write and can be sent again.
+    let mut inline: Option<Bytes> = None;
+    // A frame taken while looking, when it was not the whole body: it goes out first.
+    let mut first: Option<Bytes> = None;
+    let exact = body.size_hint().exact();
+    if exact == Some(0) {
+        inline = Some(Bytes::new());
+    } else if let Some(len) = exact.filter(|len| *len <= INLINE_BODY as u64) {
+        match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if data.len() as u64 == len {
+                        inline = Some(data);
+                    } else {
+                        first = Some(data);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(e))) => return Err(ClientError::Body(e)),
+            Poll::Ready(None) => inline = Some(Bytes::new()),
+            Poll::Pending => {}
+        }
+    }
+
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    head.extend_from_slice(&target.host_line);
+    for (name, value) in &parts.headers {
+        if name != header::HOST && name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            wire::push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    let chunked = match (&inline, exact) {
+        (Some(data), _) => {
+            if !data.is_empty()
+                || parts.headers.contains_key(header::CONTENT_LENGTH)
+                || carries_body(&parts.method)
+            {
+                let mut n = itoa::Buffer::new();
+                wire::push_header(&mut head, b"content-length", n.format(data.len()).as_bytes());
+            }
+            false
+        }
+        (None, Some(len)) => {
+            let mut n = itoa::Buffer::new();
+            wire::push_header(&mut head, b"content-length", n.format(len).as_bytes());
+            false
+        }
+        (None, None) => {
+            wire::push_header(&mut head, b"transfer-encoding", b"chunked");
+            true
+        }
+    };
+    head.extend_from_slice(b"\r\n");
+
+    match inline {
+        Some(data) => {
+            head.extend_from_slice(&data);
+            let (stream, reused) = match take_idle(target) {
+                Some(stream) => (stream, true),
+                None => (connect(target).await?, false),
+            };
+            match exchange(target, stream, &head, head_only).await {
+                // The instance closed a pooled connection as the request went out: nothing was
+                // answered, and the whole request is in hand, so it goes once more, fresh.
+                Err(ClientError::Closed) if reused => {
+                    exchange(target, connect(target).await?, &head, head_only).await
+                }
+                Err(ClientError::Io(e)) if reused && closed_under_us(&e) => {
+                    exchange(target, connect(target).await?, &head, head_only).await
+                }
+                answered => answered,
+            }
+        }
+        None => {
+            let stream = match take_idle(target) {
+                Some(stream) => stream,
+                None => connect(target).await?,
+            };
+            wire::write_all(&stream, &head).await?;
+            send_body(&stream, first, body, chunked).await?;
+            read_answer(target, stream, head_only).await
+        }
+    }
+}
+
+fn carries_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+fn closed_under_us(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+    )
+}
+
+async fn exchange(
+    target: &Arc<Target>,
+    stream: TcpStream,
+    request: &[u8],
+    head_only: bool,
+) -> Result<Response<Body>, ClientError> {
+    wire::write_all(&stream, request).await?;
+    read_answer(target, stream, head_only).await
+}
+
+/// Streams a body that was not in hand: as its length said, or chunked.
+async fn send_body(
+    stream: &TcpStream,
+    mut first: Option<Bytes>,
+    mut body: Body,
+    chunked: bool,
+) -> Result<(), ClientError> {
+    let mut scratch = Vec::new();
+    loop {
+        let data = match first.take() {
+            Some(data) => data,
+            None => match body.frame().await {
+                None => break,
+                Some(frame) => match frame.map_err(ClientError::Body)?.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue, // trailers are not forwarded
+                },
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            scratch.clear();
+            wire::push_chunk_head(&mut scratch, data.len());
+            wire::write_all(stream, &scratch).await?;
+            wire::write_all(stream, &data).await?;
+            wire::write_all(stream, b"\r\n").await?;
+        } else {
+            wire::write_all(stream, &data).await?;
+        }
+    }
+    if chunked {
+        wire::write_all(stream, wire::LAST_CHUNK).await?;
+    }
+    Ok(())
+}
+
+/// Reads the answer's head and returns the answer with its body as it comes.
+async fn read_answer(
+    target: &Arc<Target>,
+    stream: TcpStream,
+    head_only: bool,
+) -> Result<Response<Body>, ClientError> {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    loop {
+        if wire::read(&stream, &mut buf).await? == 0 {
+            return Err(if buf.is_empty() {
+                ClientError::Closed
+            } else {
+                ClientError::Head("connection closed inside the head".into())
+            });
+        }
+        let Some((res, decoder, keep_alive)) = parse_head(&mut buf, head_only)? else {
+            if buf.len() > MAX_HEAD {
+                return Err(ClientError::Head("head too large".into()));
+            }
+            continue;
+        };
+        // 1xx: an interim answer (100 Continue), the final one follows on the same connection.
+        if res.status().is_informational() {
+            continue;
+        }
+        return Ok(with_body(target, res, stream, buf, decoder, keep_alive));
+    }
+}
+
+type Head = (Response<()>, Decoder, bool);
+
+/// Parses a complete head off the front of `buf`, if it is there. Header values share the
+/// head's bytes; hop-by-hop headers (the upstream connection's own) are read for the framing
+/// and left out.
+fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, ClientError> {
+    // Found first and split off, then parsed where it lies (see `edge/head.rs`).
+    let Some(end) = wire::head_end(buf) else {
+        return Ok(None);
+    };
+    let head = buf.split_to(end).freeze();
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        &head,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(ClientError::Head("malformed head".into())),
+        Err(e) => return Err(ClientError::Head(e.to_string())),
+    }
+    let status =
+        StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|e| ClientError::Head(e.to_string()))?;
+    let mut keep_alive = parsed.version == Some(1);
+    let count = parsed.headers.len();
+    let mut headers = HeaderMap::with_capacity(count + 2);
+    let (mut length, mut chunked, mut encoded) = (None, false, false);
+    let mut names_headers: Option<Bytes> = None;
+    for field in parsed.headers.iter() {
+        let name =
+            HeaderName::from_bytes(field.name.as_bytes()).map_err(|e| ClientError::Head(e.to_string()))?;
+        let value = head.slice_ref(field.value);
+        if name == header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ClientError::Head("invalid content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ClientError::Head("conflicting content-length".into()));
+            }
+            length = Some(n);
+        } else if wire::is_hop_by_hop(&name) {
+            if name == header::TRANSFER_ENCODING {
+                encoded = true;
+                chunked = wire::is_chunked(&value);
+            } else if name == header::CONNECTION {
+                if wire::connection_has(&value, "close") {
+                    keep_alive = false;
+                }
+                if wire::connection_names_headers(&value) {
+                    names_headers = Some(value);
+                }
+            }
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(value).map_err(|e| ClientError::Head(e.to_string()))?;
+        headers.append(name, value);
+    }
+    if let Some(connection) = names_headers {
+        wire::drop_named_by_connection(&mut headers, &connection);
+    }
+    let bodiless = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let decoder = if bodiless {
+        Decoder::Done
+    } else if encoded {
+        // Transfer-Encoding wins over Content-Length (RFC 9112 6.3); one that does not end in
+        // chunked is read until close.
+        if chunked {
+            Decoder::Chunked(Chunk::Size)
+        } else {
+            Decoder::Close
+        }
+    } else {
+        match length {
+            Some(n) => Decoder::Length(n),
+            None => Decoder::Close,
+        }
+    };
+    if decoder == Decoder::Close {
+        keep_alive = false;
+    }
+    let mut res = Response::new(());
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    Ok(Some((res, decoder, keep_alive)))
+}
+
+/// Attaches the body: read already when it came whole with the head (the connection goes back
+/// to the idle list at once), else streamed from the connection.
+fn with_body(
+    target: &Arc<Target>,
+    res: Response<()>,
+    stream: TcpStream,
+    mut buf: BytesMut,
+    decoder: Decoder,
+    keep_alive: bool,
+) -> Response<Body> {
+    if let Some(n) = decoder.remaining()
+        && n <= buf.len() as u64
+    {
+        let data = buf.split_to(n as usize).freeze();
+        // Bytes past the answer were never asked for: the connection is out of step.
+        if keep_alive && buf.is_empty() {
+            release(target.id, stream);
+        }
+        return res.map(|()| {
+            if data.is_empty() {
+                Body::empty()
+            } else {
+                Body::from(data)
+            }
+        });
+    }
+    res.map(|()| {
+        Body::new(Streaming {
+            stream: Some(stream),
+            buf,
+            decoder,
+            keep_alive,
+            target: target.id,
+        })
+    })
+}
+
+/// An answer's body read from its connection as the client takes it.
+struct Streaming {
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    decoder: Decoder,
+    keep_alive: bool,
+    target: u64,
+}
+
+impl HttpBody for Streaming {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some(stream) = this.stream.as_ref() else {
+            return Poll::Ready(None);
+        };
+        match wire::poll_body(stream, cx, &mut this.buf, &mut this.decoder) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Poll::Ready(None) => {
+                let stream = this.stream.take().expect("checked above");
+                // Bytes past the answer were never asked for: the connection is out of step.
+                if this.keep_alive && this.buf.is_empty() {
+                    release(this.target, stream);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // A body that failed mid-way: the client gets a truncated answer, and the
+                // connection closes.
+                this.stream = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
