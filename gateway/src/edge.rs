@@ -102,7 +102,7 @@ pub struct EdgeSettings {
     pub body_limit: usize,
     /// `MALL_GW_MAX_HEADER_BYTES`.
     pub max_header_bytes: usize,
-    /// `MALL_REQUEST_TIMEOUT`: bounds waiting for a body read whole.
+    /// `MALL_REQUEST_TIMEOUT`: bounds waiting for the rest of a head, and for a body read whole.
     pub request_timeout: Duration,
 }
 
@@ -213,7 +213,7 @@ async fn serve(
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = Vec::with_capacity(4 * 1024);
     loop {
-        let head = match next_head(&stream, &mut buf, edge.max_head, &stop).await {
+        let head = match next_head(&stream, &mut buf, edge.max_head, edge.request_timeout, &stop).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(refused) => {
@@ -266,12 +266,16 @@ async fn serve(
 
 /// Reads until a whole head is in `buf`; `None` when the client closed (or, while idle, the
 /// server is stopping).
+/// A head that started arriving must be whole within `timeout` (408 `request_timeout`): a
+/// client trickling one in byte by byte does not hold its connection for ever.
 async fn next_head(
     stream: &TcpStream,
     buf: &mut BytesMut,
     max_head: usize,
+    timeout: Duration,
     stop: &CancellationToken,
 ) -> Result<Option<head::Head>, ApiError> {
+    let mut deadline = None;
     loop {
         if !buf.is_empty()
             && let Some(head) = head::parse(buf, max_head)?
@@ -284,7 +288,18 @@ async fn next_head(
                 () = stop.cancelled() => return Ok(None),
             }
         } else {
-            wire::read(stream, buf).await
+            // Rare: the head came in more than one read. Only then is a timer armed.
+            let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+            match tokio::time::timeout_at(deadline, wire::read(stream, buf)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        "the request head did not arrive in time",
+                    ));
+                }
+            }
         };
         match read {
             Ok(0) | Err(_) => return Ok(None),
