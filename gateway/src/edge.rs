@@ -89,6 +89,9 @@ struct Entry {
     pool: Pool,
     /// `/a/{b}/c` as segments, for a pattern route.
     segments: Vec<&'static str>,
+    /// What a path must start with to match the pattern (up to its first parameter), checked
+    /// first so that other paths skip the segment walk.
+    literal: &'static str,
     /// The route label of the path itself and of a path below it (axum's `/{*rest}`, as the
     /// metrics and span names had it before).
     labels: [&'static str; 2],
@@ -121,6 +124,7 @@ impl Edge {
                     } else {
                         route.path.split('/').collect()
                     },
+                    literal: route.path.split('{').next().unwrap_or(""),
                     labels: [route.path, below],
                 }
             })
@@ -144,7 +148,7 @@ impl Edge {
         let mut best: Option<(usize, bool)> = None;
         for (i, entry) in self.table.iter().enumerate() {
             if !entry.route.prefix {
-                if pattern_matches(&entry.segments, path) {
+                if path.starts_with(entry.literal) && pattern_matches(&entry.segments, path) {
                     return Some((i, false));
                 }
                 continue;
