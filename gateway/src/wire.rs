@@ -205,18 +205,33 @@ pub(crate) fn poll_body(
 }
 
 /// One read into `buf`'s spare capacity, once the socket has bytes (0: the peer closed).
-pub(crate) fn poll_read(
-    stream: &TcpStream,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
+///
+/// A read that leaves room in `buf` has drained the socket, so the socket's readiness is
+/// cleared there and then, as nginx does: otherwise the next wait on this socket (the next
+/// request on a client connection, the next answer on an upstream one) would start with a read
+/// that finds nothing, one system call per socket per request. This is safe against bytes
+/// arriving meanwhile: the readiness is cleared only if the reactor has reported nothing new
+/// since it was read before the read (tokio's readiness tick), and a report still to come sets
+/// it again.
+pub(crate) fn poll_read(stream: &TcpStream, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
     loop {
         match stream.poll_read_ready(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Ready(Ok(())) => {}
         }
-        match stream.try_read_buf(buf) {
+        let room = buf.capacity() - buf.len();
+        let mut got = 0;
+        let read = stream.try_io(tokio::io::Interest::READABLE, || {
+            got = stream.try_read_buf(&mut *buf)?;
+            if got > 0 && got < room {
+                // Drained: clear the readiness (the bytes are in `buf`, see below).
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(got)
+        });
+        match read {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => return Poll::Ready(Ok(got)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             read => return Poll::Ready(read),
         }
