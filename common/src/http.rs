@@ -20,7 +20,9 @@ use crate::error::ApiError;
 use crate::telemetry::propagation;
 
 pub use extract::{Json, Path, Query};
-pub use stack::{ensure_request_id, status_label, with_json_error_body, with_request_id};
+pub use stack::{
+    ensure_request_id, method_label, panic_response, status_label, with_json_error_body, with_request_id,
+};
 pub use timed::Timed;
 
 /// The header carrying the request id, set at the edge and echoed in every response. A

@@ -40,7 +40,10 @@ use futures_util::future::BoxFuture;
 use http::{Method, Request, StatusCode};
 use http_body::{Frame, SizeHint};
 use mall_common::error::{ApiError, ErrorCause};
-use mall_common::http::{Timed, ensure_request_id, status_label, with_json_error_body, with_request_id};
+use mall_common::http::{
+    Timed, ensure_request_id, method_label, panic_response, status_label, with_json_error_body,
+    with_request_id,
+};
 use mall_common::server::ServeConnection;
 use mall_common::telemetry::propagation;
 use metrics::SharedString;
@@ -405,14 +408,7 @@ impl Edge {
         let forwarded = proxy::forward(&self.proxy, &entry.pool, entry.route, client, req, span.context());
         let res = match AssertUnwindSafe(forwarded).catch_unwind().await {
             Ok(res) => res,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_owned());
-                ApiError::internal(format!("handler panicked: {msg}")).into_response()
-            }
+            Err(panic) => panic_response(panic),
         };
         let res = with_json_error_body(res).await;
         self.finish(res, span, (entry_at, below, method), route, request_id, started)
@@ -446,7 +442,7 @@ impl Edge {
             span::Request {
                 service: self.service,
                 name: span_name(req.method(), route),
-                method: span::method_str(req.method()),
+                method: method_label(req.method()),
                 route,
                 path: req.uri().path(),
                 request_id: request_id.to_str().unwrap_or(""),
@@ -485,7 +481,7 @@ impl Edge {
             || {
                 let labels = [
                     ("service", SharedString::const_str(self.service)),
-                    ("method", SharedString::const_str(span::method_str(&method))),
+                    ("method", SharedString::const_str(method_label(&method))),
                     ("route", SharedString::const_str(route)),
                     ("status", status_label(status)),
                 ];
@@ -507,7 +503,7 @@ fn span_name(method: &Method, route: &'static str) -> Cow<'static, str> {
     use std::sync::{LazyLock, RwLock};
     static NAMES: LazyLock<RwLock<HashMap<(&'static str, &'static str), &'static str>>> =
         LazyLock::new(RwLock::default);
-    let method_str = span::method_str(method);
+    let method_str = method_label(method);
     if method_str == "other" {
         return Cow::Owned(format!("{method} {route}"));
     }

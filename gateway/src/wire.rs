@@ -213,7 +213,11 @@ pub(crate) fn poll_body(
 /// arriving meanwhile: the readiness is cleared only if the reactor has reported nothing new
 /// since it was read before the read (tokio's readiness tick), and a report still to come sets
 /// it again.
-pub(crate) fn poll_read(stream: &TcpStream, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+pub(crate) fn poll_read(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
     loop {
         match stream.poll_read_ready(cx) {
             Poll::Pending => return Poll::Pending,
@@ -306,6 +310,23 @@ pub(crate) fn push_chunk_head(out: &mut Vec<u8>, len: usize) {
 /// The last chunk and the empty trailer section.
 pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// A `Content-Length` value: digits only (no sign, no spaces inside, not empty).
+pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Writes one chunk of a chunked body (`scratch` holds its size line).
+pub(crate) async fn write_chunk(stream: &TcpStream, scratch: &mut Vec<u8>, data: &[u8]) -> io::Result<()> {
+    scratch.clear();
+    push_chunk_head(scratch, data.len());
+    write_all(stream, scratch).await?;
+    write_all(stream, data).await?;
+    write_all(stream, b"\r\n").await
+}
+
 /// Appends one header field line.
 pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -327,6 +348,61 @@ pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// What a head's framing and connection fields say, gathered as its fields are read (the same
+/// for a request and an answer).
+#[derive(Debug, Default)]
+pub(crate) struct Framing {
+    /// `Content-Length`, when given.
+    pub(crate) length: Option<u64>,
+    /// A `Transfer-Encoding` was given.
+    pub(crate) encoded: bool,
+    /// ... and it ends in chunked.
+    pub(crate) chunked: bool,
+    /// `Connection: close`.
+    pub(crate) close: bool,
+    /// `Connection: keep-alive`.
+    pub(crate) keep_alive: bool,
+    /// A `Connection` value naming further headers to drop.
+    names: Option<Bytes>,
+}
+
+impl Framing {
+    /// Reads one field; `Ok(true)` when it is the connection's own (hop-by-hop, never
+    /// forwarded). `Content-Length` is read and forwarded; a malformed or conflicting one is
+    /// refused.
+    pub(crate) fn read(&mut self, name: &HeaderName, value: &Bytes) -> Result<bool, &'static str> {
+        if *name == header::CONTENT_LENGTH {
+            let n = content_length(value).ok_or("invalid content-length")?;
+            if self.length.is_some_and(|l| l != n) {
+                return Err("conflicting content-length");
+            }
+            self.length = Some(n);
+            return Ok(false);
+        }
+        if !is_hop_by_hop(name) {
+            return Ok(false);
+        }
+        if *name == header::TRANSFER_ENCODING {
+            self.encoded = true;
+            self.chunked = is_chunked(value);
+        } else if *name == header::CONNECTION {
+            self.close |= connection_has(value, "close");
+            self.keep_alive |= connection_has(value, "keep-alive");
+            if connection_names_headers(value) {
+                self.names = Some(value.clone());
+            }
+        }
+        Ok(true)
+    }
+
+    /// Drops from `headers` the ones a `Connection` field named.
+    pub(crate) fn drop_named(&self, headers: &mut HeaderMap) {
+        if let Some(connection) = &self.names {
+            drop_named_by_connection(headers, connection);
+        }
+    }
+}
+
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1): each hop's parser
 /// drops them as it reads a head (and `drop_named_by_connection` the ones `Connection` names).
 pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -342,7 +418,7 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes the headers a `Connection` value names, other than its own `close` and
 /// `keep-alive` tokens (which name headers dropped anyway).
-pub(crate) fn drop_named_by_connection(headers: &mut HeaderMap, connection: &[u8]) {
+fn drop_named_by_connection(headers: &mut HeaderMap, connection: &[u8]) {
     for token in connection.split(|b| *b == b',') {
         let token = token.trim_ascii();
         if token.eq_ignore_ascii_case(b"close") || token.eq_ignore_ascii_case(b"keep-alive") {
@@ -355,7 +431,7 @@ pub(crate) fn drop_named_by_connection(headers: &mut HeaderMap, connection: &[u8
 }
 
 /// Whether a `Connection` header value names a header besides `close` and `keep-alive`.
-pub(crate) fn connection_names_headers(value: &[u8]) -> bool {
+fn connection_names_headers(value: &[u8]) -> bool {
     value.split(|b| *b == b',').any(|t| {
         let t = t.trim_ascii();
         !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
@@ -460,6 +536,15 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY"), Some(24));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+    }
+
+    #[test]
+    fn content_lengths_are_plain_digits() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"1048576"), Some(1_048_576));
+        for bad in [&b""[..], b"-1", b"+1", b"1 2", b"0x10", b"99999999999999999999"] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

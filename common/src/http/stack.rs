@@ -266,7 +266,9 @@ fn too_large(limit: usize) -> Response {
     .into_response()
 }
 
-fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+/// The 500 `internal` answer of a handler that panicked (its message goes to the log as the
+/// cause, never to the client).
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     let msg = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -277,7 +279,13 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 
 /// Metric labels without a per-request allocation for the common cases.
 fn static_method(method: &Method) -> SharedString {
-    SharedString::const_str(match *method {
+    SharedString::const_str(method_label(method))
+}
+
+/// The method as a metric label or span attribute: the usual methods by name, any other as
+/// `other` (a label set per invented method would be unbounded).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
         Method::GET => "GET",
         Method::POST => "POST",
         Method::PUT => "PUT",
@@ -286,7 +294,7 @@ fn static_method(method: &Method) -> SharedString {
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
         _ => "other",
-    })
+    }
 }
 
 /// The status code as a label; the codes mall answers with need no allocation.

@@ -278,11 +278,18 @@ mod tests {
                 W3c::default().inject_context(&cx, &mut ours);
                 TraceContextPropagator::new().inject_context(&cx, &mut sdk);
                 assert_eq!(ours, sdk);
+                // The HTTP headers are written directly: exactly what the composite propagator
+                // (B3 single and multi, W3C) writes.
                 let mut headers = http::HeaderMap::new();
                 inject_http_context(&cx, &mut headers);
+                let written: HashMap<String, String> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+                    .collect();
+                let mut composite_wrote = HashMap::new();
+                composite().inject_context(&cx, &mut composite_wrote);
+                assert_eq!(written, composite_wrote);
                 assert_eq!(headers["traceparent"], sdk["traceparent"].as_str());
-                assert_eq!(headers["tracestate"], sdk["tracestate"].as_str());
-                assert_eq!(headers["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c");
             }
         }
         let cx = remote("4bf92f3577b34da6a3ce929d0e0e4736");
@@ -293,32 +300,6 @@ mod tests {
         let mut none = HashMap::new();
         W3c::default().inject_context(&Context::new(), &mut none);
         assert!(none.is_empty(), "no context, no header");
-    }
-
-    #[test]
-    fn http_headers_are_what_the_composite_propagator_writes() {
-        use std::collections::HashMap;
-        for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
-            let vendor = TraceState::from_key_value([("vendor", "x")]).unwrap();
-            for ts in [TraceState::default(), vendor] {
-                let cx = Context::new().with_remote_span_context(SpanContext::new(
-                    TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
-                    SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-                    flags,
-                    true,
-                    ts,
-                ));
-                let mut composite_wrote = HashMap::new();
-                composite().inject_context(&cx, &mut composite_wrote);
-                let mut headers = http::HeaderMap::new();
-                inject_http_context(&cx, &mut headers);
-                let ours: HashMap<String, String> = headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
-                    .collect();
-                assert_eq!(ours, composite_wrote);
-            }
-        }
         let mut headers = http::HeaderMap::new();
         inject_http_context(&Context::new(), &mut headers);
         assert!(headers.is_empty(), "no context, no header");

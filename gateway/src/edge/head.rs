@@ -5,7 +5,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 use mall_common::error::ApiError;
@@ -74,25 +74,13 @@ pub(super) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>,
         .map_err(|_| bad_request("invalid request target"))?;
     let count = req.headers.len();
     let mut headers = HeaderMap::with_capacity(count + 12);
-    let (mut length, mut chunked, mut encoded) = (None::<u64>, false, false);
-    let mut keep_alive = version == Version::HTTP_11;
+    let mut framing = wire::Framing::default();
     let mut expects_continue = false;
-    let mut names_headers: Option<Bytes> = None;
     for field in req.headers.iter() {
         let name =
             HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| bad_request("invalid header name"))?;
         let value = head.slice_ref(field.value);
-        if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(&value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| bad_request("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad_request("conflicting content-length"));
-            }
-            length = Some(n);
-        } else if name == header::EXPECT {
+        if name == header::EXPECT {
             if !value.eq_ignore_ascii_case(b"100-continue") {
                 return Err(ApiError::new(
                     StatusCode::EXPECTATION_FAILED,
@@ -103,34 +91,21 @@ pub(super) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>,
             // Answered here; the upstream gets the body without being asked.
             expects_continue = true;
             continue;
-        } else if wire::is_hop_by_hop(&name) {
-            // This connection's own: read for the framing, never forwarded.
-            if name == header::TRANSFER_ENCODING {
-                encoded = true;
-                chunked = wire::is_chunked(&value);
-            } else if name == header::CONNECTION {
-                if wire::connection_has(&value, "close") {
-                    keep_alive = false;
-                } else if wire::connection_has(&value, "keep-alive") {
-                    keep_alive = true;
-                }
-                if wire::connection_names_headers(&value) {
-                    names_headers = Some(value);
-                }
-            }
+        }
+        // This connection's own fields are read for the framing and never forwarded.
+        if framing.read(&name, &value).map_err(bad_request)? {
             continue;
         }
         let value = HeaderValue::from_maybe_shared(value).map_err(|_| bad_request("invalid header value"))?;
         headers.append(name, value);
     }
-    if let Some(connection) = names_headers {
-        wire::drop_named_by_connection(&mut headers, &connection);
-    }
+    framing.drop_named(&mut headers);
+    let keep_alive = !framing.close && (framing.keep_alive || version == Version::HTTP_11);
     // Both framings at once is how requests are smuggled past a proxy (RFC 9112 6.3): refused,
     // as is a transfer coding that does not end in chunked (the body could not be delimited).
-    let body = match (encoded, length) {
+    let body = match (framing.encoded, framing.length) {
         (true, Some(_)) => return Err(bad_request("both transfer-encoding and content-length")),
-        (true, None) if chunked => Decoder::Chunked(Chunk::Size),
+        (true, None) if framing.chunked => Decoder::Chunked(Chunk::Size),
         (true, None) => return Err(bad_request("a request's transfer coding must end in chunked")),
         (false, n) => Decoder::Length(n.unwrap_or(0)),
     };

@@ -122,11 +122,7 @@ pub(super) async fn write(
         }
         sent += data.len() as u64;
         if chunked {
-            out.clear();
-            wire::push_chunk_head(out, data.len());
-            wire::write_all(stream, out).await?;
-            wire::write_all(stream, &data).await?;
-            wire::write_all(stream, b"\r\n").await?;
+            wire::write_chunk(stream, out, &data).await?;
         } else {
             wire::write_all(stream, &data).await?;
         }

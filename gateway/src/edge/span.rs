@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 use mall_common::telemetry::propagation;
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
@@ -77,19 +77,5 @@ impl ServerSpan {
             span.set_status(Status::error(""));
         }
         span.end();
-    }
-}
-
-/// The method as a `&'static str` (span attribute, metric label); others are `other`.
-pub(super) fn method_str(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
     }
 }

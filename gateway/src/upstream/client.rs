@@ -320,11 +320,7 @@ async fn send_body(
             continue;
         }
         if chunked {
-            scratch.clear();
-            wire::push_chunk_head(&mut scratch, data.len());
-            wire::write_all(stream, &scratch).await?;
-            wire::write_all(stream, &data).await?;
-            wire::write_all(stream, b"\r\n").await?;
+            wire::write_chunk(stream, &mut scratch, &data).await?;
         } else {
             wire::write_all(stream, &data).await?;
         }
@@ -387,60 +383,41 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Clien
     }
     let status =
         StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|e| ClientError::Head(e.to_string()))?;
-    let mut keep_alive = parsed.version == Some(1);
     let count = parsed.headers.len();
     let mut headers = HeaderMap::with_capacity(count + 2);
-    let (mut length, mut chunked, mut encoded) = (None, false, false);
-    let mut names_headers: Option<Bytes> = None;
+    let mut framing = wire::Framing::default();
     for field in parsed.headers.iter() {
         let name =
             HeaderName::from_bytes(field.name.as_bytes()).map_err(|e| ClientError::Head(e.to_string()))?;
         let value = head.slice_ref(field.value);
-        if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(&value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| ClientError::Head("invalid content-length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ClientError::Head("conflicting content-length".into()));
-            }
-            length = Some(n);
-        } else if wire::is_hop_by_hop(&name) {
-            if name == header::TRANSFER_ENCODING {
-                encoded = true;
-                chunked = wire::is_chunked(&value);
-            } else if name == header::CONNECTION {
-                if wire::connection_has(&value, "close") {
-                    keep_alive = false;
-                }
-                if wire::connection_names_headers(&value) {
-                    names_headers = Some(value);
-                }
-            }
+        // The upstream connection's own fields are read for the framing and never forwarded.
+        if framing
+            .read(&name, &value)
+            .map_err(|e| ClientError::Head(e.into()))?
+        {
             continue;
         }
         let value = HeaderValue::from_maybe_shared(value).map_err(|e| ClientError::Head(e.to_string()))?;
         headers.append(name, value);
     }
-    if let Some(connection) = names_headers {
-        wire::drop_named_by_connection(&mut headers, &connection);
-    }
+    framing.drop_named(&mut headers);
+    let mut keep_alive = parsed.version == Some(1) && !framing.close;
     let bodiless = head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let decoder = if bodiless {
         Decoder::Done
-    } else if encoded {
+    } else if framing.encoded {
         // Transfer-Encoding wins over Content-Length (RFC 9112 6.3); one that does not end in
         // chunked is read until close.
-        if chunked {
+        if framing.chunked {
             Decoder::Chunked(Chunk::Size)
         } else {
             Decoder::Close
         }
     } else {
-        match length {
+        match framing.length {
             Some(n) => Decoder::Length(n),
             None => Decoder::Close,
         }
