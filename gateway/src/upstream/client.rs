@@ -8,9 +8,9 @@
 //! on a serving thread never leaves it), taken for one exchange and put back only once the
 //! answer's body has been read to its end, so a connection is never reused in the middle of a
 //! message. A pooled connection the instance has closed meanwhile is detected when it is taken
-//! (its readiness, no system call) or, if the close races the request, by the answer being
-//! empty: a request whose body is in hand is then sent once more on a new connection, as
-//! hyper-util does.
+//! (the reactor has seen it readable; no system call otherwise) or, if the close races the
+//! request, by the answer being empty: an idempotent request whose body is in hand is then sent
+//! once more on a new connection.
 
 use std::cell::RefCell;
 use std::io;
@@ -245,6 +245,14 @@ pub(crate) async fn send(target: &Arc<Target>, req: Request<Body>) -> Result<Res
     };
     head.extend_from_slice(b"\r\n");
 
+    // The instance may close a pooled connection just as a request goes out on it (its idle
+    // close crossing our write): nothing is answered. An idempotent request whose whole body is
+    // in hand then goes once more on a fresh connection; any other could have been acted on
+    // before the close, so its failure stands (and the retry policy decides).
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    );
     match inline {
         Some(data) => {
             head.extend_from_slice(&data);
@@ -253,12 +261,10 @@ pub(crate) async fn send(target: &Arc<Target>, req: Request<Body>) -> Result<Res
                 None => (connect(target).await?, false),
             };
             match exchange(target, conn, &head, head_only).await {
-                // The instance closed a pooled connection as the request went out: nothing was
-                // answered, and the whole request is in hand, so it goes once more, fresh.
-                Err(ClientError::Closed) if reused => {
+                Err(ClientError::Closed) if reused && idempotent => {
                     exchange(target, connect(target).await?, &head, head_only).await
                 }
-                Err(ClientError::Io(e)) if reused && closed_under_us(&e) => {
+                Err(ClientError::Io(e)) if reused && idempotent && closed_under_us(&e) => {
                     exchange(target, connect(target).await?, &head, head_only).await
                 }
                 answered => answered,
