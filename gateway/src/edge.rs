@@ -405,6 +405,10 @@ impl Edge {
         let route = entry.labels[usize::from(below)];
         let method = req.method().clone();
         let span = self.span(&req, route, &request_id);
+        if span.carried() {
+            // The caller's context is the span's parent now; upstream gets the span's own.
+            propagation::strip_http_context(req.headers_mut());
+        }
         let forwarded = proxy::forward(&self.proxy, &entry.pool, entry.route, client, req, span.context());
         let res = match AssertUnwindSafe(forwarded).catch_unwind().await {
             Ok(res) => res,

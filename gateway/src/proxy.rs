@@ -22,7 +22,9 @@ use crate::edge::{BodyTooLarge, RequestBodyError};
 use crate::auth::{Verifier, now_secs};
 use crate::rate_limit::{Client, RateLimiter};
 use crate::routes::Route;
-use crate::upstream::{BreakerOpen, EndpointError, NoHealthyInstance, Pool, UpstreamInstance, find_cause};
+use crate::upstream::{
+    BreakerOpen, EndpointError, HeadLines, NoHealthyInstance, Pool, UpstreamInstance, find_cause,
+};
 
 /// What every proxied request needs.
 pub struct Proxy {
@@ -235,7 +237,11 @@ async fn forward_inner(
     // One span per request, as Envoy does by default: the upstream continues the gateway's
     // server span directly. A client span per hop doubled the tracing work of every request
     // and told nothing the service's own server span does not (its start is the hop's end).
-    propagation::inject_http_context(cx, &mut parts.headers);
+    // Written as lines into the upstream head (`HeadLines`), not into the header map; a
+    // caller's own context headers were taken out by the edge.
+    if let Some(lines) = propagation::http_context_lines(cx) {
+        parts.extensions.insert(HeadLines(lines));
+    }
     let upstream_req = Request::from_parts(parts, body);
 
     let res = pool

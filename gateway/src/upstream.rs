@@ -37,7 +37,7 @@ use crate::config::GatewaySettings;
 use crate::routes::PoolName;
 
 pub use breaker::{Breaker, BreakerOpen, BreakerState};
-pub use client::ClientError;
+pub use client::{ClientError, HeadLines};
 pub use endpoint::{EndpointError, UpstreamInstance};
 pub use health::Registry;
 

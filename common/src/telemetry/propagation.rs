@@ -87,29 +87,14 @@ pub fn inject_http(headers: &mut http::HeaderMap) {
 /// here the ids are written once into one buffer that every value shares.
 pub fn inject_http_context(cx: &Context, headers: &mut http::HeaderMap) {
     use http::HeaderValue;
-    let span = cx.span();
-    let sc = span.span_context();
-    if !sc.is_valid() {
+    let Some((buf, sampled, state)) = context_ids(cx) else {
         return;
-    }
-    let sampled = sc.is_sampled();
-    // `00-<trace>-<span>-0x<trace>-<span>-x`: traceparent, then the B3 single value; the B3 multi
-    // values are slices of it.
-    let mut buf = Vec::with_capacity(TRACEPARENT_LEN + B3_LEN);
-    buf.extend_from_slice(b"00-");
-    push_hex(&mut buf, &sc.trace_id().to_bytes());
-    buf.push(b'-');
-    push_hex(&mut buf, &sc.span_id().to_bytes());
-    buf.extend_from_slice(if sampled { b"-01" } else { b"-00" });
-    buf.extend_from_within(3..TRACEPARENT_LEN - 2);
-    buf.push(if sampled { b'1' } else { b'0' });
-    let buf = bytes::Bytes::from(buf);
+    };
     let value = |range: std::ops::Range<usize>| {
         HeaderValue::from_maybe_shared(buf.slice(range))
             .expect("hex digits and dashes are a valid header value")
     };
     headers.insert(TRACEPARENT, value(0..TRACEPARENT_LEN));
-    let state = sc.trace_state().header();
     let state = if state.is_empty() {
         HeaderValue::from_static("")
     } else {
@@ -123,6 +108,57 @@ pub fn inject_http_context(cx: &Context, headers: &mut http::HeaderMap) {
         B3_SAMPLED,
         HeaderValue::from_static(if sampled { "1" } else { "0" }),
     );
+}
+
+/// The header lines [`inject_http_context`] would add for `cx` (`traceparent: ...\r\n` and the
+/// rest, in one buffer), for a caller that writes a request head itself: no header map, no
+/// header values. `None` without a valid context.
+pub fn http_context_lines(cx: &Context) -> Option<bytes::Bytes> {
+    let (ids, sampled, state) = context_ids(cx)?;
+    let mut out = Vec::with_capacity(320);
+    let mut line = |name: &http::HeaderName, value: &[u8]| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    line(&TRACEPARENT, &ids[..TRACEPARENT_LEN]);
+    // A state that is not a valid header value is left empty, as `inject_http_context` does.
+    let state_ok = state.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+    line(&TRACESTATE, if state_ok { state.as_bytes() } else { b"" });
+    line(&B3, &ids[TRACEPARENT_LEN..TRACEPARENT_LEN + B3_LEN]);
+    line(&B3_TRACE_ID, &ids[3..35]);
+    line(&B3_SPAN_ID, &ids[36..52]);
+    line(&B3_SAMPLED, if sampled { b"1" } else { b"0" });
+    Some(out.into())
+}
+
+/// Removes the trace-context headers [`inject_http_context`] writes (a caller's, before the
+/// lines of another context are written in their place).
+pub fn strip_http_context(headers: &mut http::HeaderMap) {
+    for name in [TRACEPARENT, TRACESTATE, B3, B3_TRACE_ID, B3_SPAN_ID, B3_SAMPLED] {
+        headers.remove(name);
+    }
+}
+
+/// `00-<trace>-<span>-0x<trace>-<span>-x` (traceparent, then the B3 single value; the B3 multi
+/// values are slices of it), whether sampled, and the trace state, when `cx` has a valid span.
+fn context_ids(cx: &Context) -> Option<(bytes::Bytes, bool, String)> {
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return None;
+    }
+    let sampled = sc.is_sampled();
+    let mut buf = Vec::with_capacity(TRACEPARENT_LEN + B3_LEN);
+    buf.extend_from_slice(b"00-");
+    push_hex(&mut buf, &sc.trace_id().to_bytes());
+    buf.push(b'-');
+    push_hex(&mut buf, &sc.span_id().to_bytes());
+    buf.extend_from_slice(if sampled { b"-01" } else { b"-00" });
+    buf.extend_from_within(3..TRACEPARENT_LEN - 2);
+    buf.push(if sampled { b'1' } else { b'0' });
+    Some((bytes::Bytes::from(buf), sampled, sc.trace_state().header()))
 }
 
 const TRACEPARENT_LEN: usize = 55;
@@ -289,6 +325,24 @@ mod tests {
                 let mut composite_wrote = HashMap::new();
                 composite().inject_context(&cx, &mut composite_wrote);
                 assert_eq!(written, composite_wrote);
+                // And as header lines, the same pairs in the same order.
+                let lines = http_context_lines(&cx).unwrap();
+                let lines: Vec<(String, String)> = std::str::from_utf8(&lines)
+                    .unwrap()
+                    .split_terminator("\r\n")
+                    .map(|l| {
+                        let (k, v) = l.split_once(": ").unwrap();
+                        (k.to_owned(), v.to_owned())
+                    })
+                    .collect();
+                let in_map: Vec<(String, String)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+                    .collect();
+                assert_eq!(lines, in_map);
+                let mut stripped = headers.clone();
+                strip_http_context(&mut stripped);
+                assert!(stripped.is_empty());
                 assert_eq!(headers["traceparent"], sdk["traceparent"].as_str());
             }
         }
@@ -303,6 +357,7 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         inject_http_context(&Context::new(), &mut headers);
         assert!(headers.is_empty(), "no context, no header");
+        assert!(http_context_lines(&Context::new()).is_none());
     }
 
     #[test]

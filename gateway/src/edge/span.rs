@@ -23,6 +23,8 @@ use opentelemetry::{Context, KeyValue};
 /// One request's server span, ended by [`ServerSpan::end`] (or, unended, when dropped).
 pub(super) struct ServerSpan {
     cx: Context,
+    /// The request carried a trace context of its own (now the span's parent).
+    carried: bool,
 }
 
 /// What the span says about its request.
@@ -40,7 +42,8 @@ impl ServerSpan {
     pub(super) fn start(tracer: &BoxedTracer, req: Request<'_>) -> Self {
         // An explicit root unless the caller sent a context: most requests at the edge carry
         // none, and for them extraction (two propagators and an empty context) is pure cost.
-        let parent = if propagation::carries_http_context(req.headers) {
+        let carried = propagation::carries_http_context(req.headers);
+        let parent = if carried {
             propagation::extract_http(req.headers)
         } else {
             Context::new()
@@ -58,12 +61,19 @@ impl ServerSpan {
             .start_with_context(tracer, &parent);
         Self {
             cx: parent.with_span(span),
+            carried,
         }
     }
 
     /// The span's context: injected upstream, and the trace id of the request's log lines.
     pub(super) fn context(&self) -> &Context {
         &self.cx
+    }
+
+    /// Whether the request carried a trace context (whose headers must not go upstream beside
+    /// the span's own).
+    pub(super) fn carried(&self) -> bool {
+        self.carried
     }
 
     /// Records the status and ends the span.

@@ -44,6 +44,12 @@ const MAX_HEADERS: usize = 100;
 /// same write as the head, and can be sent again on a fresh connection.
 const INLINE_BODY: usize = 64 * 1024;
 
+/// Header lines written into the upstream request after its own headers (the request span's
+/// trace context): rendered once as bytes, where inserting them into the header map cost six
+/// header values and six insertions, and a copy of them in the retry layer's clone.
+#[derive(Debug, Clone)]
+pub struct HeadLines(pub Bytes);
+
 /// Why an exchange with an instance failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -221,6 +227,9 @@ pub(crate) async fn send(target: &Arc<Target>, req: Request<Body>) -> Result<Res
         if name != header::HOST && name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
             wire::push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
         }
+    }
+    if let Some(HeadLines(lines)) = parts.extensions.get::<HeadLines>() {
+        head.extend_from_slice(lines);
     }
     let chunked = match (&inline, exact) {
         (Some(data), _) => {

@@ -16,6 +16,7 @@ use tower::BoxError;
 use tower::retry::Policy;
 use tower::retry::budget::{Budget, TpsBudget};
 
+use super::client::HeadLines;
 use super::endpoint::EndpointError;
 use super::find_cause;
 use crate::config::Resilience;
@@ -99,6 +100,9 @@ impl Policy<Request<Body>, Response<Body>, BoxError> for RetryPolicy {
         *clone.uri_mut() = req.uri().clone();
         *clone.version_mut() = req.version();
         *clone.headers_mut() = req.headers().clone();
+        if let Some(lines) = req.extensions().get::<HeadLines>() {
+            clone.extensions_mut().insert(lines.clone());
+        }
         Some(clone)
     }
 }

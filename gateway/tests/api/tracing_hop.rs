@@ -19,12 +19,27 @@ async fn the_upstream_request_carries_the_trace_of_the_gateway_span() {
         .client()
         .get(gw.url("/api/skus/5"))
         .header("traceparent", format!("00-{trace_id}-{client_parent}-01"))
+        .header("b3", format!("{trace_id}-{client_parent}-1"))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
 
     let seen = up.seen().pop().unwrap();
+    for name in [
+        "traceparent",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-sampled",
+        "tracestate",
+    ] {
+        assert_eq!(
+            seen.headers.get_all(name).iter().count(),
+            1,
+            "one {name}: the client's was replaced"
+        );
+    }
     let traceparent = seen.headers["traceparent"].to_str().unwrap().to_owned();
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(parts[1], trace_id, "the upstream continues the client's trace");
