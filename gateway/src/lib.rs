@@ -13,11 +13,12 @@
 //! - [`routes`]: the route table (prefix -> pool, access rule).
 //! - [`auth`]: JWT verification and minting.
 //! - [`rate_limit`]: local and cluster-wide token buckets.
-//! - [`upstream`]: pools, endpoints, health checks, breaker, retry policy.
+//! - [`upstream`]: pools, endpoints, the upstream HTTP/1.1 client, health checks, breaker, retry
+//!   policy.
 //! - [`edge`]: the gateway's own HTTP/1.1 server, which carries every routed request.
 //! - [`proxy`]: forwarding one request.
 //! - [`startup`]: building and running the [`Application`].
-//! - `wire`: HTTP/1.1 body framing for the gateway's own upstream client.
+//! - `wire`: HTTP/1.1 framing and socket reads shared by the edge and the upstream client.
 
 pub mod auth;
 pub mod config;
