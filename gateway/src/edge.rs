@@ -229,9 +229,7 @@ async fn serve(
                     head_only: false,
                     keep_alive: false,
                 };
-                let res = with_request_id(refused.into_response(), new_request_id());
-                let _ = respond::write(&stream, &mut out, res, asked).await;
-                return;
+                return refuse(&stream, &mut out, refused, asked).await;
             }
         };
         let mut asked = Asked {
@@ -244,9 +242,7 @@ async fn serve(
             Err(refused) => {
                 // The body was not read: the connection cannot go on to another request.
                 asked.keep_alive = false;
-                let res = with_request_id(refused.into_response(), new_request_id());
-                let _ = respond::write(&stream, &mut out, res, asked).await;
-                return;
+                return refuse(&stream, &mut out, refused, asked).await;
             }
         };
         asked.keep_alive &= reusable && !stop.is_cancelled();
@@ -299,13 +295,7 @@ async fn next_head(
             let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
             match tokio::time::timeout_at(deadline, wire::read(stream, buf)).await {
                 Ok(read) => read,
-                Err(_) => {
-                    return Err(ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request_timeout",
-                        "the request head did not arrive in time",
-                    ));
-                }
+                Err(_) => return Err(timed_out("head")),
             }
         };
         match read {
@@ -334,13 +324,7 @@ async fn request(
                 }
                 tokio::time::timeout(edge.request_timeout, read_at_least(stream, buf, n as usize))
                     .await
-                    .map_err(|_| {
-                        ApiError::new(
-                            StatusCode::REQUEST_TIMEOUT,
-                            "request_timeout",
-                            "the body did not arrive in time",
-                        )
-                    })?
+                    .map_err(|_| timed_out("body"))?
                     .map_err(read_failed)?;
             }
             Body::from(buf.split_to(n as usize).freeze())
@@ -392,8 +376,22 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-fn new_request_id() -> http::HeaderValue {
-    ensure_request_id(&mut http::HeaderMap::new())
+/// Answers a request the edge cannot take (with a request id of its own, as every answer
+/// has one); the connection then closes.
+async fn refuse(stream: &TcpStream, out: &mut Vec<u8>, refused: ApiError, asked: Asked) {
+    let res = with_request_id(
+        refused.into_response(),
+        ensure_request_id(&mut http::HeaderMap::new()),
+    );
+    let _ = respond::write(stream, out, res, asked).await;
+}
+
+fn timed_out(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!("the request {what} did not arrive in time"),
+    )
 }
 
 impl Edge {

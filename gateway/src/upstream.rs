@@ -45,7 +45,7 @@ pub use health::Registry;
 /// serves them).
 pub type HttpClient = Client<HttpConnector, Body>;
 
-/// How long connecting to an instance may take.
+/// How long connecting to an instance may take (requests and health checks alike).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Builds the health checks' client.

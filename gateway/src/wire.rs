@@ -290,7 +290,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, FramingError> {
 }
 
 /// Appends a chunk's size line (`<hex>\r\n`).
-pub(crate) fn push_chunk_head(out: &mut Vec<u8>, len: usize) {
+fn push_chunk_head(out: &mut Vec<u8>, len: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     let mut i = digits.len();
@@ -311,7 +311,7 @@ pub(crate) fn push_chunk_head(out: &mut Vec<u8>, len: usize) {
 pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// A `Content-Length` value: digits only (no sign, no spaces inside, not empty).
-pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
+fn content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -405,7 +405,7 @@ impl Framing {
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1): each hop's parser
 /// drops them as it reads a head (and `drop_named_by_connection` the ones `Connection` names).
-pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == header::CONNECTION
         || *name == header::PROXY_AUTHENTICATE
         || *name == header::PROXY_AUTHORIZATION
@@ -439,7 +439,7 @@ fn connection_names_headers(value: &[u8]) -> bool {
 }
 
 /// Whether a `Connection` header value lists `token` (case-insensitive).
-pub(crate) fn connection_has(value: &[u8], token: &str) -> bool {
+fn connection_has(value: &[u8], token: &str) -> bool {
     value
         .split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
@@ -447,7 +447,7 @@ pub(crate) fn connection_has(value: &[u8], token: &str) -> bool {
 
 /// Whether a `Transfer-Encoding` value ends in `chunked`, the only coding a message can end
 /// with and still be delimited without closing the connection.
-pub(crate) fn is_chunked(value: &[u8]) -> bool {
+fn is_chunked(value: &[u8]) -> bool {
     value
         .rsplit(|b| *b == b',')
         .next()

@@ -28,10 +28,9 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use tokio::net::TcpStream;
 
+use super::CONNECT_TIMEOUT;
 use crate::wire::{self, BodyError, Chunk, Decoder};
 
-/// How long connecting to an instance may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// An idle connection older than this is closed rather than reused: mall's services (hyper)
 /// close a connection that brings no request head for 30 s.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(20);

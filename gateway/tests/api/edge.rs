@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use mall_testkit::TestEnv;
 use mall_testkit::upstream::FakeUpstream;
+use mall_testkit::{TestEnv, TestServer};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -88,6 +88,17 @@ async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool)
     }
 }
 
+/// A gateway in front of a product upstream and one for the other pools.
+async fn gateway() -> (TestEnv, FakeUpstream, FakeUpstream, TestServer) {
+    let env = TestEnv::new().await;
+    let (product, other) = (
+        FakeUpstream::start("product").await,
+        FakeUpstream::start("other").await,
+    );
+    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
+    (env, product, other, gw)
+}
+
 /// Whether the gateway closes the connection (reads end) within a few seconds.
 async fn closes(stream: &mut TcpStream) -> bool {
     let mut rest = Vec::new();
@@ -99,12 +110,7 @@ async fn closes(stream: &mut TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_it_cannot_take_get_json_errors_and_a_closed_connection() {
-    let env = TestEnv::new().await;
-    let (product, other) = (
-        FakeUpstream::start("product").await,
-        FakeUpstream::start("other").await,
-    );
-    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
+    let (_env, product, _other, gw) = gateway().await;
 
     let many: String = (0..101).map(|i| format!("x-h{i}: 1\r\n")).collect();
     let cases = [
@@ -154,12 +160,7 @@ async fn requests_it_cannot_take_get_json_errors_and_a_closed_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_and_pipelined_requests_are_answered_in_order() {
-    let env = TestEnv::new().await;
-    let (product, other) = (
-        FakeUpstream::start("product").await,
-        FakeUpstream::start("other").await,
-    );
-    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
+    let (_env, product, _other, gw) = gateway().await;
 
     let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
     // Two requests in one write, then a HEAD (an answer without a body) and one more: each
@@ -203,12 +204,7 @@ async fn keep_alive_and_pipelined_requests_are_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_reach_the_upstream_in_every_framing() {
-    let env = TestEnv::new().await;
-    let (product, other) = (
-        FakeUpstream::start("product").await,
-        FakeUpstream::start("other").await,
-    );
-    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
+    let (_env, product, _other, gw) = gateway().await;
     let admin = token("1", &["admin"]);
 
     // Chunked: decoded on the way in, streamed to the upstream; the connection closes after.
