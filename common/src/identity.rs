@@ -324,9 +324,23 @@ fn caller(parts: &http::request::Parts) -> Result<Option<Identity>, crate::error
         .extensions
         .get::<IdentityKey>()
         .ok_or_else(|| crate::error::ApiError::internal("IdentityKey extension missing"))?;
-    key.verify(&parts.headers, now_secs()).map_err(|e| {
+    verified(key, &parts.headers)
+}
+
+fn verified(key: &IdentityKey, headers: &HeaderMap) -> Result<Option<Identity>, crate::error::ApiError> {
+    key.verify(headers, now_secs()).map_err(|e| {
         crate::error::ApiError::new(http::StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
     })
+}
+
+fn sign_in_first() -> crate::error::ApiError {
+    crate::error::ApiError::new(http::StatusCode::UNAUTHORIZED, "unauthorized", "sign in first")
+}
+
+/// The signed-in user of a request served outside axum (on the edge), as [`RequireUser`]
+/// finds it: 401 `unauthorized` without a valid gateway-asserted identity.
+pub fn require_user(key: &IdentityKey, headers: &HeaderMap) -> Result<Identity, crate::error::ApiError> {
+    verified(key, headers)?.ok_or_else(sign_in_first)
 }
 
 /// A handler argument for routes that need a signed-in user (401 `unauthorized` otherwise).
@@ -337,9 +351,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequireUser {
     type Rejection = crate::error::ApiError;
 
     async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
-        caller(parts)?.map(Self).ok_or_else(|| {
-            crate::error::ApiError::new(http::StatusCode::UNAUTHORIZED, "unauthorized", "sign in first")
-        })
+        caller(parts)?.map(Self).ok_or_else(sign_in_first)
     }
 }
 

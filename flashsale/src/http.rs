@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::extract::{FromRequest, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
@@ -51,6 +51,8 @@ pub struct Shared {
     pub inventory: Peer,
     /// The sale's settings.
     pub flash: FlashSettings,
+    /// Verifies the gateway-asserted identity of purchases (served outside axum).
+    pub identity: mall_common::identity::IdentityKey,
     /// Signs and verifies purchase tokens (`MALL_FLASHSALE_TOKEN_SECRET`, prepared once).
     pub token_key: domain::TokenKey,
     /// The in-memory catalog.
@@ -81,7 +83,6 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/api/flashsale/sessions/{session_id}/items/{sku_id}/token",
             post(token),
         )
-        .route("/api/flashsale/purchase", post(purchase))
         .route("/openapi.json", get(openapi))
         .with_state(shared)
 }
@@ -323,11 +324,14 @@ async fn next_data(body: &mut axum::body::Body) -> Result<Option<Bytes>, Respons
               (status = 401, description = "unauthorized"), (status = 403, description = "invalid_token"),
               (status = 409, description = "sold_out, limit_exceeded, not_started, ended"),
               (status = 503, description = "overloaded, unavailable (with Retry-After)")))]
-async fn purchase(
-    State(shared): State<Arc<Shared>>,
+///
+/// Served on the edge (`edge.rs`), which gives it the request's server span as `parent`.
+pub(crate) async fn purchase(
+    shared: &Arc<Shared>,
     req: axum::extract::Request,
+    parent: &opentelemetry::Context,
 ) -> Result<Response, ApiError> {
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let body = match whole_body(body).await {
         Ok(body) => body,
         Err(rejection) => return Ok(rejection),
@@ -363,11 +367,11 @@ async fn purchase(
                     .is_some_and(|user| shared.uncertain.contains(user, &p.request_id));
             if !retry_of_uncertain {
                 shared.sold_out_answers.increment(1);
-                return Ok(sold_out(&shared));
+                return Ok(sold_out(shared));
             }
         }
     }
-    let RequireUser(who) = RequireUser::from_request_parts(&mut parts, &()).await?;
+    let who = mall_common::identity::require_user(&shared.identity, &parts.headers)?;
     let p = parsed?;
     let now_ms = Utc::now().timestamp_millis();
     if !shared
@@ -415,6 +419,7 @@ async fn purchase(
         result = tracing::field::Empty,
         left = tracing::field::Empty,
     );
+    let _ = span.set_parent(parent.clone());
     // The admission's trace context goes into the stream entry, so the hand-off continues it.
     let trace = mall_common::telemetry::propagation::traceparent_of(&span.context()).unwrap_or_default();
     let order_id = Uuid::now_v7().to_string();
@@ -483,7 +488,7 @@ async fn purchase(
         Admission::SoldOut { left } => {
             shared.sold_out.learn(p.session_id, p.sku_id, left);
             shared.uncertain.resolve(&who.user_id, &p.request_id);
-            Ok(sold_out(&shared))
+            Ok(sold_out(shared))
         }
         Admission::LimitExceeded => Err(reject(
             "limit_exceeded",

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use mall_common::amqp::Topology;
 use mall_common::amqp::consumer::consume;
+use mall_common::edge::{self, Edge};
 use mall_common::events::{FLASHSALE_EVENTS, ORDER_CANCELLED, ORDER_EVENTS};
+use mall_common::identity::IdentityKey;
 use mall_common::peer::{Peer, client};
 use mall_common::platform::{Needs, Platform};
 use mall_common::server::Server;
@@ -13,9 +15,14 @@ use sqlx::migrate::Migrator;
 use tokio::sync::Semaphore;
 
 use crate::config::{DEFAULTS, DEV_TOKEN_SECRET, Settings};
+use crate::edge::Purchases;
 use crate::http::Shared;
 use crate::live::{Breaker, Catalog, SoldOut};
 use crate::mq::{self, ORDER_EVENTS_QUEUE};
+
+/// Most bytes of request fields the edge accepts (431 `headers_too_large` above): room for a
+/// browser's cookies beside the gateway's identity and trace headers.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// This service's own migrations (the platform's outbox and inbox tables are added to them).
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
@@ -59,6 +66,8 @@ impl Application {
             redis: Some(scripts),
             amqp: Some(topology(flash.delivery_limit)),
         };
+        let stack = settings.platform.stack(DEFAULTS.name);
+        let identity = IdentityKey::new(settings.platform.internal_secret.expose().as_bytes());
         let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
         let cancel = platform.cancel_token();
         let shared = Arc::new(Shared {
@@ -76,6 +85,7 @@ impl Application {
             breaker: Breaker::new(flash.breaker_failures, flash.breaker_open),
             permits: Semaphore::new(flash.max_in_flight),
             cancel: cancel.clone(),
+            identity,
             token_key: crate::domain::TokenKey::new(flash.token_secret.expose().as_bytes()),
             flash,
             // After Platform::start, so they belong to the installed recorder.
@@ -100,7 +110,19 @@ impl Application {
                 }
             },
         ));
-        let server = Server::bind(platform, crate::http::router(shared)).await?;
+        // The purchase route is served on the edge; every other request goes to the router.
+        let purchases = Purchases::new(shared.clone(), stack.service, stack.request_timeout);
+        let edge = Edge::new(
+            Arc::new(purchases),
+            edge::Settings {
+                body_limit: stack.body_limit,
+                max_header_bytes: MAX_HEADER_BYTES,
+                request_timeout: stack.request_timeout,
+            },
+        );
+        let server = Server::bind(platform, crate::http::router(shared))
+            .await?
+            .serve_connections_with(Arc::new(edge));
         Ok(Self { server })
     }
 

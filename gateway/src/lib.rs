@@ -15,10 +15,10 @@
 //! - [`rate_limit`]: local and cluster-wide token buckets.
 //! - [`upstream`]: pools, endpoints, the upstream HTTP/1.1 client, health checks, breaker, retry
 //!   policy.
-//! - [`edge`]: the gateway's own HTTP/1.1 server, which carries every routed request.
+//! - [`edge`]: the gateway's routes on mall-common's HTTP/1.1 edge, which carries every request
+//!   but the health routes.
 //! - [`proxy`]: forwarding one request.
 //! - [`startup`]: building and running the [`Application`].
-//! - `wire`: HTTP/1.1 framing and socket reads shared by the edge and the upstream client.
 
 pub mod auth;
 pub mod config;
@@ -28,7 +28,6 @@ pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod upstream;
-mod wire;
 
 pub use config::Settings;
 pub use startup::Application;

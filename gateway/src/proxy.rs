@@ -17,7 +17,8 @@ use mall_common::telemetry::access::{self, Field};
 use mall_common::telemetry::propagation;
 use tower::BoxError;
 
-use crate::edge::{BodyTooLarge, RequestBodyError};
+use http_body_util::LengthLimitError;
+use mall_common::edge::RequestBodyError;
 
 use crate::auth::{Verifier, now_secs};
 use crate::rate_limit::{Client, RateLimiter};
@@ -66,11 +67,11 @@ pub fn upstream_error(pool: &str, error: &BoxError) -> ApiError {
         )
         .with_retry_after(open.retry_after.as_secs().max(1));
     }
-    if let Some(too_large) = find_cause::<BodyTooLarge>(e) {
+    if find_cause::<LengthLimitError>(e).is_some() {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            too_large.to_string(),
+            "the request body is larger than the gateway accepts (MALL_BODY_LIMIT)",
         );
     }
     if let Some(unreadable) = find_cause::<RequestBodyError>(e) {

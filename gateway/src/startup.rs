@@ -10,11 +10,12 @@ use mall_common::server::Server;
 
 use crate::auth::Verifier;
 use crate::config::{DEFAULTS, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, Settings};
-use crate::edge::{Edge, EdgeServer, EdgeSettings};
+use crate::edge::Routing;
 use crate::proxy::Proxy;
 use crate::rate_limit::{CLUSTER_BUCKET, RateLimiter};
 use crate::routes::PoolName;
 use crate::upstream::{Pool, http_client};
+use mall_common::edge::{self, Edge};
 
 /// A built gateway: listener bound, pools balancing, health checks running.
 pub struct Application {
@@ -63,11 +64,10 @@ impl Application {
             identity_key,
             max_header_bytes: gw.max_header_bytes,
         });
+        let routing = Routing::new(proxy, |route| pools[&route.pool].clone(), stack.service);
         let edge = Edge::new(
-            proxy,
-            |route| pools[&route.pool].clone(),
-            EdgeSettings {
-                service: stack.service,
+            Arc::new(routing),
+            edge::Settings {
                 body_limit: stack.body_limit,
                 max_header_bytes: gw.max_header_bytes,
                 request_timeout: stack.request_timeout,
@@ -77,7 +77,7 @@ impl Application {
         // request is the edge's (`edge.rs`).
         let server = Server::bind(platform, Router::new())
             .await?
-            .serve_connections_with(Arc::new(EdgeServer(Arc::new(edge))));
+            .serve_connections_with(Arc::new(edge));
         Ok(Self { server })
     }
 

@@ -149,6 +149,22 @@ where
     }
 }
 
+/// `answer`'s response, a panic's 500 `internal`, or 504 `timeout` once `timeout` has passed since
+/// `started`, as the standard stack bounds a handler (the timer is only armed if `answer` does
+/// not answer on its first poll): for routes served outside the stack, on the edge.
+pub async fn answer_within(
+    answer: impl Future<Output = Response>,
+    started: Instant,
+    timeout: Duration,
+) -> Response {
+    run(
+        async { Ok::<_, Infallible>(answer.await) },
+        started + timeout,
+        timeout,
+    )
+    .await
+}
+
 /// Polls the handler, catching panics; the timer is only armed if it does not answer at once.
 async fn run<F>(fut: F, deadline: Instant, timeout: Duration) -> Response
 where

@@ -400,12 +400,12 @@ async fn bad_purchases_get_the_right_4xx_and_change_nothing() {
     let over_limit = serde_json::to_vec(&purchase(session, 15, 3, &mine, "pieces")).unwrap();
     let (front, back) = over_limit.split_at(over_limit.len() / 2);
     for chunked in [false, true] {
-        let (status, answer) = raw_purchase(fs, "alice", &[front, back], chunked).await;
+        let (status, answer) = raw_post(fs, PURCHASE, "alice", &[front, back], chunked).await;
         assert_eq!(status, 409, "chunked {chunked}: {answer}");
         assert!(answer.contains(r#""code":"limit_exceeded""#), "{answer}");
     }
     let filler = vec![b' '; 700 * 1024];
-    let (status, answer) = raw_purchase(fs, "alice", &[&filler, &filler], true).await;
+    let (status, answer) = raw_post(fs, PURCHASE, "alice", &[&filler, &filler], true).await;
     assert_eq!(status, 413, "{answer}");
     assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
     assert_eq!(redis_numbers(&env, session, 15).await, (5, 0), "nothing changed");
@@ -660,11 +660,110 @@ async fn late_buyers_of_a_sold_out_item_are_answered_from_memory_before_any_othe
     assert_eq!(redis_numbers(&env, session, 15).await, (0, 1));
 }
 
-/// `POST /api/flashsale/purchase` over a plain connection, the body written in `pieces` (a
-/// pause after each, so they arrive as separate reads) with a `Content-Length` or chunked;
-/// returns the status and the whole response as text.
-async fn raw_purchase(
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purchase_route_on_the_edge_keeps_the_contract_of_the_standard_stack() {
+    let env = TestEnv::new().await;
+    let sale = sale(
+        &env,
+        &[15],
+        5,
+        Options {
+            flash: &[("MALL_FLASHSALE_SOLD_OUT_TTL", "60s")],
+            single: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 15, "price_cents": 500, "quantity": 1, "per_user_limit": 1}]),
+    )
+    .await;
+    let fs = &sale.fs[0];
+    let t = token_ok(fs, "first", session, 15).await;
+    let (status, _) = buy_patiently(fs, "first", purchase(session, 15, 1, &t, "f")).await;
+    assert_eq!(status, 202);
+
+    // Every answer is counted under the route, as the standard stack counts its routes (the
+    // recorder is the test process's: other tests' purchases count there too, none of them
+    // with another method).
+    let count = |method: &'static str, status: &'static str| async move {
+        let metrics = fs.client().get(fs.url("/metrics")).send().await.unwrap();
+        let metrics = metrics.text().await.unwrap();
+        let labels = [
+            format!(r#"method="{method}""#),
+            r#"route="/api/flashsale/purchase""#.to_owned(),
+            format!(r#"status="{status}""#),
+        ];
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("http_server_requests_total{")
+                    && labels.iter().all(|label| l.contains(label.as_str()))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let sold_out_before = count("POST", "409").await;
+    assert!(count("POST", "202").await >= 1);
+
+    // The caller's request id comes back on the answer from memory; one is made when it sent none.
+    let late = crate::helpers::user(fs.client().post(fs.url(PURCHASE)), "late")
+        .header("x-request-id", "late-buyer-1")
+        .json(&purchase(session, 15, 1, &t, "l"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 409);
+    assert_eq!(late.headers()["x-request-id"], "late-buyer-1");
+    assert_eq!(late.headers()["content-type"], "application/json");
+    let body: serde_json::Value = late.json().await.unwrap();
+    assert_eq!(body["code"], "sold_out");
+    let made = fs
+        .client()
+        .post(fs.url(PURCHASE))
+        .json(&purchase(session, 15, 1, &t, "m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 409);
+    let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+
+    // Another method on the route: 405 with `Allow`, as axum's router answered it.
+    let other = fs.client().get(fs.url(PURCHASE)).send().await.unwrap();
+    assert_eq!(other.status(), 405);
+    assert_eq!(other.headers()["allow"], "POST");
+    let body: serde_json::Value = other.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
+
+    assert!(count("POST", "409").await >= sold_out_before + 2);
+    assert_eq!(count("GET", "405").await, 1);
+
+    // A request the edge leaves to the router still meets the body limit, streamed or not.
+    let filler = vec![b' '; 700 * 1024];
+    let (status, answer) = raw_post(
+        fs,
+        "/admin/flashsale/sessions",
+        "admin",
+        &[&filler, &filler],
+        true,
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
+    assert_eq!(redis_numbers(&env, session, 15).await, (0, 1), "nothing changed");
+}
+
+const PURCHASE: &str = "/api/flashsale/purchase";
+
+/// `POST path` over a plain connection as `user` (an admin when it is `admin`), the body
+/// written in `pieces` (a pause after each, so they arrive as separate reads) with a
+/// `Content-Length` or chunked; returns the status and the whole response as text.
+async fn raw_post(
     fs: &mall_testkit::TestServer,
+    path: &str,
     user: &str,
     pieces: &[&[u8]],
     chunked: bool,
@@ -674,7 +773,11 @@ async fn raw_purchase(
     let now = Utc::now().timestamp() as u64;
     let who = mall_common::identity::Identity {
         user_id: user.into(),
-        roles: Vec::new(),
+        roles: if user == "admin" {
+            vec!["admin".into()]
+        } else {
+            Vec::new()
+        },
     };
     mall_common::identity::assert_identity(
         &mut identity,
@@ -683,7 +786,7 @@ async fn raw_purchase(
         now,
     )
     .unwrap();
-    let mut head = String::from("POST /api/flashsale/purchase HTTP/1.1\r\nhost: mall\r\n");
+    let mut head = format!("POST {path} HTTP/1.1\r\nhost: mall\r\n");
     head.push_str("content-type: application/json\r\nconnection: close\r\n");
     for (name, value) in &identity {
         head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));

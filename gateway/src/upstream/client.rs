@@ -29,7 +29,7 @@ use http_body_util::BodyExt as _;
 use tokio::net::TcpStream;
 
 use super::CONNECT_TIMEOUT;
-use crate::wire::{self, BodyError, Chunk, Decoder};
+use mall_common::wire::{self, BodyError, Chunk, Decoder};
 
 /// An idle connection older than this is closed rather than reused: mall's services (hyper)
 /// close a connection that brings no request head for 30 s.

@@ -14,14 +14,14 @@
 
 use std::borrow::Cow;
 
+use crate::telemetry::propagation;
 use http::{HeaderMap, StatusCode};
-use mall_common::telemetry::propagation;
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 
 /// One request's server span, ended by [`ServerSpan::end`] (or, unended, when dropped).
-pub(super) struct ServerSpan {
+pub struct ServerSpan {
     cx: Context,
     /// The request carried a trace context of its own (now the span's parent).
     carried: bool,
@@ -66,18 +66,18 @@ impl ServerSpan {
     }
 
     /// The span's context: injected upstream, and the trace id of the request's log lines.
-    pub(super) fn context(&self) -> &Context {
+    pub fn context(&self) -> &Context {
         &self.cx
     }
 
     /// Whether the request carried a trace context (whose headers must not go upstream beside
     /// the span's own).
-    pub(super) fn carried(&self) -> bool {
+    pub fn carried(&self) -> bool {
         self.carried
     }
 
     /// Records the status and ends the span.
-    pub(super) fn end(self, status: StatusCode) {
+    pub fn end(self, status: StatusCode) {
         let span = self.cx.span();
         span.set_attribute(KeyValue::new(
             "http.response.status_code",

@@ -17,7 +17,7 @@ const MAX_LINE: usize = 4096;
 
 /// How a message body is delimited (RFC 9112 6.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Decoder {
+pub enum Decoder {
     /// `Content-Length`: this many bytes are still to come.
     Length(u64),
     /// `Transfer-Encoding: chunked`.
@@ -30,7 +30,7 @@ pub(crate) enum Decoder {
 
 /// Where a chunked decoder is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Chunk {
+pub enum Chunk {
     /// Reading a chunk-size line.
     Size,
     /// Inside a chunk's data, this many bytes to go.
@@ -43,7 +43,7 @@ pub(crate) enum Chunk {
 
 /// What one decoding step found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Step {
+pub enum Step {
     /// Body bytes.
     Data(Bytes),
     /// The buffer holds no more of the body; read more.
@@ -54,7 +54,7 @@ pub(crate) enum Step {
 
 /// A body the peer framed wrongly.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FramingError {
+pub enum FramingError {
     /// A chunk-size line that is not hexadecimal, or too long.
     #[error("invalid chunk size line")]
     ChunkSize,
@@ -68,7 +68,7 @@ pub(crate) enum FramingError {
 
 impl Decoder {
     /// Takes the next piece of the body out of `buf`.
-    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, FramingError> {
+    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, FramingError> {
         match self {
             Self::Done | Self::Length(0) => {
                 *self = Self::Done;
@@ -141,7 +141,7 @@ impl Decoder {
 
     /// What the peer closing the connection means here: the end of a body read until close,
     /// a truncated body otherwise.
-    pub(crate) fn at_eof(&mut self) -> Result<Step, FramingError> {
+    pub fn at_eof(&mut self) -> Result<Step, FramingError> {
         match self {
             Self::Close | Self::Done | Self::Length(0) => {
                 *self = Self::Done;
@@ -152,7 +152,7 @@ impl Decoder {
     }
 
     /// Bytes still to come, when known.
-    pub(crate) fn remaining(&self) -> Option<u64> {
+    pub fn remaining(&self) -> Option<u64> {
         match self {
             Self::Length(n) => Some(*n),
             Self::Done => Some(0),
@@ -163,7 +163,7 @@ impl Decoder {
 
 /// A body read off a connection failed: the connection, or the peer's framing.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum BodyError {
+pub enum BodyError {
     /// Reading failed.
     #[error("reading the body: {0}")]
     Io(#[from] io::Error),
@@ -174,7 +174,7 @@ pub(crate) enum BodyError {
 
 /// The next piece of a body from `buf`, reading from `stream` when `buf` runs dry:
 /// `Ready(None)` once the decoder has seen its end.
-pub(crate) fn poll_body(
+pub fn poll_body(
     stream: &TcpStream,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
@@ -213,11 +213,7 @@ pub(crate) fn poll_body(
 /// arriving meanwhile: the readiness is cleared only if the reactor has reported nothing new
 /// since it was read before the read (tokio's readiness tick), and a report still to come sets
 /// it again.
-pub(crate) fn poll_read(
-    stream: &TcpStream,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
+pub fn poll_read(stream: &TcpStream, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
     loop {
         match stream.poll_read_ready(cx) {
             Poll::Pending => return Poll::Pending,
@@ -243,7 +239,7 @@ pub(crate) fn poll_read(
 }
 
 /// Reads once into `buf` (0: the peer closed).
-pub(crate) async fn read(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+pub async fn read(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(8 * 1024);
     }
@@ -251,7 +247,7 @@ pub(crate) async fn read(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<u
 }
 
 /// Writes all of `data`, trying at once and waiting for the socket only when it is full.
-pub(crate) async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+pub async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match stream.try_write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -308,7 +304,7 @@ fn push_chunk_head(out: &mut Vec<u8>, len: usize) {
 }
 
 /// The last chunk and the empty trailer section.
-pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// A `Content-Length` value: digits only (no sign, no spaces inside, not empty).
 fn content_length(value: &[u8]) -> Option<u64> {
@@ -319,7 +315,7 @@ fn content_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Writes one chunk of a chunked body (`scratch` holds its size line).
-pub(crate) async fn write_chunk(stream: &TcpStream, scratch: &mut Vec<u8>, data: &[u8]) -> io::Result<()> {
+pub async fn write_chunk(stream: &TcpStream, scratch: &mut Vec<u8>, data: &[u8]) -> io::Result<()> {
     scratch.clear();
     push_chunk_head(scratch, data.len());
     write_all(stream, scratch).await?;
@@ -328,7 +324,7 @@ pub(crate) async fn write_chunk(stream: &TcpStream, scratch: &mut Vec<u8>, data:
 }
 
 /// Appends one header field line.
-pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -337,7 +333,7 @@ pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Where the head at the front of `buf` ends (after its empty line), if it is all there. Lines
 /// may end in CRLF or, as httparse also takes, a bare LF.
-pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
+pub fn head_end(buf: &[u8]) -> Option<usize> {
     for i in memchr::memchr_iter(b'\n', buf) {
         match buf.get(i + 1) {
             Some(b'\n') => return Some(i + 2),
@@ -351,17 +347,17 @@ pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
 /// What a head's framing and connection fields say, gathered as its fields are read (the same
 /// for a request and an answer).
 #[derive(Debug, Default)]
-pub(crate) struct Framing {
+pub struct Framing {
     /// `Content-Length`, when given.
-    pub(crate) length: Option<u64>,
+    pub length: Option<u64>,
     /// A `Transfer-Encoding` was given.
-    pub(crate) encoded: bool,
+    pub encoded: bool,
     /// ... and it ends in chunked.
-    pub(crate) chunked: bool,
+    pub chunked: bool,
     /// `Connection: close`.
-    pub(crate) close: bool,
+    pub close: bool,
     /// `Connection: keep-alive`.
-    pub(crate) keep_alive: bool,
+    pub keep_alive: bool,
     /// A `Connection` value naming further headers to drop.
     names: Option<Bytes>,
 }
@@ -370,7 +366,7 @@ impl Framing {
     /// Reads one field; `Ok(true)` when it is the connection's own (hop-by-hop, never
     /// forwarded). `Content-Length` is read and forwarded; a malformed or conflicting one is
     /// refused.
-    pub(crate) fn read(&mut self, name: &HeaderName, value: &Bytes) -> Result<bool, &'static str> {
+    pub fn read(&mut self, name: &HeaderName, value: &Bytes) -> Result<bool, &'static str> {
         if *name == header::CONTENT_LENGTH {
             let n = content_length(value).ok_or("invalid content-length")?;
             if self.length.is_some_and(|l| l != n) {
@@ -396,7 +392,7 @@ impl Framing {
     }
 
     /// Drops from `headers` the ones a `Connection` field named.
-    pub(crate) fn drop_named(&self, headers: &mut HeaderMap) {
+    pub fn drop_named(&self, headers: &mut HeaderMap) {
         if let Some(connection) = &self.names {
             drop_named_by_connection(headers, connection);
         }

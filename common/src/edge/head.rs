@@ -5,10 +5,10 @@
 
 use std::mem::MaybeUninit;
 
+use crate::error::ApiError;
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
-use mall_common::error::ApiError;
 
 use crate::wire::{self, Chunk, Decoder};
 
