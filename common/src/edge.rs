@@ -418,27 +418,30 @@ impl Observer {
 
 /// `METHOD route`: static for the usual methods (made once per route), joined otherwise.
 fn span_name(method: &Method, route: &'static str) -> Cow<'static, str> {
-    use std::collections::HashMap;
-    use std::sync::{LazyLock, RwLock};
-    static NAMES: LazyLock<RwLock<HashMap<(&'static str, &'static str), &'static str>>> =
-        LazyLock::new(RwLock::default);
+    use std::sync::RwLock;
+    // A list, not a hash map: a handful of routes per service, and hashing the key with the
+    // standard library's SipHash cost more than the scan.
+    static NAMES: RwLock<Vec<(&'static str, &'static str, &'static str)>> = RwLock::new(Vec::new());
     let method_str = method_label(method);
     if method_str == "other" {
         return Cow::Owned(format!("{method} {route}"));
     }
-    if let Some(name) = NAMES
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&(method_str, route))
-    {
+    let find = |names: &[(&'static str, &'static str, &'static str)]| {
+        names
+            .iter()
+            .find(|(m, r, _)| *m == method_str && *r == route)
+            .map(|(_, _, name)| *name)
+    };
+    if let Some(name) = find(&NAMES.read().unwrap_or_else(|e| e.into_inner())) {
+        return Cow::Borrowed(name);
+    }
+    let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(name) = find(&names) {
         return Cow::Borrowed(name);
     }
     // Bounded: the route labels times seven methods.
     let name: &'static str = Box::leak(format!("{method_str} {route}").into_boxed_str());
-    NAMES
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert((method_str, route), name);
+    names.push((method_str, route, name));
     Cow::Borrowed(name)
 }
 

@@ -21,8 +21,8 @@ use crate::telemetry::propagation;
 
 pub use extract::{Json, Path, Query};
 pub use stack::{
-    answer_within, ensure_request_id, method_label, panic_response, status_label, with_json_error_body,
-    with_request_id,
+    answer_within, ensure_request_id, method_label, panic_response, request_id, status_label,
+    with_json_error_body, with_request_id,
 };
 pub use timed::Timed;
 

@@ -9,6 +9,7 @@
 //! request timeout (504) and panic catching, the JSON error contract, the failure log line and
 //! the route's metrics.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use mall_common::edge::{Conn, Observer, RouteLabel, Routes};
 use mall_common::error::ApiError;
-use mall_common::http::{answer_within, ensure_request_id, with_json_error_body};
+use mall_common::http::{answer_within, request_id, with_json_error_body};
 
 use crate::http::{Shared, purchase};
 
@@ -44,17 +45,21 @@ impl Purchases {
         }
     }
 
-    async fn purchase(&self, mut req: Request<Body>) -> Response {
+    async fn purchase(&self, req: Request<Body>) -> Response {
         let started = Instant::now();
-        let request_id = ensure_request_id(req.headers_mut());
+        // Echoed on the answer and named by the span; the handler does not read it, so it is
+        // not inserted into the request's headers.
+        let request_id = request_id(req.headers());
         let method = req.method().clone();
         let span = self.observer.span(&req, PURCHASE, &request_id);
         let res = if method == Method::POST {
-            let answer = async {
+            // Pinned here and lent: moved into the timeout's future by value, it would be
+            // copied at each step and held twice (its argument, and pinned).
+            let answer = pin!(async {
                 purchase(&self.shared, req, span.context())
                     .await
                     .unwrap_or_else(IntoResponse::into_response)
-            };
+            });
             answer_within(answer, started, self.timeout).await
         } else {
             method_not_allowed()

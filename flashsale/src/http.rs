@@ -284,7 +284,8 @@ fn reject(reason: &'static str, e: ApiError) -> ApiError {
 async fn whole_body(mut body: axum::body::Body) -> Result<Bytes, Response> {
     use axum::body::HttpBody as _;
     if body.size_hint().exact().is_none() {
-        return Bytes::from_request(axum::extract::Request::new(body), &())
+        // Boxed: axum's collecting future would otherwise make every purchase's future larger.
+        return Box::pin(Bytes::from_request(axum::extract::Request::new(body), &()))
             .await
             .map_err(IntoResponse::into_response);
     }
@@ -387,6 +388,20 @@ pub(crate) async fn purchase(
             ),
         ));
     }
+    // Boxed: the admission's future (the script call, its timeout) is most of this one's
+    // size, and the edge moves the purchase's future several times before it first polls it,
+    // a copy per move that late buyers, who never get here, would pay for too.
+    Box::pin(admit(shared, &who.user_id, &p, now_ms, parent)).await
+}
+
+/// The admission of a verified purchase: the in-flight limit, the breaker, then the script.
+async fn admit(
+    shared: &Arc<Shared>,
+    user_id: &str,
+    p: &Purchase<'_>,
+    now_ms: i64,
+    parent: &opentelemetry::Context,
+) -> Result<Response, ApiError> {
     let Ok(_permit) = shared.permits.try_acquire() else {
         return Err(reject(
             "overloaded",
@@ -428,7 +443,7 @@ pub(crate) async fn purchase(
         .get()
         .item_keys(&shared.redis, p.session_id, p.sku_id);
     let attempt = Attempt {
-        user_id: &who.user_id,
+        user_id,
         request_id: &p.request_id,
         quantity: p.quantity,
         now_ms,
@@ -451,14 +466,14 @@ pub(crate) async fn purchase(
                 e,
                 mall_common::redis::RedisError::Command(_) | mall_common::redis::RedisError::Reply(_)
             ) {
-                shared.uncertain.add(&who.user_id, &p.request_id);
+                shared.uncertain.add(user_id, &p.request_id);
             }
             span.record("result", "redis_error");
             return Err(reject("unavailable", ApiError::unavailable(e)));
         }
         Err(_) => {
             shared.breaker.record(permit, false);
-            shared.uncertain.add(&who.user_id, &p.request_id);
+            shared.uncertain.add(user_id, &p.request_id);
             span.record("result", "redis_timeout");
             return Err(reject(
                 "unavailable",
@@ -487,7 +502,7 @@ pub(crate) async fn purchase(
         Admission::Repeat { order_id } => Ok(accepted(&order_id)),
         Admission::SoldOut { left } => {
             shared.sold_out.learn(p.session_id, p.sku_id, left);
-            shared.uncertain.resolve(&who.user_id, &p.request_id);
+            shared.uncertain.resolve(user_id, &p.request_id);
             Ok(sold_out(shared))
         }
         Admission::LimitExceeded => Err(reject(

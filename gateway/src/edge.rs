@@ -153,7 +153,10 @@ impl Routes for Routing {
         }
         Ok(async move {
             match routed {
-                Some((entry, below)) => self.proxied(entry, below, req, &conn.client).await,
+                // Boxed: the proxy's future is most of this one's size, and the edge moves this
+                // one by value several times before it first polls it (a copy each time, which
+                // requests answered here would pay for too).
+                Some((entry, below)) => Box::pin(self.proxied(entry, below, req, &conn.client)).await,
                 None => self.unrouted(req, &conn.client),
             }
         })

@@ -77,8 +77,11 @@ pub(super) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>,
     let mut framing = wire::Framing::default();
     let mut expects_continue = false;
     for field in req.headers.iter() {
-        let name =
-            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| bad_request("invalid header name"))?;
+        let name = match known(field.name.as_bytes()) {
+            Some(name) => name.clone(),
+            None => HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| bad_request("invalid header name"))?,
+        };
         let value = head.slice_ref(field.value);
         if name == header::EXPECT {
             if !value.eq_ignore_ascii_case(b"100-continue") {
@@ -118,6 +121,44 @@ pub(super) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>,
         keep_alive,
         expects_continue,
     }))
+}
+
+/// The non-standard fields mall's requests carry. `HeaderName::from_bytes` copies such a name
+/// into an allocation of its own on every request; one of these is a clone of a static name.
+static KNOWN: [HeaderName; 11] = [
+    HeaderName::from_static(KNOWN_NAMES[0]),
+    HeaderName::from_static(KNOWN_NAMES[1]),
+    HeaderName::from_static(KNOWN_NAMES[2]),
+    HeaderName::from_static(KNOWN_NAMES[3]),
+    HeaderName::from_static(KNOWN_NAMES[4]),
+    HeaderName::from_static(KNOWN_NAMES[5]),
+    HeaderName::from_static(KNOWN_NAMES[6]),
+    HeaderName::from_static(KNOWN_NAMES[7]),
+    HeaderName::from_static(KNOWN_NAMES[8]),
+    HeaderName::from_static(KNOWN_NAMES[9]),
+    HeaderName::from_static(KNOWN_NAMES[10]),
+];
+/// [`KNOWN`] as text, for the lookup: a length compared first rules out most names at once
+/// (a `HeaderName` must be matched on its representation to tell its length).
+const KNOWN_NAMES: [&str; 11] = [
+    "x-mall-identity",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+];
+
+fn known(name: &[u8]) -> Option<&'static HeaderName> {
+    KNOWN_NAMES
+        .iter()
+        .position(|k| k.len() == name.len() && k.as_bytes().eq_ignore_ascii_case(name))
+        .map(|i| &KNOWN[i])
 }
 
 fn bad_request(message: &str) -> ApiError {
@@ -165,6 +206,22 @@ mod tests {
             b"helloGET",
             "the body and what follows stay in the buffer"
         );
+    }
+
+    #[test]
+    fn mall_s_own_fields_are_found_whatever_their_case() {
+        let head = parsed("GET / HTTP/1.1\r\nX-Mall-Identity: v1\r\nTRACEPARENT: 00\r\nx-b3: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.headers["x-mall-identity"], "v1");
+        assert_eq!(head.headers["traceparent"], "00");
+        assert_eq!(
+            head.headers["x-b3"], "1",
+            "a name that only starts like a known one"
+        );
+        assert!(known(b"X-Request-Id").is_some_and(|n| n == "x-request-id"));
+        assert!(known(b"x-request-i").is_none());
+        assert!(known(b"x-request-idx").is_none());
     }
 
     #[test]

@@ -48,16 +48,20 @@ impl ServerSpan {
         } else {
             Context::new()
         };
+        // Room for the status set at the end: the span keeps this vector, and a sixth
+        // attribute pushed onto five would reallocate and copy it on every request.
+        let mut attributes = Vec::with_capacity(6);
+        attributes.extend([
+            KeyValue::new("service", req.service),
+            KeyValue::new("http.request.method", req.method),
+            KeyValue::new("http.route", req.route),
+            KeyValue::new("url.path", req.path.to_owned()),
+            KeyValue::new("request_id", req.request_id.to_owned()),
+        ]);
         let span = tracer
             .span_builder(req.name)
             .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("service", req.service),
-                KeyValue::new("http.request.method", req.method),
-                KeyValue::new("http.route", req.route),
-                KeyValue::new("url.path", req.path.to_owned()),
-                KeyValue::new("request_id", req.request_id.to_owned()),
-            ])
+            .with_attributes(attributes)
             .start_with_context(tracer, &parent);
         Self {
             cx: parent.with_span(span),

@@ -251,18 +251,33 @@ impl Shared {
 
 /// Keeps a usable caller-sent request id or sets a new UUID; returns the one in force.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(REQUEST_ID)
-        && !id.is_empty()
-        && id.len() <= MAX_REQUEST_ID
-        && id.to_str().is_ok()
-    {
-        return id.clone();
+    match callers_request_id(headers) {
+        Some(id) => id,
+        None => {
+            let id = new_request_id();
+            headers.insert(REQUEST_ID, id.clone());
+            id
+        }
     }
+}
+
+/// The request id in force, as [`ensure_request_id`] decides it, for a handler that passes it on
+/// itself rather than through the request's headers (nothing is inserted).
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    callers_request_id(headers).unwrap_or_else(new_request_id)
+}
+
+fn callers_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers
+        .get(REQUEST_ID)
+        .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.to_str().is_ok())
+        .cloned()
+}
+
+fn new_request_id() -> HeaderValue {
     let mut buf = Uuid::encode_buffer();
-    let id = HeaderValue::from_str(Uuid::new_v4().hyphenated().encode_lower(&mut buf))
-        .expect("a UUID is a valid header value");
-    headers.insert(REQUEST_ID, id.clone());
-    id
+    HeaderValue::from_str(Uuid::new_v4().hyphenated().encode_lower(&mut buf))
+        .expect("a UUID is a valid header value")
 }
 
 /// Echoes the request id on a response that does not name one.
@@ -357,7 +372,9 @@ pub async fn with_json_error_body(res: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_json(&res) {
         return res;
     }
-    to_json_error(res).await
+    // Boxed: rare, and its collecting future would otherwise make every caller's future larger
+    // (the edge moves its routes' futures by value).
+    Box::pin(to_json_error(res)).await
 }
 
 async fn to_json_error(res: Response) -> Response {
