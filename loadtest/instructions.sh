@@ -7,7 +7,10 @@
 #   - mall-product answering `GET /api/products/0` directly (the upstream's own cost);
 #   - mall-gateway proxying it to a mall-product outside valgrind (the gateway's cost alone);
 #   - nginx proxying it the same way (one worker process, the gateway.sh configuration);
-#   - mall-gateway's own 404 (`GET /nowhere`, the reference of flashsale.sh's sold-out target).
+#   - mall-gateway's own 404 (`GET /nowhere`, the reference of flashsale.sh's sold-out target);
+#   - mall-flashsale answering a late buyer of a sold-out item (`POST /api/flashsale/purchase`
+#     with a gateway-signed identity, the request flashsale.sh measures), beside a mall-inventory
+#     outside valgrind; its background jobs run as configured by default.
 # Each count is the whole process's (every thread: the upstream connections' tasks, health
 # checks, the log writer) from a reset after a warm-up to a dump after the measured run,
 # divided by the requests wrk made. Writes results/instructions-<timestamp>.md (and -latest).
@@ -24,6 +27,8 @@ PRODUCT_PORT=18081
 GATEWAY_PORT=18096
 NGINX_PORT=18097
 DIRECT_PORT=18098
+INVENTORY_PORT=18082
+FLASH_PORT=18099
 TARGET_PATH=/api/products/0
 
 ensure_tools wrk
@@ -32,7 +37,7 @@ if ! command -v valgrind >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; 
   say "installing valgrind and nginx (Debian packages)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nginx-light >/dev/null
 fi
-ensure_ports_free $PRODUCT_PORT $GATEWAY_PORT $NGINX_PORT $DIRECT_PORT
+ensure_ports_free $PRODUCT_PORT $GATEWAY_PORT $NGINX_PORT $DIRECT_PORT $INVENTORY_PORT $FLASH_PORT
 build_and_deps
 
 export MALL_REDIS_PREFIX=bench: MALL_AMQP_PREFIX=bench. MALL_DATABASE_SCHEMA=bench_product
@@ -55,18 +60,22 @@ under_callgrind() { # name [VAR=value...] command... : starts it under callgrind
   PIDS+=("$CG_PID")
 }
 
-count() { # name url status : one path's instructions per request into $RUN/name.count
-  local name=$1 url=$2 status=$3 got
-  for ((i = 0; i < 480; i++)); do
-    got=$(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null || true)
-    [ "$got" = "$status" ] && break
-    sleep 0.25
-  done
-  [ "$got" = "$status" ] || { echo "$name: $url answered $got, not $status" >&2; exit 1; }
-  wrk -t1 -c8 -d3s "$url" >/dev/null
+count() { # name url status [wrk script] : one path's instructions per request into $RUN/name.count
+  # (with a script, the caller has checked the answer: wrk sends what the script sets)
+  local name=$1 url=$2 status=$3 script=() got
+  [ $# -ge 4 ] && script=(-s "$4")
+  if [ ${#script[@]} -eq 0 ]; then
+    for ((i = 0; i < 480; i++)); do
+      got=$(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null || true)
+      [ "$got" = "$status" ] && break
+      sleep 0.25
+    done
+    [ "$got" = "$status" ] || { echo "$name: $url answered $got, not $status" >&2; exit 1; }
+  fi
+  wrk -t1 -c8 -d3s "${script[@]}" "$url" >/dev/null
   callgrind_control -z "$CG_PID" >/dev/null
   say "$name: $url under callgrind, $DURATION"
-  wrk -t1 -c8 -d"$DURATION" "$url" >"$RUN/$name.wrk"
+  wrk -t1 -c8 -d"$DURATION" "${script[@]}" "$url" >"$RUN/$name.wrk"
   callgrind_control -d "$CG_PID" >/dev/null
   local dump
   for ((i = 0; i < 40; i++)); do
@@ -99,6 +108,59 @@ count nginx "http://127.0.0.1:$NGINX_PORT$TARGET_PATH" 404
 under_callgrind gateway404 "${gateway_env[@]}" "$ROOT/target/release/mall-gateway"
 count gateway404 "http://127.0.0.1:$GATEWAY_PORT/nowhere" 404
 
+# The sold-out answer: a one-unit session, its unit bought, then late buyers.
+say "starting mall-inventory on :$INVENTORY_PORT and mall-flashsale under callgrind on :$FLASH_PORT"
+PG="postgres://postgres:postgres@127.0.0.1:5432/mall?sslmode=disable"
+for schema in bench_inventory bench_flashsale; do psql "$PG" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1; done
+redis-cli --scan --pattern "bench:fs:*" | xargs -r redis-cli del >/dev/null
+start inventory mall-inventory MALL_HTTP_ADDR=127.0.0.1:$INVENTORY_PORT MALL_DATABASE_SCHEMA=bench_inventory
+under_callgrind soldout MALL_HTTP_THREADS=1 MALL_HTTP_ADDR=127.0.0.1:$FLASH_PORT MALL_DATABASE_SCHEMA=bench_flashsale \
+  MALL_INVENTORY_URLS=http://127.0.0.1:$INVENTORY_PORT "$ROOT/target/release/mall-flashsale"
+wait_ready "http://127.0.0.1:$INVENTORY_PORT/readyz"
+wait_ready "http://127.0.0.1:$FLASH_PORT/readyz"
+identity() { # user roles -> the gateway-signed identity header (mall_common::identity), as "name: value"
+  python3 - "$1" "$2" mall-dev-internal-secret-change-me <<'PY'
+import hashlib, hmac, sys, time
+user, roles, secret = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+signed = f"{int(time.time())};{roles};{user}"
+sig = hmac.new(secret, f"v1;{signed}".encode(), hashlib.sha256).hexdigest()
+print(f"x-mall-identity: v1;{sig};{signed}")
+PY
+}
+FS="http://127.0.0.1:$FLASH_PORT"
+admin=$(identity bench-admin admin)
+buyer=$(identity bench-late buyer)
+json='Content-Type: application/json'
+curl -fsS -o /dev/null -X POST "http://127.0.0.1:$INVENTORY_PORT/admin/stock/1/receive" -H "$admin" -H "$json" -d '{"quantity":10}'
+starts=$(date -u -d '-2 seconds' +%Y-%m-%dT%H:%M:%SZ)
+ends=$(date -u -d '+30 minutes' +%Y-%m-%dT%H:%M:%SZ)
+session=$(curl -fsS -X POST "$FS/admin/flashsale/sessions" -H "$admin" -H "$json" \
+  -d "{\"starts_at\":\"$starts\",\"ends_at\":\"$ends\",\"items\":[{\"sku_id\":1,\"price_cents\":990,\"quantity\":1,\"per_user_limit\":1}]}" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["session_id"])')
+for ((i = 0; i < 240; i++)); do
+  curl -fsS "$FS/api/flashsale/sessions" | grep -q "\"session_id\":$session" && break
+  sleep 0.25
+done
+token=$(curl -fsS -X POST "$FS/api/flashsale/sessions/$session/items/1/token" -H "$buyer" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+buy() { # request id -> the purchase's status
+  curl -sS -o /dev/null -w '%{http_code}' -X POST "$FS/api/flashsale/purchase" -H "$buyer" -H "$json" \
+    -d "{\"session_id\":$session,\"sku_id\":1,\"quantity\":1,\"token\":\"$token\",\"request_id\":\"$1\"}"
+}
+for ((i = 0; i < 120; i++)); do first=$(buy first); [ "$first" = 202 ] && break; sleep 0.25; done
+[ "$first" = 202 ] || { echo "the session's one unit could not be bought ($first)" >&2; exit 1; }
+late=$(buy late)
+[ "$late" = 409 ] || { echo "a late buyer was answered $late, not 409 sold_out" >&2; exit 1; }
+python3 - "$RUN/late.lua" "$buyer" "{\"session_id\":$session,\"sku_id\":1,\"quantity\":1,\"token\":\"$token\",\"request_id\":\"late\"}" <<'PY'
+import json, sys
+out, header, body = sys.argv[1:4]
+name, value = header.split(":", 1)
+open(out, "w").write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                     f'wrk.headers[{json.dumps(name)}] = {json.dumps(value.strip())}\n'
+                     'wrk.headers["Content-Type"] = "application/json"\n')
+PY
+count soldout "$FS/api/flashsale/purchase" 409 "$RUN/late.lua"
+
 mkdir -p "$RESULTS"
 stamp=$(date -u +%Y%m%d-%H%M%S)
 report="$RESULTS/instructions-$stamp.md"
@@ -112,6 +174,7 @@ rows = [
     ("gateway", f"mall-gateway proxying `GET {path}`"),
     ("nginx", f"nginx (one worker) proxying `GET {path}`"),
     ("gateway404", "mall-gateway, its own 404 (`GET /nowhere`)"),
+    ("soldout", "mall-flashsale, a late buyer's 409 `sold_out` (`POST /api/flashsale/purchase`)"),
 ]
 counts = {}
 for name, _ in rows:
@@ -128,7 +191,9 @@ print("| path | requests | instructions per request | / nginx's |\n|---|---:|---
 for name, label in rows:
     print(f"| {label} | {counts[name][1]} | {per[name]:,.0f} | {per[name] / per['nginx']:.2f} |")
 print(f"\nThe gateway spends **{per['gateway'] / per['nginx']:.2f}x** nginx's instructions on the same proxied request")
-print(f"({per['gateway'] - per['nginx']:,.0f} more). Reproduce: `loadtest/instructions.sh`.")
+print(f"({per['gateway'] - per['nginx']:,.0f} more). The sold-out answer costs {per['soldout'] / per['gateway404']:.2f} times")
+print("the gateway's 404 (flashsale.sh's rejected-path reference; a late buyer's request is a POST with a body and")
+print("three more header fields). Reproduce: `loadtest/instructions.sh`.")
 PY
 cp "$report" "$RESULTS/instructions-latest.md"
 cat "$report"

@@ -605,29 +605,8 @@ async fn sessions_reserve_their_stock_or_fail_cleanly_and_give_back_what_is_unso
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_buyers_of_a_sold_out_item_are_answered_from_memory_before_any_other_check() {
     let env = TestEnv::new().await;
-    let sale = sale(
-        &env,
-        &[15],
-        5,
-        Options {
-            // Long enough that the flag cannot lapse between the requests below.
-            flash: &[("MALL_FLASHSALE_SOLD_OUT_TTL", "60s")],
-            single: true,
-            ..Options::default()
-        },
-    )
-    .await;
-    let session = running(
-        &sale,
-        10,
-        json!([{"sku_id": 15, "price_cents": 500, "quantity": 1, "per_user_limit": 1}]),
-    )
-    .await;
+    let (sale, session) = sold_out_item(&env).await;
     let fs = &sale.fs[0];
-    let t = token_ok(fs, "first", session, 15).await;
-    let (status, _) = buy_patiently(fs, "first", purchase(session, 15, 1, &t, "f")).await;
-    assert_eq!(status, 202);
-    assert_eq!(redis_numbers(&env, session, 15).await, (0, 1));
 
     // The last unit's admission set the flag: a signed-in late buyer, a request with no identity
     // at all and one with a forged token all get the same public answer, and Redis is not asked.
@@ -663,27 +642,9 @@ async fn late_buyers_of_a_sold_out_item_are_answered_from_memory_before_any_othe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_purchase_route_on_the_edge_keeps_the_contract_of_the_standard_stack() {
     let env = TestEnv::new().await;
-    let sale = sale(
-        &env,
-        &[15],
-        5,
-        Options {
-            flash: &[("MALL_FLASHSALE_SOLD_OUT_TTL", "60s")],
-            single: true,
-            ..Options::default()
-        },
-    )
-    .await;
-    let session = running(
-        &sale,
-        10,
-        json!([{"sku_id": 15, "price_cents": 500, "quantity": 1, "per_user_limit": 1}]),
-    )
-    .await;
+    let (sale, session) = sold_out_item(&env).await;
     let fs = &sale.fs[0];
-    let t = token_ok(fs, "first", session, 15).await;
-    let (status, _) = buy_patiently(fs, "first", purchase(session, 15, 1, &t, "f")).await;
-    assert_eq!(status, 202);
+    let t = token_ok(fs, "late", session, 15).await;
 
     // Every answer is counted under the route, as the standard stack counts its routes (the
     // recorder is the test process's: other tests' purchases count there too, none of them
@@ -754,6 +715,35 @@ async fn the_purchase_route_on_the_edge_keeps_the_contract_of_the_standard_stack
     assert_eq!(status, 413, "{answer}");
     assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
     assert_eq!(redis_numbers(&env, session, 15).await, (0, 1), "nothing changed");
+}
+
+/// One flashsale instance selling one unit of SKU 15 (limit 1) in a running session, that unit
+/// bought by `first`; the session's id. The sold-out flag lives long enough that it cannot lapse
+/// during a test.
+async fn sold_out_item(env: &TestEnv) -> (crate::helpers::Sale, i64) {
+    let sale = sale(
+        env,
+        &[15],
+        5,
+        Options {
+            flash: &[("MALL_FLASHSALE_SOLD_OUT_TTL", "60s")],
+            single: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 15, "price_cents": 500, "quantity": 1, "per_user_limit": 1}]),
+    )
+    .await;
+    let fs = &sale.fs[0];
+    let t = token_ok(fs, "first", session, 15).await;
+    let (status, _) = buy_patiently(fs, "first", purchase(session, 15, 1, &t, "f")).await;
+    assert_eq!(status, 202);
+    assert_eq!(redis_numbers(env, session, 15).await, (0, 1));
+    (sale, session)
 }
 
 const PURCHASE: &str = "/api/flashsale/purchase";
