@@ -1,7 +1,7 @@
-//! HTTP/1.1 message framing on the gateway's own data path: the body decoder (length, chunked,
-//! until close) and the few writers a head needs.
+//! HTTP/1.1 message framing on the edge's data path (`edge.rs`) and the gateway's upstream
+//! client: the body decoder (length, chunked, until close) and the few writers a head needs.
 //!
-//! Separate from the client that uses it because framing is where a proxy goes wrong quietly
+//! Separate from the code that uses it because framing is where a proxy goes wrong quietly
 //! (a body cut short, a chunk boundary passed through as data, a keep-alive connection reused
 //! in the middle of a message), so it is kept small and tested on its own.
 

@@ -1,5 +1,5 @@
 //! A request head off the front of a connection's buffer: parsed with httparse, held to the
-//! gateway's limits, and turned into `http` parts whose header values share the buffer (no copy
+//! service's limits, and turned into `http` parts whose header values share the buffer (no copy
 //! per header), with the body's framing decided (RFC 9112 6) and the hop-by-hop headers, this
 //! connection's own, left out.
 

@@ -1,16 +1,16 @@
-//! The gateway's server span, made with the OpenTelemetry API directly instead of through a
+//! The edge's server span (the gateway's, the purchase route's), made with the OpenTelemetry API directly instead of through a
 //! `tracing` span and the `tracing-opentelemetry` layer.
 //!
 //! Through `tracing` a span is created in the registry, offered to every layer with its filter,
 //! copied attribute by attribute into an OpenTelemetry builder, entered and left on every poll
 //! (each layer looking at its filter again, the OpenTelemetry layer reading the clock), and its
 //! trace id recorded as one more field for the log lines: about 27,000 instructions per
-//! proxied request (callgrind), almost nginx's whole cost for the same request. Here it is one
+//! proxied request in the gateway (callgrind), almost nginx's whole cost for the same request. Here it is one
 //! builder, one context and one end. The span is the same one: `http.server` continuing the
 //! caller's W3C/B3 context, its name `METHOD route`, kind server, the same attributes, its
 //! context injected upstream, exported by the process's tracer provider (sampler and exporters
 //! as configured). Log lines of the request name its request and trace ids themselves (the
-//! access line, the failure line).
+//! gateway's access line, the failure line).
 
 use std::borrow::Cow;
 

@@ -1,4 +1,4 @@
-//! The gateway's own HTTP/1.1 server, spoken to over raw TCP: protocol errors get the JSON
+//! The gateway on mall-common's HTTP/1.1 edge, spoken to over raw TCP: protocol errors get the JSON
 //! error contract, keep-alive and pipelining keep requests apart, request bodies in every
 //! framing reach the upstream, and nothing is ever answered out of step.
 
