@@ -45,7 +45,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::error::{ApiError, ErrorCause};
-use crate::http::{Timed, ensure_request_id, method_label, status_label, with_request_id};
+
+use crate::http::{Timed, body_too_large, ensure_request_id, method_label, status_label, with_request_id};
 use crate::server::ServeConnection;
 use crate::telemetry::propagation;
 use crate::wire::{self, Decoder};
@@ -95,9 +96,7 @@ pub struct Settings {
 /// [`Routes`] as the server's connection handler.
 pub struct Edge<R> {
     routes: Arc<R>,
-    body_limit: u64,
-    max_head: usize,
-    request_timeout: Duration,
+    limits: Limits,
 }
 
 impl<R: Routes> Edge<R> {
@@ -105,9 +104,11 @@ impl<R: Routes> Edge<R> {
     pub fn new(routes: Arc<R>, settings: Settings) -> Self {
         Self {
             routes,
-            body_limit: settings.body_limit as u64,
-            max_head: settings.max_header_bytes + HEAD_ROOM,
-            request_timeout: settings.request_timeout,
+            limits: Limits {
+                body: settings.body_limit as u64,
+                head: settings.max_header_bytes + HEAD_ROOM,
+                timeout: settings.request_timeout,
+            },
         }
     }
 }
@@ -120,12 +121,14 @@ impl<R: Routes> ServeConnection for Edge<R> {
         router: Router,
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
-        let limits = Limits {
-            body: self.body_limit,
-            head: self.max_head,
-            timeout: self.request_timeout,
-        };
-        Box::pin(serve(self.routes.clone(), limits, stream, peer, router, stop))
+        Box::pin(serve(
+            self.routes.clone(),
+            self.limits,
+            stream,
+            peer,
+            router,
+            stop,
+        ))
     }
 }
 
@@ -247,7 +250,7 @@ async fn request(
     let mut reusable = true;
     let body = match head.body {
         Decoder::Length(0) => Body::empty(),
-        Decoder::Length(n) if n > limits.body => return Err(too_large(limits.body)),
+        Decoder::Length(n) if n > limits.body => return Err(body_too_large(limits.body)),
         Decoder::Length(n) if n <= READ_WHOLE => {
             if (buf.len() as u64) < n {
                 if head.expects_continue {
@@ -298,14 +301,6 @@ async fn read_at_least(stream: &TcpStream, buf: &mut BytesMut, n: usize) -> std:
 
 fn read_failed(e: std::io::Error) -> ApiError {
     ApiError::bad_request("bad_request", format!("the request body could not be read: {e}"))
-}
-
-fn too_large(limit: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        format!("the request body is larger than {limit} bytes"),
-    )
 }
 
 /// Answers a request the edge cannot take (with a request id of its own, as every answer

@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::telemetry::propagation;
 
 pub use extract::{Json, Path, Query};
+pub(crate) use stack::body_too_large;
 pub use stack::{
     answer_within, ensure_request_id, method_label, panic_response, request_id, status_label,
     with_json_error_body, with_request_id,

@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
 use http::Request;
-use mall_common::edge::{Conn, Observer, RouteLabel, Routes, ServerSpan};
+use mall_common::edge::{Conn, Observer, RouteLabel, Routes};
 use mall_common::error::ApiError;
 use mall_common::http::{ensure_request_id, panic_response, with_json_error_body};
 use mall_common::telemetry::propagation;
@@ -171,7 +171,7 @@ impl Routing {
         let request_id = ensure_request_id(req.headers_mut());
         let route = entry.labels[usize::from(below)];
         let method = req.method().clone();
-        let span: ServerSpan = self.observer.span(&req, route, &request_id);
+        let span = self.observer.span(&req, route, &request_id);
         if span.carried() {
             // The caller's context is the span's parent now; upstream gets the span's own.
             propagation::strip_http_context(req.headers_mut());

@@ -124,7 +124,7 @@ where
         let hint = req.body().size_hint();
         let limit = shared.body_limit;
         let called = if hint.lower() > limit as u64 {
-            Err(too_large(limit))
+            Err(body_too_large(limit).into_response())
         } else {
             if hint.upper().is_none_or(|upper| upper > limit as u64) {
                 req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
@@ -288,13 +288,13 @@ pub fn with_request_id(mut res: Response, id: HeaderValue) -> Response {
     res
 }
 
-fn too_large(limit: usize) -> Response {
+/// 413 `payload_too_large` for a body over `limit` bytes (here and on the edge).
+pub(crate) fn body_too_large(limit: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         code_for_status(StatusCode::PAYLOAD_TOO_LARGE),
         format!("the request body is larger than {limit} bytes"),
     )
-    .into_response()
 }
 
 /// The 500 `internal` answer of a handler that panicked (its message goes to the log as the
