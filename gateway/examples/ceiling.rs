@@ -59,7 +59,10 @@ async fn main() {
             let pool = pool.clone();
             async move {
                 let res = if use_pool {
-                    pool.send(req).await.map_err(|e| e.to_string())
+                    pool.send(mall_gateway::upstream::Outbound::from_request(req))
+                        .await
+                        .map(|answer| answer.response)
+                        .map_err(|e| e.to_string())
                 } else {
                     let pq = req.uri().path_and_query().unwrap().clone();
                     *req.uri_mut() = format!("{UPSTREAM}{pq}").parse().unwrap();

@@ -23,7 +23,6 @@ use http::Request;
 use mall_common::edge::{Conn, Observer, RouteLabel, Routes};
 use mall_common::error::ApiError;
 use mall_common::http::{ensure_request_id, panic_response, with_json_error_body};
-use mall_common::telemetry::propagation;
 
 use crate::proxy::{self, Proxy};
 use crate::routes::{ROUTES, Route};
@@ -172,11 +171,17 @@ impl Routing {
         let route = entry.labels[usize::from(below)];
         let method = req.method().clone();
         let span = self.observer.span(&req, route, &request_id);
-        if span.carried() {
-            // The caller's context is the span's parent now; upstream gets the span's own.
-            propagation::strip_http_context(req.headers_mut());
-        }
-        let forwarded = proxy::forward(&self.proxy, &entry.pool, entry.route, client, req, span.context());
+        // When the span continues the caller's context, upstream gets the span's own instead.
+        let forwarded = proxy::forward(
+            &self.proxy,
+            &entry.pool,
+            entry.route,
+            client,
+            request_id.to_str().unwrap_or(""),
+            req,
+            span.context(),
+            span.carried(),
+        );
         let res = match AssertUnwindSafe(forwarded).catch_unwind().await {
             Ok(res) => res,
             Err(panic) => panic_response(panic),

@@ -1,15 +1,17 @@
 //! Forwarding one request: edge checks, header hygiene, the upstream call, and the answer.
 //!
 //! In order: header size limit (431), token and route access (401/403), rate limits (429), then
-//! the upstream request (its hop-by-hop headers already left out by the edge's parser), a
-//! client-sent identity header replaced by the gateway's signed one, `x-forwarded-*` set, and the trace context of the request's
-//! server span injected (W3C and B3). Bodies stream both ways. Every request ends with one access-log line.
+//! the upstream request's head, written out once (`OutboundHead`): the client's fields but its
+//! token, a client-sent identity header and `x-forwarded-*` (hop-by-hop ones were already left
+//! out by the edge's parser), then the gateway's signed identity, `x-forwarded-*` and the trace
+//! context of the request's server span (W3C and B3). The pool's layers and a retry carry those
+//! bytes, not a header map. Bodies stream both ways. Every request ends with one access-log line.
 
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, StatusCode};
 use mall_common::error::ApiError;
 use mall_common::identity;
@@ -24,7 +26,7 @@ use crate::auth::{Verifier, now_secs};
 use crate::rate_limit::{Client, RateLimiter};
 use crate::routes::Route;
 use crate::upstream::{
-    BreakerOpen, EndpointError, HeadLines, NoHealthyInstance, Pool, UpstreamInstance, find_cause,
+    Answer, BreakerOpen, EndpointError, NoHealthyInstance, OutboundHead, Pool, find_cause,
 };
 
 /// What every proxied request needs.
@@ -106,45 +108,36 @@ pub fn upstream_error(pool: &str, error: &BoxError) -> ApiError {
 }
 
 /// Proxies `req` along `route` to `pool`; `client` is the client's address as text, `cx` the
-/// request's server span (injected upstream, named in the access line).
+/// request's server span (injected upstream, named in the access line), `carried` whether that
+/// span continues a context the client sent (whose headers are then not passed on).
+#[allow(clippy::too_many_arguments)] // one request's facts, each from a different place
 pub async fn forward(
     proxy: &Proxy,
     pool: &Pool,
     route: &'static Route,
     client: &str,
+    request_id: &str,
     req: Request<Body>,
     cx: &opentelemetry::Context,
+    carried: bool,
 ) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let request_id = request_id_of(&req).to_owned();
-    let result = forward_inner(proxy, pool, route, client, req, cx).await;
-    let response = match result {
-        Ok(res) => res,
-        Err(e) => e.into_response(),
+    let (response, upstream) = match forward_inner(proxy, pool, route, client, req, cx, carried).await {
+        Ok(Answer { response, instance }) => (response, Some(instance)),
+        Err(e) => (e.into_response(), None),
     };
-    let upstream = response
-        .extensions()
-        .get::<UpstreamInstance>()
-        .map(|u| u.0.clone());
     let line = AccessLine {
         method: &method,
         route: route.path,
         pool: pool.name().as_str(),
         upstream: upstream.as_deref().unwrap_or(""),
-        request_id: &request_id,
+        request_id,
         client,
         started,
     };
     line.write(response.status(), cx);
     response
-}
-
-fn request_id_of<B>(req: &Request<B>) -> &str {
-    req.headers()
-        .get(mall_common::http::REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
 }
 
 /// What one access line says about its request.
@@ -193,8 +186,10 @@ async fn forward_inner(
     client: &str,
     req: Request<Body>,
     cx: &opentelemetry::Context,
-) -> Result<Response, ApiError> {
-    if header_bytes(req.headers()) > proxy.max_header_bytes || req.headers().len() > 100 {
+    carried: bool,
+) -> Result<Answer, ApiError> {
+    let header_len = header_bytes(req.headers());
+    if header_len > proxy.max_header_bytes || req.headers().len() > 100 {
         return Err(ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
@@ -211,45 +206,53 @@ async fn forward_inner(
     };
     proxy.limiter.check(req.uri().path(), client_key).await?;
 
-    // Hop-by-hop headers never got this far: the edge's parser (`edge/head.rs`) and the upstream
-    // client's (`upstream/client.rs`) leave out each connection's own as they read a head.
-    let (mut parts, body) = req.into_parts();
-    let headers = &mut parts.headers;
-    // What a client sends as identity never reaches a service; only the gateway's signed copy.
-    identity::strip(headers);
+    // The upstream request's head is written here, once (`OutboundHead`). Hop-by-hop headers
+    // never got this far: the edge's parser (`edge/head.rs`) and the upstream client's
+    // (`upstream/client.rs`) leave out each connection's own as they read a head.
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut head = OutboundHead::new(&parts.method, path, header_len);
+    let mut host = None;
+    for (name, value) in &parts.headers {
+        if *name == header::HOST {
+            host = Some(value);
+        }
+        // Left out: the token (verified here, never passed on); what a client sends as identity
+        // (only the gateway's signed copy reaches a service); what it sends as forwarding
+        // (we are the edge: a client's x-forwarded-for is not evidence of anything); and its
+        // trace context when the request's span continues it (the span's own goes instead).
+        let dropped = *name == header::AUTHORIZATION
+            || *name == identity::HEADER
+            || *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_HOST
+            || *name == X_FORWARDED_PROTO
+            || (carried && propagation::is_http_context(name));
+        if !dropped {
+            head.header(name, value.as_bytes());
+        }
+    }
     if let Some(id) = &who {
         // `identify` refused tokens that do not fit the header, so this holds; should it not,
         // the request must not go on as anonymous.
-        proxy
+        let asserted = proxy
             .identity_key
-            .assert_identity(headers, id, now_secs())
+            .header_value(id, now_secs())
             .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))?;
+        head.header(&identity::HEADER, asserted.as_bytes());
     }
-    headers.remove(header::AUTHORIZATION);
-    if let Some(host) = headers.remove(header::HOST) {
-        headers.insert(X_FORWARDED_HOST, host);
+    if let Some(host) = host {
+        head.header(&X_FORWARDED_HOST, host.as_bytes());
     }
-    // We are the edge: whatever x-forwarded-for a client sent is not evidence of anything.
-    if let Ok(ip) = HeaderValue::from_str(client) {
-        headers.insert(X_FORWARDED_FOR, ip);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-
+    head.header(&X_FORWARDED_FOR, client.as_bytes());
+    head.header(&X_FORWARDED_PROTO, b"http");
     // One span per request, as Envoy does by default: the upstream continues the gateway's
     // server span directly. A client span per hop doubled the tracing work of every request
     // and told nothing the service's own server span does not (its start is the hop's end).
-    // Written as lines into the upstream head (`HeadLines`), not into the header map; a
-    // caller's own context headers were taken out by the edge.
-    if let Some(lines) = propagation::http_context_lines(cx) {
-        parts.extensions.insert(HeadLines(lines));
-    }
-    let upstream_req = Request::from_parts(parts, body);
+    propagation::push_http_context_lines(cx, head.lines());
 
-    let res = pool
-        .send(upstream_req)
+    pool.send(head.with_body(body))
         .await
-        .map_err(|e| upstream_error(pool.name().as_str(), &e))?;
-    Ok(res.into_response())
+        .map_err(|e| upstream_error(pool.name().as_str(), &e))
 }
 
 #[cfg(test)]

@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -40,8 +39,8 @@ use crate::config::GatewaySettings;
 use crate::routes::PoolName;
 
 pub use breaker::{Breaker, BreakerOpen, BreakerState};
-pub use client::{ClientError, HeadLines};
-pub use endpoint::{EndpointError, UpstreamInstance};
+pub use client::{ClientError, Outbound, OutboundHead};
+pub use endpoint::{Answer, EndpointError};
 pub use health::Registry;
 
 /// The health checks' HTTP/1.1 client (requests go through `client.rs`, on the thread that
@@ -69,7 +68,7 @@ pub fn http_client() -> HttpClient {
 #[error("no healthy instance")]
 pub struct NoHealthyInstance;
 
-type PoolService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+type PoolService = BoxCloneSyncService<Outbound, Answer, BoxError>;
 
 /// One upstream pool.
 #[derive(Clone)]
@@ -133,7 +132,7 @@ impl Pool {
     }
 
     /// Sends `req` to one instance, with the whole resilience stack.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+    pub async fn send(&self, req: Outbound) -> Result<Answer, BoxError> {
         if self.registry.in_rotation() == 0 {
             return Err(NoHealthyInstance.into());
         }

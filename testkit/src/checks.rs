@@ -371,6 +371,32 @@ pub fn rejects_bad_configuration(binary: &str) {
     }
 }
 
+/// The binary allocates with mimalloc: it defines the C allocator's entry points itself
+/// (mimalloc's `override` feature, linked in by a `use mimalloc as _;`) and exports them, so
+/// Rust's default allocator and the C libraries' own `malloc` calls land in mimalloc. Without
+/// the `use` nothing pulls the library in and glibc's allocator is back, silently; this is
+/// where that shows. Reads the dynamic symbol table with `nm` (binutils, which linking needs).
+pub fn allocates_with_mimalloc(binary: &str) {
+    let out = Command::new("nm")
+        .args(["--dynamic", "--defined-only", binary])
+        .output()
+        .expect("nm (binutils) runs");
+    assert!(
+        out.status.success(),
+        "nm failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    for wanted in ["malloc", "free", "realloc", "calloc", "posix_memalign"] {
+        assert!(
+            symbols
+                .lines()
+                .any(|line| line.split_whitespace().nth(2) == Some(wanted) && line.contains(" T ")),
+            "{binary} does not define {wanted}: the process would allocate with glibc, not mimalloc"
+        );
+    }
+}
+
 /// Generates the platform conformance tests for a service crate.
 ///
 /// ```ignore

@@ -116,27 +116,46 @@ pub fn inject_http_context(cx: &Context, headers: &mut http::HeaderMap) {
     );
 }
 
-/// The header lines [`inject_http_context`] would add for `cx` (`traceparent: ...\r\n` and the
-/// rest, in one buffer), for a caller that writes a request head itself: no header map, no
-/// header values. `None` without a valid context.
-pub fn http_context_lines(cx: &Context) -> Option<bytes::Bytes> {
-    let (ids, sampled, state) = context_ids(cx)?;
-    let mut out = Vec::with_capacity(320);
-    let mut line = |name: &http::HeaderName, value: &[u8]| {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
-    line(&TRACEPARENT, &ids[..TRACEPARENT_LEN]);
+/// Appends the header lines [`inject_http_context`] would add for `cx` (`traceparent: ...\r\n`
+/// and the rest) to `out`, for a caller that writes a request head itself: no header map, no
+/// header values, no buffer of their own (the B3 values are copies of the `traceparent` digits
+/// already written). Returns whether it wrote them: not without a valid context.
+pub fn push_http_context_lines(cx: &Context, out: &mut Vec<u8>) -> bool {
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return false;
+    }
+    let sampled = sc.is_sampled();
+    out.reserve(320);
+    out.extend_from_slice(b"traceparent: 00-");
+    // Where the trace id's digits start; the span id's follow its 32 and a dash.
+    let trace = out.len();
+    push_hex(out, &sc.trace_id().to_bytes());
+    out.push(b'-');
+    push_hex(out, &sc.span_id().to_bytes());
+    out.extend_from_slice(if sampled { b"-01\r\n" } else { b"-00\r\n" });
+    let state = sc.trace_state().header();
     // A state that is not a valid header value is left empty, as `inject_http_context` does.
     let state_ok = state.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
-    line(&TRACESTATE, if state_ok { state.as_bytes() } else { b"" });
-    line(&B3, &ids[TRACEPARENT_LEN..TRACEPARENT_LEN + B3_LEN]);
-    line(&B3_TRACE_ID, &ids[3..35]);
-    line(&B3_SPAN_ID, &ids[36..52]);
-    line(&B3_SAMPLED, if sampled { b"1" } else { b"0" });
-    Some(out.into())
+    out.extend_from_slice(b"tracestate: ");
+    if state_ok {
+        out.extend_from_slice(state.as_bytes());
+    }
+    out.extend_from_slice(b"\r\nb3: ");
+    // `<trace>-<span>` as in traceparent, then the sampled flag.
+    out.extend_from_within(trace..trace + 49);
+    out.extend_from_slice(if sampled { b"-1\r\n" } else { b"-0\r\n" });
+    out.extend_from_slice(b"x-b3-traceid: ");
+    out.extend_from_within(trace..trace + 32);
+    out.extend_from_slice(b"\r\nx-b3-spanid: ");
+    out.extend_from_within(trace + 33..trace + 49);
+    out.extend_from_slice(if sampled {
+        b"\r\nx-b3-sampled: 1\r\n"
+    } else {
+        b"\r\nx-b3-sampled: 0\r\n"
+    });
+    true
 }
 
 /// Removes the trace-context headers [`inject_http_context`] writes (a caller's, before the
@@ -145,6 +164,12 @@ pub fn strip_http_context(headers: &mut http::HeaderMap) {
     for name in [TRACEPARENT, TRACESTATE, B3, B3_TRACE_ID, B3_SPAN_ID, B3_SAMPLED] {
         headers.remove(name);
     }
+}
+
+/// Whether `name` is one of the trace-context headers [`inject_http_context`] writes (those
+/// [`strip_http_context`] removes), for a caller that copies headers and leaves these out.
+pub fn is_http_context(name: &http::HeaderName) -> bool {
+    [TRACEPARENT, TRACESTATE, B3, B3_TRACE_ID, B3_SPAN_ID, B3_SAMPLED].contains(name)
 }
 
 /// `00-<trace>-<span>-0x<trace>-<span>-x` (traceparent, then the B3 single value; the B3 multi
@@ -332,8 +357,11 @@ mod tests {
                 composite().inject_context(&cx, &mut composite_wrote);
                 assert_eq!(written, composite_wrote);
                 // And as header lines, the same pairs in the same order.
-                let lines = http_context_lines(&cx).unwrap();
+                let mut lines = b"GET / HTTP/1.1\r\n".to_vec();
+                assert!(push_http_context_lines(&cx, &mut lines));
                 let lines: Vec<(String, String)> = std::str::from_utf8(&lines)
+                    .unwrap()
+                    .strip_prefix("GET / HTTP/1.1\r\n")
                     .unwrap()
                     .split_terminator("\r\n")
                     .map(|l| {
@@ -347,6 +375,7 @@ mod tests {
                     .collect();
                 assert_eq!(lines, in_map);
                 let mut stripped = headers.clone();
+                assert!(headers.keys().all(is_http_context));
                 strip_http_context(&mut stripped);
                 assert!(stripped.is_empty());
                 assert_eq!(headers["traceparent"], sdk["traceparent"].as_str());
@@ -363,7 +392,10 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         inject_http_context(&Context::new(), &mut headers);
         assert!(headers.is_empty(), "no context, no header");
-        assert!(http_context_lines(&Context::new()).is_none());
+        let mut untouched = b"kept".to_vec();
+        assert!(!push_http_context_lines(&Context::new(), &mut untouched));
+        assert_eq!(untouched, b"kept");
+        assert!(!is_http_context(&http::header::AUTHORIZATION));
     }
 
     #[test]

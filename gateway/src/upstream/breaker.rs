@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::endpoint::Answer;
 use futures_util::future::BoxFuture;
-use http::Response;
 use tower::{BoxError, Layer, Service};
 
 use crate::config::BreakerSettings;
@@ -240,15 +240,14 @@ pub(super) struct BreakerService<S> {
     breaker: Arc<Breaker>,
 }
 
-impl<S, Req, B> Service<Req> for BreakerService<S>
+impl<S, Req> Service<Req> for BreakerService<S>
 where
-    S: Service<Req, Response = Response<B>, Error = BoxError> + Send,
+    S: Service<Req, Response = Answer, Error = BoxError> + Send,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
-    type Response = Response<B>;
+    type Response = Answer;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<B>, BoxError>>;
+    type Future = BoxFuture<'static, Result<Answer, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -265,7 +264,7 @@ where
             let started = Instant::now();
             let result = fut.await;
             let failed = match &result {
-                Ok(res) => res.status().is_server_error(),
+                Ok(answer) => answer.response.status().is_server_error(),
                 Err(_) => true,
             };
             let slow = started.elapsed() >= breaker.cfg.slow_call;

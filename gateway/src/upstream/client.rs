@@ -43,11 +43,106 @@ const MAX_HEADERS: usize = 100;
 /// same write as the head, and can be sent again on a fresh connection.
 const INLINE_BODY: usize = 64 * 1024;
 
-/// Header lines written into the upstream request after its own headers (the request span's
-/// trace context): rendered once as bytes, where inserting them into the header map cost six
-/// header values and six insertions, and a copy of them in the retry layer's clone.
-#[derive(Debug, Clone)]
-pub struct HeadLines(pub Bytes);
+/// A request on its way to an instance, its head written out once before an instance is
+/// picked: the pool's layers move a few words instead of a request with its header map, a
+/// retry sends the same bytes again instead of a copy of the map, and the proxy writes the
+/// fields it adds (forwarding, identity, trace context) as lines instead of inserting them into
+/// a map the client would then write out.
+#[derive(Debug)]
+pub struct Outbound {
+    method: Method,
+    /// The request line and the header lines, all but `Host` (the instance's, which the client
+    /// writes after the request line) and the body's framing (the client's too).
+    head: Bytes,
+    /// Where the request line ends in `head`.
+    line_end: usize,
+    /// Whether the request came with a `Content-Length` (an empty body is then announced).
+    length_given: bool,
+    body: Body,
+}
+
+impl Outbound {
+    /// `req` with every header as it is (but `Host` and the framing, which the client writes).
+    pub fn from_request(req: Request<Body>) -> Self {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut head = OutboundHead::new(&parts.method, path, 0);
+        for (name, value) in &parts.headers {
+            head.header(name, value.as_bytes());
+        }
+        head.with_body(body)
+    }
+
+    /// The request's method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// A second copy to send again, for a request without a body (a body is gone once sent).
+    pub(super) fn try_clone(&self) -> Option<Self> {
+        (self.body.size_hint().exact() == Some(0)).then(|| Self {
+            method: self.method.clone(),
+            head: self.head.clone(),
+            line_end: self.line_end,
+            length_given: self.length_given,
+            body: Body::empty(),
+        })
+    }
+}
+
+/// An [`Outbound`] being written: the request line, then one header line at a time.
+pub struct OutboundHead {
+    method: Method,
+    buf: Vec<u8>,
+    line_end: usize,
+    length_given: bool,
+}
+
+impl OutboundHead {
+    /// Starts `method path_and_query HTTP/1.1`, with room for `headers_len` bytes of header
+    /// lines besides.
+    pub fn new(method: &Method, path_and_query: &str, headers_len: usize) -> Self {
+        let mut buf = Vec::with_capacity(path_and_query.len() + headers_len + 512);
+        buf.extend_from_slice(method.as_str().as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(path_and_query.as_bytes());
+        buf.extend_from_slice(b" HTTP/1.1\r\n");
+        Self {
+            method: method.clone(),
+            line_end: buf.len(),
+            buf,
+            length_given: false,
+        }
+    }
+
+    /// Adds `name: value`; `Host` and the body's framing are left to the client.
+    pub fn header(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::CONTENT_LENGTH {
+            self.length_given = true;
+            return;
+        }
+        if *name == header::HOST || *name == header::TRANSFER_ENCODING {
+            return;
+        }
+        wire::push_header(&mut self.buf, name.as_str().as_bytes(), value);
+    }
+
+    /// The head so far, to append whole header lines to (`name: value\r\n` each).
+    pub fn lines(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// The request, with `body`.
+    pub fn with_body(self, body: Body) -> Outbound {
+        Outbound {
+            method: self.method,
+            head: self.buf.into(),
+            line_end: self.line_end,
+            length_given: self.length_given,
+            body,
+        }
+    }
+}
 
 /// Why an exchange with an instance failed.
 #[derive(Debug, thiserror::Error)]
@@ -179,11 +274,16 @@ async fn connect(target: &Target) -> Result<Conn, ClientError> {
     Ok(Conn::new(stream))
 }
 
-/// Sends `req` (origin-form path; its headers as given, plus `Host`) to `target` and returns
-/// the answer, whose body streams from the connection.
-pub(crate) async fn send(target: &Arc<Target>, req: Request<Body>) -> Result<Response<Body>, ClientError> {
-    let (parts, mut body) = req.into_parts();
-    let head_only = parts.method == Method::HEAD;
+/// Sends `req` to `target` and returns the answer, whose body streams from the connection.
+pub(crate) async fn send(target: &Arc<Target>, req: Outbound) -> Result<Response<Body>, ClientError> {
+    let Outbound {
+        method,
+        head: written,
+        line_end,
+        length_given,
+        mut body,
+    } = req;
+    let head_only = method == Method::HEAD;
 
     // The body's first frame, if it is already here: a small body that came whole with its head
     // goes out in the head's write and can be sent again.
@@ -210,32 +310,14 @@ pub(crate) async fn send(target: &Arc<Target>, req: Request<Body>) -> Result<Res
         }
     }
 
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(parts.method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .as_bytes(),
-    );
-    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let inline_len = inline.as_ref().map_or(0, Bytes::len);
+    let mut head = Vec::with_capacity(written.len() + target.host_line.len() + 48 + inline_len);
+    head.extend_from_slice(&written[..line_end]);
     head.extend_from_slice(&target.host_line);
-    for (name, value) in &parts.headers {
-        if name != header::HOST && name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-            wire::push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    if let Some(HeadLines(lines)) = parts.extensions.get::<HeadLines>() {
-        head.extend_from_slice(lines);
-    }
+    head.extend_from_slice(&written[line_end..]);
     let chunked = match (&inline, exact) {
         (Some(data), _) => {
-            if !data.is_empty()
-                || parts.headers.contains_key(header::CONTENT_LENGTH)
-                || carries_body(&parts.method)
-            {
+            if !data.is_empty() || length_given || carries_body(&method) {
                 let mut n = itoa::Buffer::new();
                 wire::push_header(&mut head, b"content-length", n.format(data.len()).as_bytes());
             }
@@ -258,7 +340,7 @@ pub(crate) async fn send(target: &Arc<Target>, req: Request<Body>) -> Result<Res
     // in hand then goes once more on a fresh connection; any other could have been acted on
     // before the close, so its failure stands (and the retry policy decides).
     let idempotent = matches!(
-        parts.method,
+        method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     );
     match inline {

@@ -10,18 +10,25 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use futures_util::future::BoxFuture;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Response, StatusCode, Uri};
 use mall_common::http::Timed;
 use metrics::SharedString;
 use tokio::sync::mpsc::UnboundedSender;
 use tower::load::{CompleteOnResponse, Load, PeakEwma};
 use tower::{BoxError, Service};
 
-use super::client::{self, ClientError, Target};
+use super::client::{self, ClientError, Outbound, Target};
 
-/// The instance that answered, attached to the response (access log, metrics).
-#[derive(Debug, Clone)]
-pub struct UpstreamInstance(pub Arc<str>);
+/// An instance's answer, and which instance gave it (the access line names it). Carried
+/// beside the response through the pool's layers rather than in its extensions: inserting
+/// into those builds a map and a box for every request.
+#[derive(Debug)]
+pub struct Answer {
+    /// The answer, its body streaming from the instance.
+    pub response: Response<Body>,
+    /// `host:port` of the instance.
+    pub instance: Arc<str>,
+}
 
 /// A transport failure talking to one instance (refused, reset, closed early).
 #[derive(Debug, thiserror::Error)]
@@ -118,16 +125,16 @@ impl Load for Ranked {
     }
 }
 
-impl Service<Request<Body>> for Ranked {
-    type Response = Response<Body>;
+impl Service<Outbound> for Ranked {
+    type Response = Answer;
     type Error = BoxError;
-    type Future = <PeakEwma<Endpoint, CompleteOnResponse> as Service<Request<Body>>>::Future;
+    type Future = <PeakEwma<Endpoint, CompleteOnResponse> as Service<Outbound>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Outbound) -> Self::Future {
         self.inner.call(req)
     }
 }
@@ -186,17 +193,17 @@ impl Endpoint {
     }
 }
 
-impl Service<Request<Body>> for Endpoint {
-    type Response = Response<Body>;
+impl Service<Outbound> for Endpoint {
+    type Response = Answer;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+    type Future = BoxFuture<'static, Result<Answer, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // The client pools connections itself; it is always ready.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Outbound) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
             let started = Instant::now();
@@ -212,9 +219,10 @@ impl Service<Request<Body>> for Endpoint {
                         this.passive.success();
                     }
                     this.observe(status, elapsed);
-                    let mut res = res.map(Body::new);
-                    res.extensions_mut().insert(UpstreamInstance(this.instance));
-                    Ok(res)
+                    Ok(Answer {
+                        response: res,
+                        instance: this.instance,
+                    })
                 }
                 Err(source) => {
                     this.passive.failure();

@@ -9,15 +9,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::body::HttpBody as _;
-use http::{Method, Request, Response};
+use http::Method;
 use tower::BoxError;
 use tower::retry::Policy;
 use tower::retry::budget::{Budget, TpsBudget};
 
-use super::client::HeadLines;
-use super::endpoint::EndpointError;
+use super::client::Outbound;
+use super::endpoint::{Answer, EndpointError};
 use super::find_cause;
 use crate::config::Resilience;
 use crate::routes::PoolName;
@@ -55,14 +53,10 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-impl Policy<Request<Body>, Response<Body>, BoxError> for RetryPolicy {
+impl Policy<Outbound, Answer, BoxError> for RetryPolicy {
     type Future = std::future::Ready<()>;
 
-    fn retry(
-        &mut self,
-        _req: &mut Request<Body>,
-        result: &mut Result<Response<Body>, BoxError>,
-    ) -> Option<Self::Future> {
+    fn retry(&mut self, _req: &mut Outbound, result: &mut Result<Answer, BoxError>) -> Option<Self::Future> {
         let Err(error) = result else { return None };
         tracing::debug!(pool = self.pool, %error, source = ?std::error::Error::source(error.as_ref()), "attempt failed");
         if self.remaining == 0 {
@@ -86,23 +80,14 @@ impl Policy<Request<Body>, Response<Body>, BoxError> for RetryPolicy {
         Some(std::future::ready(()))
     }
 
-    fn clone_request(&mut self, req: &Request<Body>) -> Option<Request<Body>> {
+    fn clone_request(&mut self, req: &Outbound) -> Option<Outbound> {
         if !self.deposited {
             self.budget.deposit();
             self.deposited = true;
         }
-        if req.body().size_hint().exact() != Some(0) {
-            return None;
-        }
+        // The copy shares the written head; a request with a body has none.
+        let copy = req.try_clone()?;
         self.only_if_unsent = !idempotent(req.method());
-        let mut clone = Request::new(Body::empty());
-        *clone.method_mut() = req.method().clone();
-        *clone.uri_mut() = req.uri().clone();
-        *clone.version_mut() = req.version();
-        *clone.headers_mut() = req.headers().clone();
-        if let Some(lines) = req.extensions().get::<HeadLines>() {
-            clone.extensions_mut().insert(lines.clone());
-        }
-        Some(clone)
+        Some(copy)
     }
 }

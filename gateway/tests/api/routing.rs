@@ -55,6 +55,8 @@ async fn hop_by_hop_and_forged_identity_headers_never_reach_a_service() {
         .header("x-hop", "secret")
         .header("x-mall-identity", format!("v1;{};1;admin;999", "0".repeat(64)))
         .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
         .send()
         .await
         .unwrap();
@@ -65,8 +67,19 @@ async fn hop_by_hop_and_forged_identity_headers_never_reach_a_service() {
         !seen.headers.contains_key("x-mall-identity"),
         "a client-sent identity was forwarded"
     );
-    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
-    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    // The client's own forwarding fields are replaced, not passed on beside the gateway's.
+    for (name, value) in [
+        ("x-forwarded-for", "127.0.0.1".to_owned()),
+        ("x-forwarded-proto", "http".to_owned()),
+        // reqwest's Host: the gateway's address.
+        (
+            "x-forwarded-host",
+            gw.url("").trim_start_matches("http://").to_owned(),
+        ),
+    ] {
+        let sent: Vec<_> = seen.headers.get_all(name).iter().collect();
+        assert_eq!(sent, [value.as_str()], "{name}");
+    }
     assert!(seen.headers.contains_key("x-request-id"));
 
     // With a token, the service gets the gateway's signed identity, and it verifies.
