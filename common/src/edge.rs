@@ -91,6 +91,8 @@ pub struct Settings {
     pub max_header_bytes: usize,
     /// `MALL_REQUEST_TIMEOUT`: bounds waiting for the rest of a head, and for a body read whole.
     pub request_timeout: Duration,
+    /// `MALL_IDLE_TIMEOUT`: a connection with no request for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// [`Routes`] as the server's connection handler.
@@ -108,6 +110,7 @@ impl<R: Routes> Edge<R> {
                 body: settings.body_limit as u64,
                 head: settings.max_header_bytes + HEAD_ROOM,
                 timeout: settings.request_timeout,
+                idle: settings.idle_timeout,
             },
         }
     }
@@ -137,6 +140,7 @@ struct Limits {
     body: u64,
     head: usize,
     timeout: Duration,
+    idle: Duration,
 }
 
 /// One connection, request after request.
@@ -156,8 +160,9 @@ async fn serve<R: Routes>(
     };
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = Vec::with_capacity(4 * 1024);
+    let mut idle = Idle::new(limits.idle);
     loop {
-        let head = match next_head(&stream, &mut buf, limits, &stop).await {
+        let head = match next_head(&stream, &mut buf, limits, &stop, &mut idle).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(refused) => {
@@ -174,6 +179,7 @@ async fn serve<R: Routes>(
             head_only: head.method == Method::HEAD,
             keep_alive: head.keep_alive,
         };
+        idle.busy();
         let (req, reusable) = match request(limits, &stream, &mut buf, head).await {
             Ok(built) => built,
             Err(refused) => {
@@ -201,8 +207,44 @@ async fn serve<R: Routes>(
     }
 }
 
+/// When an idle connection closes: one timer per connection, armed once and moved on only when
+/// it fires early (a request came meanwhile), so that a request costs a clock read, not a timer
+/// set and cancelled.
+struct Idle {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    last_busy: tokio::time::Instant,
+    limit: Duration,
+}
+
+impl Idle {
+    fn new(limit: Duration) -> Self {
+        Self {
+            timer: Box::pin(tokio::time::sleep(limit)),
+            last_busy: tokio::time::Instant::now(),
+            limit,
+        }
+    }
+
+    /// A request came in.
+    fn busy(&mut self) {
+        self.last_busy = tokio::time::Instant::now();
+    }
+
+    /// Resolves once the connection has been idle for the limit.
+    async fn expired(&mut self) {
+        loop {
+            self.timer.as_mut().await;
+            let due = self.last_busy + self.limit;
+            if tokio::time::Instant::now() >= due {
+                return;
+            }
+            self.timer.as_mut().reset(due);
+        }
+    }
+}
+
 /// Reads until a whole head is in `buf`; `None` when the client closed (or, while idle, the
-/// server is stopping).
+/// server is stopping or the connection has been idle for `MALL_IDLE_TIMEOUT`).
 /// A head that started arriving must be whole within the request timeout (408
 /// `request_timeout`): a client trickling one in byte by byte does not hold its connection for
 /// ever.
@@ -211,6 +253,7 @@ async fn next_head(
     buf: &mut BytesMut,
     limits: Limits,
     stop: &CancellationToken,
+    idle: &mut Idle,
 ) -> Result<Option<head::Head>, ApiError> {
     let mut deadline = None;
     loop {
@@ -221,8 +264,10 @@ async fn next_head(
         }
         let read = if buf.is_empty() {
             tokio::select! {
+                biased;
                 read = wire::read(stream, buf) => read,
                 () = stop.cancelled() => return Ok(None),
+                () = idle.expired() => return Ok(None),
             }
         } else {
             // Rare: the head came in more than one read. Only then is a timer armed.

@@ -51,6 +51,9 @@ pub struct HttpSettings {
     pub addr: SocketAddr,
     /// `MALL_REQUEST_TIMEOUT`.
     pub request_timeout: Duration,
+    /// `MALL_IDLE_TIMEOUT`: a keep-alive connection that brings no request for this long is
+    /// closed (on the edge; hyper closes the axum-served ones after its own 30 s).
+    pub idle_timeout: Duration,
     /// `MALL_BODY_LIMIT` (bytes).
     pub body_limit: usize,
     /// `MALL_SHUTDOWN_TIMEOUT`: grace for in-flight requests and background work at shutdown.
@@ -120,6 +123,7 @@ impl PlatformSettings {
                     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, defaults.port)),
                 )?,
                 request_timeout: vars.duration("MALL_REQUEST_TIMEOUT", Duration::from_secs(10))?,
+                idle_timeout: vars.duration("MALL_IDLE_TIMEOUT", Duration::from_secs(30))?,
                 body_limit,
                 shutdown_timeout: vars.duration("MALL_SHUTDOWN_TIMEOUT", Duration::from_secs(10))?,
                 threads,

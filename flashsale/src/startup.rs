@@ -67,6 +67,7 @@ impl Application {
             amqp: Some(topology(flash.delivery_limit)),
         };
         let stack = settings.platform.stack(DEFAULTS.name);
+        let idle_timeout = settings.platform.http.idle_timeout;
         let identity = IdentityKey::new(settings.platform.internal_secret.expose().as_bytes());
         let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
         let cancel = platform.cancel_token();
@@ -118,6 +119,7 @@ impl Application {
                 body_limit: stack.body_limit,
                 max_header_bytes: MAX_HEADER_BYTES,
                 request_timeout: stack.request_timeout,
+                idle_timeout,
             },
         );
         let server = Server::bind(platform, crate::http::router(shared))

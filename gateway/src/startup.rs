@@ -41,6 +41,7 @@ impl Application {
             ..Needs::default()
         };
         let stack = settings.platform.stack(DEFAULTS.name);
+        let idle_timeout = settings.platform.http.idle_timeout;
         let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
         let redis = platform.redis().expect("declared above").clone();
 
@@ -71,6 +72,7 @@ impl Application {
                 body_limit: stack.body_limit,
                 max_header_bytes: gw.max_header_bytes,
                 request_timeout: stack.request_timeout,
+                idle_timeout,
             },
         );
         // The axum router carries only the health routes (`Server::bind` adds them); every other

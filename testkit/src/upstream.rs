@@ -1,6 +1,6 @@
 //! Small HTTP upstreams for gateway tests that answer, delay, fail, or die on command.
 //!
-//! Each answers `/healthz` (200, or 503 when marked unhealthy) and every other path with 200 and
+//! Each answers `/healthz` (200, or 503 when marked unhealthy, late when told to) and every other path with 200 and
 //! a JSON echo `{instance, method, path}`, after an optional delay or with a forced status. It
 //! records every request's headers. [`FakeUpstream::kill`] drops the listener and every open
 //! connection at once, like a crashed process; [`FakeUpstream::restart`] binds the same port again.
@@ -34,6 +34,7 @@ struct Shared {
     name: String,
     hits: AtomicU64,
     delay_ms: AtomicU64,
+    health_delay_ms: AtomicU64,
     fail_status: AtomicU16,
     healthy: AtomicBool,
     seen: Mutex<Vec<Seen>>,
@@ -57,6 +58,7 @@ impl FakeUpstream {
             name: name.to_owned(),
             hits: AtomicU64::new(0),
             delay_ms: AtomicU64::new(0),
+            health_delay_ms: AtomicU64::new(0),
             fail_status: AtomicU16::new(0),
             healthy: AtomicBool::new(true),
             seen: Mutex::new(Vec::new()),
@@ -87,6 +89,14 @@ impl FakeUpstream {
     /// Delays every answer (health checks excluded).
     pub fn set_delay(&self, delay: Duration) {
         self.shared.delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Delays `/healthz` answers only (an instance so busy its health check waits behind traffic).
+    pub fn set_health_delay(&self, delay: Duration) {
+        self.shared.health_delay_ms.store(
             u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             Ordering::SeqCst,
         );
@@ -154,6 +164,10 @@ fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> JoinHandle<(
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response {
     if req.uri().path() == "/healthz" {
+        let delay = shared.health_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         return if shared.healthy.load(Ordering::SeqCst) {
             StatusCode::OK.into_response()
         } else {

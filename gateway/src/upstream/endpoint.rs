@@ -49,13 +49,17 @@ impl EndpointError {
 }
 
 /// Counts consecutive failed requests and asks the health task to eject the instance once they
-/// reach the threshold.
+/// reach the threshold; notes the health-check rounds in which the instance answered requests.
 #[derive(Debug)]
 pub(super) struct PassiveHealth {
     pub(super) id: usize,
     failures: AtomicU32,
     eject_after: u32,
     eject: UnboundedSender<usize>,
+    /// The health task's current round (it counts them).
+    round: AtomicU32,
+    /// The last round in which the instance answered a request.
+    answered_in: AtomicU32,
 }
 
 impl PassiveHealth {
@@ -65,6 +69,8 @@ impl PassiveHealth {
             failures: AtomicU32::new(0),
             eject_after,
             eject,
+            round: AtomicU32::new(0),
+            answered_in: AtomicU32::new(u32::MAX),
         }
     }
 
@@ -73,11 +79,26 @@ impl PassiveHealth {
         self.failures.load(Ordering::Relaxed)
     }
 
-    fn success(&self) {
-        // Read first: the hot path stays free of cache-line writes while all is well.
+    pub(super) fn success(&self) {
+        // Read first: the hot path stays free of cache-line writes while all is well (the round
+        // mark is written once per round, not per request).
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
+        let round = self.round.load(Ordering::Relaxed);
+        if self.answered_in.load(Ordering::Relaxed) != round {
+            self.answered_in.store(round, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts health-check round `round`.
+    pub(super) fn begin_round(&self, round: u32) {
+        self.round.store(round, Ordering::Relaxed);
+    }
+
+    /// Whether the instance answered a request since round `round` began.
+    pub(super) fn answered_in(&self, round: u32) -> bool {
+        self.answered_in.load(Ordering::Relaxed) == round
     }
 
     fn failure(&self) {

@@ -5,6 +5,13 @@
 //! `MALL_GW_HEALTHY_AFTER` consecutive passes bring it back. Requests that fail
 //! `MALL_GW_EJECT_AFTER` times in a row eject an instance at once (passive ejection), without
 //! waiting for the next check; it then needs the passing checks to return.
+//!
+//! A check that gets no answer within `MALL_GW_HEALTH_TIMEOUT` while the instance answered
+//! requests during that very check is no verdict either way: the instance is busy, not down.
+//! Under a load that saturates the machine the check waits behind the traffic like any request,
+//! and counting its lateness as a failure took a serving instance (the only one, in the
+//! benchmark) out of rotation for a couple of seconds of 503s. An instance that answers the
+//! check with an error, refuses the connection, or answers nothing at all still fails it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -129,15 +136,38 @@ impl Registry {
         );
     }
 
-    async fn probe(&self, endpoint: &Endpoint, timeout: std::time::Duration) -> bool {
+    async fn probe(&self, endpoint: &Endpoint, timeout: std::time::Duration) -> Probe {
         let req = Request::get(endpoint.uri(PathAndQuery::from_static("/healthz")))
             .header("user-agent", "mall-gateway-health")
             .body(Body::empty())
             .expect("static request");
-        matches!(
-            tokio::time::timeout(timeout, self.client.request(req)).await,
-            Ok(Ok(res)) if res.status().is_success()
-        )
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(res)) if res.status().is_success() => Probe::Passed,
+            Ok(_) => Probe::Failed,
+            Err(_) => Probe::Late,
+        }
+    }
+}
+
+/// What one health check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// A 2xx answer.
+    Passed,
+    /// Another answer, or no connection.
+    Failed,
+    /// No answer within the timeout.
+    Late,
+}
+
+/// Whether a check counts as a failure: a late one does not when the instance answered requests
+/// meanwhile (see the module docs).
+fn failed(probe: Probe, answered_meanwhile: bool) -> Option<bool> {
+    match probe {
+        Probe::Passed => Some(false),
+        Probe::Failed => Some(true),
+        Probe::Late if answered_meanwhile => None,
+        Probe::Late => Some(true),
     }
 }
 
@@ -156,6 +186,7 @@ pub(super) async fn run(registry: Arc<Registry>, settings: HealthSettings, cance
     };
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round = 0u32;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -166,13 +197,31 @@ pub(super) async fn run(registry: Arc<Registry>, settings: HealthSettings, cance
                 }
             }
             _ = tick.tick() => {
-                let endpoints: Vec<Endpoint> =
-                    registry.slots.lock().await.iter().map(|s| s.endpoint.clone()).collect();
+                // Never the `answered_in` mark's initial value, so a new instance starts unmarked.
+                round = round.wrapping_add(1) % u32::MAX;
+                let endpoints: Vec<Endpoint> = registry
+                    .slots
+                    .lock()
+                    .await
+                    .iter()
+                    .map(|s| {
+                        s.passive.begin_round(round);
+                        s.endpoint.clone()
+                    })
+                    .collect();
                 let results = join_all(endpoints.iter().map(|e| registry.probe(e, settings.timeout))).await;
                 let mut slots = registry.slots.lock().await;
-                for (id, ok) in results.into_iter().enumerate() {
+                for (id, probe) in results.into_iter().enumerate() {
                     let slot = &mut slots[id];
-                    if ok {
+                    let Some(failed) = failed(probe, slot.passive.answered_in(round)) else {
+                        tracing::debug!(
+                            pool = registry.pool.as_str(),
+                            instance = %slot.endpoint.instance,
+                            "health check late while the instance answers requests; no verdict"
+                        );
+                        continue;
+                    };
+                    if !failed {
                         // A passing probe clears the failure mark the balancer ranks by.
                         slot.passive.reset();
                         slot.failed = 0;
@@ -190,5 +239,37 @@ pub(super) async fn run(registry: Arc<Registry>, settings: HealthSettings, cance
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_check_fails_only_an_instance_that_answered_nothing_meanwhile() {
+        assert_eq!(failed(Probe::Passed, false), Some(false));
+        assert_eq!(
+            failed(Probe::Failed, true),
+            Some(true),
+            "an error answer is a failure, busy or not"
+        );
+        assert_eq!(failed(Probe::Late, false), Some(true));
+        assert_eq!(failed(Probe::Late, true), None);
+    }
+
+    #[test]
+    fn answers_are_marked_in_the_round_they_came_in() {
+        let (tx, _rx) = unbounded_channel();
+        let passive = PassiveHealth::new(0, 3, tx);
+        passive.begin_round(1);
+        assert!(!passive.answered_in(1), "nothing answered yet");
+        passive.success();
+        assert!(passive.answered_in(1));
+        passive.begin_round(2);
+        assert!(
+            !passive.answered_in(2),
+            "an answer of the last round does not count for this one"
+        );
     }
 }

@@ -79,3 +79,41 @@ async fn a_slow_instance_receives_less_traffic_than_a_fast_one() {
         slow.hits()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_instance_whose_checks_are_late_stays_in_rotation_while_it_answers_requests() {
+    let env = TestEnv::new().await;
+    let busy = FakeUpstream::start("busy").await;
+    let other = FakeUpstream::start("other").await;
+    // Checks every 100 ms that give up after 100 ms; two failed in a row take an instance out.
+    let gw = spawn(&env, settings(&env, &[&busy], &other, &[])).await;
+    busy.set_health_delay(Duration::from_millis(300));
+
+    // Requests keep coming and are answered: every check is late, none is a verdict.
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    let mut answered = 0;
+    while std::time::Instant::now() < until {
+        let (status, body) = get(&gw, "/api/skus/1").await;
+        assert_eq!(status, 200, "the busy instance stays in rotation: {body}");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(answered > 20, "only {answered} requests");
+
+    // Without traffic a late check is all there is to go on: the instance leaves rotation
+    // (a hung instance must), and the next request is told so.
+    health_window().await;
+    let (status, body) = get(&gw, "/api/skus/1").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "upstream_unavailable");
+
+    // Checks answered in time again bring it back.
+    busy.set_health_delay(Duration::ZERO);
+    eventually(Duration::from_secs(5), "the instance returns", || async {
+        match get(&gw, "/api/skus/1").await {
+            (200, _) => Ok(()),
+            _ => Err("not yet"),
+        }
+    })
+    .await;
+}

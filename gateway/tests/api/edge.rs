@@ -203,6 +203,45 @@ async fn keep_alive_and_pipelined_requests_are_answered_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_for_the_idle_timeout_is_closed_and_a_busy_one_is_not() {
+    let env = TestEnv::new().await;
+    let (product, other) = (
+        FakeUpstream::start("product").await,
+        FakeUpstream::start("other").await,
+    );
+    let mut s = settings(&env, &[&product], &other, &[]);
+    s.platform.http.idle_timeout = Duration::from_millis(300);
+    let gw = spawn(&env, s).await;
+
+    // Requests 150 ms apart for twice the idle timeout: the connection is never idle that long.
+    let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let mut buf = Vec::new();
+    for i in 0..5 {
+        stream
+            .write_all(format!("GET /api/products/{i} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = read_answer(&mut stream, &mut buf, false).await;
+        assert_eq!(
+            answer.status, 200,
+            "request {i} on the kept connection: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Then nothing: the gateway closes it, and without an answer (nothing was asked).
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed, silently: {read:?} {rest:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed after about the idle timeout, not {:?}",
+        started.elapsed()
+    );
+    assert_eq!(product.hits(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_reach_the_upstream_in_every_framing() {
     let (_env, product, _other, gw) = gateway().await;
     let admin = token("1", &["admin"]);
