@@ -55,7 +55,8 @@ pub(super) struct PassiveHealth {
     pub(super) id: usize,
     failures: AtomicU32,
     eject_after: u32,
-    eject: UnboundedSender<usize>,
+    /// The instance's id and why, to the health task.
+    eject: UnboundedSender<(usize, String)>,
     /// The health task's current round (it counts them).
     round: AtomicU32,
     /// The last round in which the instance answered a request.
@@ -63,7 +64,7 @@ pub(super) struct PassiveHealth {
 }
 
 impl PassiveHealth {
-    pub(super) fn new(id: usize, eject_after: u32, eject: UnboundedSender<usize>) -> Self {
+    pub(super) fn new(id: usize, eject_after: u32, eject: UnboundedSender<(usize, String)>) -> Self {
         Self {
             id,
             failures: AtomicU32::new(0),
@@ -101,9 +102,15 @@ impl PassiveHealth {
         self.answered_in.load(Ordering::Relaxed) == round
     }
 
-    fn failure(&self) {
+    /// A failed request; `why` is said once, with the ejection it causes.
+    fn failure(&self, why: impl FnOnce() -> String) {
         if self.failures.fetch_add(1, Ordering::Relaxed) + 1 == self.eject_after {
-            let _ = self.eject.send(self.id);
+            let why = format!(
+                "{} failed requests in a row, the last: {}",
+                self.eject_after,
+                why()
+            );
+            let _ = self.eject.send((self.id, why));
         }
     }
 
@@ -235,7 +242,7 @@ impl Service<Outbound> for Endpoint {
                     let status = res.status();
                     // 502/503/504 say the instance cannot serve; a 500 is about one request.
                     if matches!(status.as_u16(), 502..=504) {
-                        this.passive.failure();
+                        this.passive.failure(|| format!("answered {status}"));
                     } else {
                         this.passive.success();
                     }
@@ -246,7 +253,7 @@ impl Service<Outbound> for Endpoint {
                     })
                 }
                 Err(source) => {
-                    this.passive.failure();
+                    this.passive.failure(|| source.to_string());
                     let instance = this.instance;
                     metrics::counter!(
                         "gateway_upstream_requests_total",

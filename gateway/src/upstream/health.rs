@@ -47,7 +47,7 @@ pub struct Registry {
     slots: Mutex<Vec<Slot>>,
     in_rotation: AtomicUsize,
     changes: UnboundedSender<Change<usize, Ranked>>,
-    ejections: Mutex<Option<UnboundedReceiver<usize>>>,
+    ejections: Mutex<Option<UnboundedReceiver<(usize, String)>>>,
     client: HttpClient,
 }
 
@@ -110,7 +110,8 @@ impl Registry {
         self.in_rotation.load(Ordering::Acquire)
     }
 
-    fn set(&self, slot: &mut Slot, id: usize, up: bool) {
+    /// Puts an instance in or out of rotation, saying `why` in the log line.
+    fn set(&self, slot: &mut Slot, id: usize, up: bool, why: &str) {
         if slot.in_rotation == up {
             return;
         }
@@ -131,6 +132,7 @@ impl Registry {
             pool = self.pool.as_str(),
             instance = %slot.endpoint.instance,
             in_rotation = up,
+            why,
             "upstream instance {}",
             if up { "back in rotation" } else { "taken out of rotation" }
         );
@@ -143,29 +145,30 @@ impl Registry {
             .expect("static request");
         match tokio::time::timeout(timeout, self.client.request(req)).await {
             Ok(Ok(res)) if res.status().is_success() => Probe::Passed,
-            Ok(_) => Probe::Failed,
+            Ok(Ok(res)) => Probe::Failed(format!("answered {}", res.status())),
+            Ok(Err(e)) => Probe::Failed(format!("{e} ({:?})", std::error::Error::source(&e))),
             Err(_) => Probe::Late,
         }
     }
 }
 
 /// What one health check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Probe {
     /// A 2xx answer.
     Passed,
-    /// Another answer, or no connection.
-    Failed,
+    /// Another answer, or no connection (which).
+    Failed(String),
     /// No answer within the timeout.
     Late,
 }
 
 /// Whether a check counts as a failure: a late one does not when the instance answered requests
 /// meanwhile (see the module docs).
-fn failed(probe: Probe, answered_meanwhile: bool) -> Option<bool> {
+fn failed(probe: &Probe, answered_meanwhile: bool) -> Option<bool> {
     match probe {
         Probe::Passed => Some(false),
-        Probe::Failed => Some(true),
+        Probe::Failed(_) => Some(true),
         Probe::Late if answered_meanwhile => None,
         Probe::Late => Some(true),
     }
@@ -190,10 +193,10 @@ pub(super) async fn run(registry: Arc<Registry>, settings: HealthSettings, cance
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            Some(id) = ejections.recv() => {
+            Some((id, why)) = ejections.recv() => {
                 let mut slots = registry.slots.lock().await;
                 if let Some(slot) = slots.get_mut(id) {
-                    registry.set(slot, id, false);
+                    registry.set(slot, id, false, &why);
                 }
             }
             _ = tick.tick() => {
@@ -213,7 +216,7 @@ pub(super) async fn run(registry: Arc<Registry>, settings: HealthSettings, cance
                 let mut slots = registry.slots.lock().await;
                 for (id, probe) in results.into_iter().enumerate() {
                     let slot = &mut slots[id];
-                    let Some(failed) = failed(probe, slot.passive.answered_in(round)) else {
+                    let Some(failed) = failed(&probe, slot.passive.answered_in(round)) else {
                         tracing::debug!(
                             pool = registry.pool.as_str(),
                             instance = %slot.endpoint.instance,
@@ -227,13 +230,19 @@ pub(super) async fn run(registry: Arc<Registry>, settings: HealthSettings, cance
                         slot.failed = 0;
                         slot.passed += 1;
                         if !slot.in_rotation && slot.passed >= settings.healthy_after {
-                            registry.set(slot, id, true);
+                            let why = format!("{} passed health checks in a row", slot.passed);
+                            registry.set(slot, id, true, &why);
                         }
                     } else {
                         slot.passed = 0;
                         slot.failed += 1;
                         if slot.in_rotation && slot.failed >= settings.unhealthy_after {
-                            registry.set(slot, id, false);
+                            let last = match &probe {
+                                Probe::Failed(why) => why.as_str(),
+                                _ => "no answer in time, and no request answered meanwhile",
+                            };
+                            let why = format!("{} failed health checks in a row, the last: {last}", slot.failed);
+                            registry.set(slot, id, false, &why);
                         }
                     }
                 }
@@ -248,14 +257,15 @@ mod tests {
 
     #[test]
     fn a_late_check_fails_only_an_instance_that_answered_nothing_meanwhile() {
-        assert_eq!(failed(Probe::Passed, false), Some(false));
+        assert_eq!(failed(&Probe::Passed, false), Some(false));
+        let refused = Probe::Failed("answered 503 Service Unavailable".into());
         assert_eq!(
-            failed(Probe::Failed, true),
+            failed(&refused, true),
             Some(true),
             "an error answer is a failure, busy or not"
         );
-        assert_eq!(failed(Probe::Late, false), Some(true));
-        assert_eq!(failed(Probe::Late, true), None);
+        assert_eq!(failed(&Probe::Late, false), Some(true));
+        assert_eq!(failed(&Probe::Late, true), None);
     }
 
     #[test]
