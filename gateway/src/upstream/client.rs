@@ -613,3 +613,35 @@ impl HttpBody for Streaming {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outbound_head_leaves_host_and_framing_to_the_client_and_is_copied_only_without_a_body() {
+        let mut head = OutboundHead::new(&Method::GET, "/a?b=1", 0);
+        head.header(&header::HOST, b"client.example");
+        head.header(&header::CONTENT_LENGTH, b"0");
+        head.header(&header::TRANSFER_ENCODING, b"chunked");
+        head.header(&header::ACCEPT, b"*/*");
+        head.lines().extend_from_slice(b"x-extra: 1\r\n");
+        let out = head.with_body(Body::empty());
+        assert_eq!(
+            &out.head[..],
+            b"GET /a?b=1 HTTP/1.1\r\naccept: */*\r\nx-extra: 1\r\n"
+        );
+        assert_eq!(&out.head[..out.line_end], b"GET /a?b=1 HTTP/1.1\r\n");
+        assert!(
+            out.length_given,
+            "an empty body that was announced is announced upstream"
+        );
+        let copy = out
+            .try_clone()
+            .expect("a request without a body can be sent again");
+        assert_eq!((copy.head, copy.method), (out.head.clone(), Method::GET));
+
+        let posted = OutboundHead::new(&Method::POST, "/", 0).with_body(Body::from("x"));
+        assert!(posted.try_clone().is_none(), "a body is gone once sent");
+    }
+}
