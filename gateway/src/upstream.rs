@@ -8,14 +8,16 @@
 //!    over `ConcurrencyLimit`, whose semaphore, per-request permit future and two layers cost
 //!    about 3,000 instructions per proxied request; the behaviour is theirs);
 //! 2. circuit breaker (503 `upstream_unavailable` while open);
-//! 3. overall timeout (`MALL_GW_UPSTREAM_TIMEOUT`, 504 `upstream_timeout`);
-//! 4. retries under a budget, only for requests that are safe to repeat;
-//! 5. per-try timeout (`MALL_GW_TRY_TIMEOUT`);
-//! 6. the balancer's shared handle (`shared.rs`, in place of tower's `Buffer`);
-//! 7. p2c balancer over peak-EWMA endpoints (ranked behind any with recent failures).
+//! 3. retries under a budget, only for requests that are safe to repeat, and none once the
+//!    overall timeout (`MALL_GW_UPSTREAM_TIMEOUT`, 504 `upstream_timeout`) has passed;
+//! 4. per-try timeout (`MALL_GW_TRY_TIMEOUT`), cut short by the overall deadline: one timer per
+//!    attempt for both (`deadline.rs`);
+//! 5. the balancer's shared handle (`shared.rs`, in place of tower's `Buffer`);
+//! 6. p2c balancer over peak-EWMA endpoints (ranked behind any with recent failures).
 
 mod breaker;
 mod client;
+mod deadline;
 mod endpoint;
 mod health;
 mod retry;
@@ -76,6 +78,8 @@ pub struct Pool {
     name: PoolName,
     in_flight: Arc<InFlight>,
     service: PoolService,
+    /// `MALL_GW_UPSTREAM_TIMEOUT`: every attempt of a request together.
+    upstream_timeout: Duration,
     registry: Arc<Registry>,
     breaker: Arc<Breaker>,
 }
@@ -96,10 +100,8 @@ impl Pool {
         let breaker = Arc::new(Breaker::new(name, settings.breaker.clone()));
         let service = ServiceBuilder::new()
             .layer(breaker::BreakerLayer::new(breaker.clone()))
-            .timeout(r.upstream_timeout)
             .layer(tower::retry::RetryLayer::new(retry::RetryPolicy::new(name, r)))
-            .timeout(r.try_timeout)
-            .service(shared);
+            .service(deadline::TryTimeout::new(shared, r.try_timeout));
         let health = health::run(registry.clone(), settings.health.clone(), cancel);
         (
             Self {
@@ -109,6 +111,7 @@ impl Pool {
                     max: r.max_concurrency,
                 }),
                 service: BoxCloneSyncService::new(service),
+                upstream_timeout: r.upstream_timeout,
                 registry,
                 breaker,
             },
@@ -132,13 +135,14 @@ impl Pool {
     }
 
     /// Sends `req` to one instance, with the whole resilience stack.
-    pub async fn send(&self, req: Outbound) -> Result<Answer, BoxError> {
+    pub async fn send(&self, mut req: Outbound) -> Result<Answer, BoxError> {
         if self.registry.in_rotation() == 0 {
             return Err(NoHealthyInstance.into());
         }
         let Some(_slot) = self.in_flight.enter() else {
             return Err(tower::load_shed::error::Overloaded::new().into());
         };
+        req.deadline = Some(tokio::time::Instant::now() + self.upstream_timeout);
         self.service.clone().oneshot(req).await
     }
 }

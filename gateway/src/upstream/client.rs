@@ -59,6 +59,8 @@ pub struct Outbound {
     /// Whether the request came with a `Content-Length` (an empty body is then announced).
     length_given: bool,
     body: Body,
+    /// When every attempt together must be done (`MALL_GW_UPSTREAM_TIMEOUT`), set by the pool.
+    pub(super) deadline: Option<tokio::time::Instant>,
 }
 
 impl Outbound {
@@ -86,6 +88,7 @@ impl Outbound {
             line_end: self.line_end,
             length_given: self.length_given,
             body: Body::empty(),
+            deadline: self.deadline,
         })
     }
 }
@@ -140,6 +143,7 @@ impl OutboundHead {
             line_end: self.line_end,
             length_given: self.length_given,
             body,
+            deadline: None,
         }
     }
 }
@@ -282,6 +286,7 @@ pub(crate) async fn send(target: &Arc<Target>, req: Outbound) -> Result<Response
         line_end,
         length_given,
         mut body,
+        deadline: _,
     } = req;
     let head_only = method == Method::HEAD;
 

@@ -56,10 +56,17 @@ fn idempotent(method: &Method) -> bool {
 impl Policy<Outbound, Answer, BoxError> for RetryPolicy {
     type Future = std::future::Ready<()>;
 
-    fn retry(&mut self, _req: &mut Outbound, result: &mut Result<Answer, BoxError>) -> Option<Self::Future> {
+    fn retry(&mut self, req: &mut Outbound, result: &mut Result<Answer, BoxError>) -> Option<Self::Future> {
         let Err(error) = result else { return None };
         tracing::debug!(pool = self.pool, %error, source = ?std::error::Error::source(error.as_ref()), "attempt failed");
         if self.remaining == 0 {
+            return None;
+        }
+        // The overall timeout: past it, the last attempt's failure (its time-out) is the answer.
+        if req
+            .deadline
+            .is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
+        {
             return None;
         }
         let retryable = match find_cause::<EndpointError>(error.as_ref()) {

@@ -83,6 +83,44 @@ async fn a_post_is_never_retried_once_sent_and_a_get_is_retried_until_the_overal
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overall_timeout_cuts_the_attempt_in_flight_and_stops_the_retries() {
+    let env = TestEnv::new().await;
+    let (a, b, other) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+        FakeUpstream::start("o").await,
+    );
+    a.set_delay(Duration::from_secs(3));
+    b.set_delay(Duration::from_secs(3));
+    let mut extra = NO_EJECTION.to_vec();
+    // Room for three attempts of 500 ms, but 700 ms for all of them: the second is cut at
+    // 700 ms and no third starts.
+    extra.extend([
+        ("MALL_GW_TRY_TIMEOUT", "500ms"),
+        ("MALL_GW_UPSTREAM_TIMEOUT", "700ms"),
+    ]);
+    let gw = spawn(&env, settings(&env, &[&a, &b], &other, &extra)).await;
+
+    let started = Instant::now();
+    let (status, body) = get(&gw, "/api/skus/1").await;
+    let took = started.elapsed();
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (504, Some("upstream_timeout")),
+        "{body}"
+    );
+    assert!(
+        took >= Duration::from_millis(650) && took < Duration::from_millis(950),
+        "answered at the overall timeout, not after it: {took:?}"
+    );
+    assert_eq!(
+        a.hits() + b.hits(),
+        2,
+        "two attempts: the first timed out, the second was cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stop_when_the_budget_is_spent_and_refused_connections_are_502() {
     let env = TestEnv::new().await;
     let (dead, other) = (FakeUpstream::start("dead").await, FakeUpstream::start("o").await);
