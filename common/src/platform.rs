@@ -109,6 +109,15 @@ impl PlatformSettings {
                 "must be at least 1",
             ));
         }
+        let idle_timeout = vars.duration("MALL_IDLE_TIMEOUT", Duration::from_secs(30))?;
+        if idle_timeout.is_zero() {
+            // Zero would close every keep-alive connection the moment it waits for a request.
+            return Err(ConfigError::new(
+                "MALL_IDLE_TIMEOUT",
+                vars.get("MALL_IDLE_TIMEOUT").unwrap_or("0"),
+                "must be more than zero",
+            ));
+        }
         let body_limit: usize = vars.parse("MALL_BODY_LIMIT", 1024 * 1024)?;
         let threads = match defaults.http_threads {
             HttpThreads::Shared => 0,
@@ -123,7 +132,7 @@ impl PlatformSettings {
                     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, defaults.port)),
                 )?,
                 request_timeout: vars.duration("MALL_REQUEST_TIMEOUT", Duration::from_secs(10))?,
-                idle_timeout: vars.duration("MALL_IDLE_TIMEOUT", Duration::from_secs(30))?,
+                idle_timeout,
                 body_limit,
                 shutdown_timeout: vars.duration("MALL_SHUTDOWN_TIMEOUT", Duration::from_secs(10))?,
                 threads,
@@ -362,5 +371,30 @@ async fn load_scripts_later(
             Err(ScriptLoadError::Unreachable(_)) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(3));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: ServiceDefaults = ServiceDefaults {
+        name: "test",
+        port: 18000,
+        schema: "test",
+        http_threads: HttpThreads::Shared,
+    };
+
+    fn with(pairs: &[(&str, &str)]) -> Result<PlatformSettings, ConfigError> {
+        PlatformSettings::from_vars(&Vars::from_pairs(pairs.iter().copied()), &DEFAULTS)
+    }
+
+    #[test]
+    fn the_idle_timeout_defaults_to_30_seconds_and_zero_is_refused() {
+        assert_eq!(with(&[]).unwrap().http.idle_timeout, Duration::from_secs(30));
+        let set = with(&[("MALL_IDLE_TIMEOUT", "75s")]).unwrap();
+        assert_eq!(set.http.idle_timeout, Duration::from_secs(75));
+        let zero = with(&[("MALL_IDLE_TIMEOUT", "0s")]).unwrap_err();
+        assert!(zero.to_string().contains("MALL_IDLE_TIMEOUT"), "{zero}");
     }
 }
