@@ -45,7 +45,6 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::error::{ApiError, ErrorCause};
-
 use crate::http::{Timed, body_too_large, ensure_request_id, method_label, status_label, with_request_id};
 use crate::server::ServeConnection;
 use crate::telemetry::propagation;
