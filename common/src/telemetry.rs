@@ -7,8 +7,9 @@
 //! layer (always at INFO, so a quiet log level never silences traces; see DEPENDENCIES.md
 //! gotcha 7).
 //! Spans are exported over OTLP/HTTP (Jaeger) and/or to Zipkin only when configured, so tests
-//! and a plain local start never wait on a collector. Propagation reads and writes both W3C
-//! `traceparent` and B3 ([`propagation`]).
+//! and a plain local start never wait on a collector. Propagation reads W3C `traceparent` and
+//! B3 and writes what `OTEL_PROPAGATORS` names, W3C and B3's single header by default
+//! ([`propagation`]).
 
 pub mod access;
 mod b3;
@@ -29,8 +30,6 @@ use tracing_subscriber::{Layer, Registry};
 use url::Url;
 
 use crate::config::{ConfigError, Vars};
-
-pub use b3::B3Propagator;
 
 /// A client span for one call to a data store (`db.system` = `postgresql` or `redis`), a child
 /// of whatever span is current, so traces show each SQL and Redis call of a request.
@@ -92,6 +91,9 @@ pub struct TelemetrySettings {
     pub exporters: Vec<TraceExporter>,
     /// The sampler.
     pub sampler: SamplerSetting,
+    /// `OTEL_PROPAGATORS`: the trace-context formats written on outgoing requests and messages
+    /// (default `tracecontext,b3`); every format is read whatever this says.
+    pub propagators: propagation::Formats,
 }
 
 const OTLP_DEFAULT_BASE: &str = "http://localhost:4318";
@@ -106,6 +108,7 @@ impl TelemetrySettings {
             log_filter: "info".into(),
             exporters: Vec::new(),
             sampler: SamplerSetting::ParentBasedAlwaysOn,
+            propagators: propagation::Formats::DEFAULT,
         }
     }
 
@@ -221,12 +224,19 @@ impl TelemetrySettings {
             }
         };
 
+        let propagators = match vars.get("OTEL_PROPAGATORS") {
+            None => propagation::Formats::DEFAULT,
+            Some(list) => propagation::Formats::parse(list)
+                .map_err(|e| ConfigError::new("OTEL_PROPAGATORS", list, e))?,
+        };
+
         Ok(Self {
             service_name: vars.string("OTEL_SERVICE_NAME", default_service_name),
             log_format,
             log_filter,
             exporters,
             sampler,
+            propagators,
         })
     }
 
@@ -302,7 +312,8 @@ fn write_debug_str(out: &mut impl std::fmt::Write, s: &str) -> std::fmt::Result 
 
 /// Installs logging, tracing, export and propagation for this process. Call once, early.
 pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
-    opentelemetry::global::set_text_map_propagator(propagation::composite());
+    opentelemetry::global::set_text_map_propagator(propagation::propagator());
+    propagation::set_formats(settings.propagators);
 
     let provider = build_provider(settings)?;
     opentelemetry::global::set_tracer_provider(provider.clone());
@@ -436,6 +447,20 @@ mod tests {
         assert!(s.exporters.is_empty());
         assert_eq!(s.sampler, SamplerSetting::ParentBasedAlwaysOn);
         assert_eq!(s.service_name, "mall-x");
+        assert_eq!(s.propagators, propagation::Formats::DEFAULT);
+    }
+
+    #[test]
+    fn otel_propagators_picks_what_is_written_and_refuses_what_is_unknown() {
+        let s = TelemetrySettings::from_vars(
+            &Vars::from_pairs([("OTEL_PROPAGATORS", "tracecontext,b3multi")]),
+            "x",
+        )
+        .unwrap();
+        assert!(s.propagators.tracecontext && s.propagators.b3multi && !s.propagators.b3);
+        let err =
+            TelemetrySettings::from_vars(&Vars::from_pairs([("OTEL_PROPAGATORS", "xray")]), "x").unwrap_err();
+        assert!(err.to_string().contains("OTEL_PROPAGATORS"), "{err}");
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct Proxy {
     pub identity_key: identity::IdentityKey,
     /// `MALL_GW_MAX_HEADER_BYTES`.
     pub max_header_bytes: usize,
+    /// The trace-context formats written upstream (`OTEL_PROPAGATORS`).
+    pub propagation: propagation::Formats,
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -248,7 +250,7 @@ async fn forward_inner(
     // One span per request, as Envoy does by default: the upstream continues the gateway's
     // server span directly. A client span per hop doubled the tracing work of every request
     // and told nothing the service's own server span does not (its start is the hop's end).
-    propagation::push_http_context_lines(cx, head.lines());
+    propagation::push_http_context_lines(cx, proxy.propagation, head.lines());
 
     pool.send(head.with_body(body))
         .await

@@ -64,6 +64,7 @@ impl Application {
             limiter: RateLimiter::new(gw.rate_limits.clone(), redis),
             identity_key,
             max_header_bytes: gw.max_header_bytes,
+            propagation: settings.telemetry.propagators,
         });
         let routing = Routing::new(proxy, |route| pools[&route.pool].clone(), stack.service);
         let edge = Edge::new(

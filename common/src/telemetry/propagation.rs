@@ -1,74 +1,247 @@
 //! Moving trace context across process boundaries: HTTP headers and AMQP message headers.
 //!
-//! Every hop writes both W3C `traceparent` and B3, and reads either (W3C wins when both are
-//! present), so a trace stays one trace whether the caller speaks Jaeger's or Zipkin's dialect.
+//! Every hop reads W3C `traceparent` and B3 (the single `b3` header or the `x-b3-*` ones; W3C
+//! wins when both are present), so a trace stays one trace whether the caller speaks Jaeger's
+//! or Zipkin's dialect. What a hop writes is `OTEL_PROPAGATORS` ([`Formats`]): by default
+//! `traceparent` (with `tracestate` when the span has a state) and B3's single header, as
+//! OpenTelemetry's B3 propagator writes by default. Each header written is one the next
+//! service parses, names and stores on every request (with hyper, about 900 instructions per
+//! field, callgrind), so the `x-b3-*` headers are only written when asked for (`b3multi`).
+
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use std::sync::LazyLock;
-
 use opentelemetry::Context;
 use opentelemetry::propagation::text_map_propagator::FieldIter;
-use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry_http::HeaderExtractor;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::B3Propagator;
+use super::b3;
 use crate::identity::to_hex;
+
+/// The trace-context formats a process writes on outgoing requests and messages, from
+/// `OTEL_PROPAGATORS` (a comma-separated list). Every format is read whatever is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    /// `tracecontext`: W3C `traceparent`, and `tracestate` when the span has a state.
+    pub tracecontext: bool,
+    /// `b3`: B3's single header, `b3: <trace>-<span>-<sampled>`.
+    pub b3: bool,
+    /// `b3multi`: `x-b3-traceid`, `x-b3-spanid` and `x-b3-sampled`, for Zipkin-era services
+    /// that read nothing else.
+    pub b3multi: bool,
+}
+
+impl Formats {
+    /// `tracecontext,b3`.
+    pub const DEFAULT: Self = Self {
+        tracecontext: true,
+        b3: true,
+        b3multi: false,
+    };
+
+    /// Reads an `OTEL_PROPAGATORS` value: `tracecontext`, `b3`, `b3multi`, `none`, and
+    /// `baggage` (accepted, as it is in OpenTelemetry's default list, but mall propagates no
+    /// baggage). Anything else is refused.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut formats = Self {
+            tracecontext: false,
+            b3: false,
+            b3multi: false,
+        };
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match name {
+                "tracecontext" => formats.tracecontext = true,
+                "b3" => formats.b3 = true,
+                "b3multi" => formats.b3multi = true,
+                "baggage" | "none" => {}
+                other => {
+                    return Err(format!(
+                        "unknown propagator {other:?}; expected tracecontext, b3, b3multi, baggage or none"
+                    ));
+                }
+            }
+        }
+        Ok(formats)
+    }
+
+    fn bits(self) -> u8 {
+        u8::from(self.tracecontext) | u8::from(self.b3) << 1 | u8::from(self.b3multi) << 2
+    }
+
+    fn from_bits(bits: u8) -> Self {
+        Self {
+            tracecontext: bits & 1 != 0,
+            b3: bits & 2 != 0,
+            b3multi: bits & 4 != 0,
+        }
+    }
+}
+
+/// What this process writes (set by `telemetry::init`; the default until then, so a process
+/// that never installed telemetry, a tool or a test, still propagates).
+static FORMATS: AtomicU8 = AtomicU8::new(0b011);
+
+/// Sets what [`inject_http`], [`inject_http_context`], [`inject_amqp`] and the global
+/// propagator write from now on.
+pub fn set_formats(formats: Formats) {
+    FORMATS.store(formats.bits(), Ordering::Relaxed);
+}
+
+/// What this process writes.
+pub fn formats() -> Formats {
+    Formats::from_bits(FORMATS.load(Ordering::Relaxed))
+}
 
 /// The helpers below use this directly rather than the global propagator, so propagation never
 /// silently turns into a no-op in a process that did not install telemetry (tools, tests).
-static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(composite);
+static PROPAGATOR: LazyLock<Propagator> = LazyLock::new(Propagator::default);
 
-/// B3 then W3C: on extract the later propagator wins, so `traceparent` takes precedence.
-pub fn composite() -> TextMapCompositePropagator {
-    TextMapCompositePropagator::new(vec![Box::new(B3Propagator::new()), Box::new(W3c::default())])
+/// mall's propagator, installed as the process's global one: writes the [`formats`] of the
+/// moment, reads W3C and then B3.
+#[derive(Debug)]
+pub struct Propagator {
+    fields: Vec<String>,
 }
 
-/// W3C trace context: the SDK's propagator, with `traceparent` written by table instead of
-/// through the integer formatter (every hop of every request writes one).
-#[derive(Debug, Default)]
-struct W3c(TraceContextPropagator);
-
-impl TextMapPropagator for W3c {
-    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
-        let span = cx.span();
-        let sc = span.span_context();
-        if !sc.is_valid() {
-            return;
+impl Default for Propagator {
+    fn default() -> Self {
+        Self {
+            fields: FIELD_NAMES.iter().map(|&f| f.to_owned()).collect(),
         }
-        // Version 00, as the SDK writes it; only the sampled flag is defined.
-        let flags = if sc.is_sampled() { "01" } else { "00" };
-        let trace = to_hex(&sc.trace_id().to_bytes());
-        let span_hex = to_hex(&sc.span_id().to_bytes());
-        injector.set("traceparent", ["00", &trace, &span_hex, flags].join("-"));
-        injector.set("tracestate", sc.trace_state().header());
+    }
+}
+
+impl TextMapPropagator for Propagator {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        inject_formats(cx, formats(), injector);
     }
 
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
-        self.0.extract_with_context(cx, extractor)
+        let get = |name: &'static str| extractor.get(name);
+        match extract(get("traceparent"), get("tracestate"), get) {
+            Some(sc) => cx.with_remote_span_context(sc),
+            None => cx.clone(),
+        }
     }
 
     fn fields(&self) -> FieldIter<'_> {
-        self.0.fields()
+        FieldIter::new(&self.fields)
     }
 }
 
-/// The header names the propagators read, parsed once.
+/// Writes `cx` in `formats` through `injector`.
+fn inject_formats(cx: &Context, formats: Formats, injector: &mut dyn Injector) {
+    let Some(ids) = Ids::of(cx) else {
+        return;
+    };
+    let text = |range: std::ops::Range<usize>| {
+        String::from_utf8(ids.buf[range].to_vec()).expect("hex digits and dashes")
+    };
+    if formats.tracecontext {
+        injector.set("traceparent", text(ids.traceparent()));
+        if let Some(state) = ids.state() {
+            injector.set("tracestate", state.to_owned());
+        }
+    }
+    if formats.b3 {
+        injector.set(b3::B3_SINGLE, text(ids.b3()));
+    }
+    if formats.b3multi {
+        injector.set(b3::B3_TRACE_ID, text(ids.trace()));
+        injector.set(b3::B3_SPAN_ID, text(ids.span()));
+        injector.set(b3::B3_SAMPLED, ids.b3_flag().to_owned());
+    }
+}
+
+/// The process's propagator (what `telemetry::init` installs globally).
+pub fn propagator() -> Propagator {
+    Propagator::default()
+}
+
+/// The context in `traceparent` (and `tracestate`), else in B3, else none.
+fn extract<'a>(
+    traceparent: Option<&'a str>,
+    tracestate: Option<&'a str>,
+    get: impl Fn(&'static str) -> Option<&'a str>,
+) -> Option<SpanContext> {
+    traceparent
+        .and_then(|value| parse_traceparent(value, tracestate))
+        .or_else(|| b3::extract(get))
+}
+
+/// A W3C `traceparent` value, as the Trace Context spec defines it: `vv-<32>-<16>-ff` in
+/// lowercase hex, version `ff` invalid, version `00` exactly that long, a later version
+/// possibly longer (after a `-`), neither id all zeros; only the sampled flag is kept. Read
+/// in place: the SDK's propagator splits it into a vector and parses each part as a string,
+/// about 4,000 instructions for every request a service gets through the gateway.
+fn parse_traceparent(value: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+    let v = value.trim().as_bytes();
+    if v.len() < TRACEPARENT_LEN || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let version = hex_value(&v[0..2])?;
+    let longer_ok = version != 0 && v.get(TRACEPARENT_LEN).is_none_or(|&b| b == b'-');
+    if version == 0xff || (v.len() != TRACEPARENT_LEN && !longer_ok) {
+        return None;
+    }
+    let trace = hex_value(&v[3..35])?;
+    let span = hex_value(&v[36..52])?;
+    let flags = hex_value(&v[53..55])? as u8;
+    if trace == 0 || span == 0 {
+        return None;
+    }
+    let state = tracestate
+        .filter(|s| !s.is_empty())
+        .and_then(|s| TraceState::from_str(s).ok())
+        .unwrap_or_default();
+    Some(SpanContext::new(
+        TraceId::from(trace),
+        SpanId::from(span as u64),
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        state,
+    ))
+}
+
+/// Lowercase hex digits (at most 32) as a number; `None` for any other byte.
+fn hex_value(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |n, &b| {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u128::from(d))
+    })
+}
+
+/// The header names the propagator reads.
+const FIELD_NAMES: [&str; 6] = [
+    "traceparent",
+    "tracestate",
+    b3::B3_SINGLE,
+    b3::B3_TRACE_ID,
+    b3::B3_SPAN_ID,
+    b3::B3_SAMPLED,
+];
+
+/// [`FIELD_NAMES`] parsed once.
 static FIELDS: LazyLock<Vec<http::HeaderName>> = LazyLock::new(|| {
-    PROPAGATOR
-        .fields()
-        .filter_map(|f| http::HeaderName::from_bytes(f.as_bytes()).ok())
+    FIELD_NAMES
+        .iter()
+        .map(|f| http::HeaderName::from_static(f))
         .collect()
 });
 
 /// Whether the headers carry any of the propagators' fields. Most requests at the edge carry
-/// none, and for them extraction (two propagators, their lookups and an empty context) and
-/// setting that context as a parent are pure cost.
+/// none, and for them extraction and setting an empty context as a parent are pure cost.
 pub fn carries_http_context(headers: &http::HeaderMap) -> bool {
-    // A request has a few fields: comparing each with the eight names is cheaper than hashing
-    // the eight names to look them up.
+    // A request has a few fields: comparing each with the six names is cheaper than hashing
+    // the six names to look them up.
     if headers.keys_len() < FIELDS.len() {
         headers.keys().any(|name| FIELDS.contains(name))
     } else {
@@ -78,7 +251,18 @@ pub fn carries_http_context(headers: &http::HeaderMap) -> bool {
 
 /// The context a caller sent in HTTP headers (empty if none).
 pub fn extract_http(headers: &http::HeaderMap) -> Context {
-    PROPAGATOR.extract_with_context(&Context::new(), &HeaderExtractor(headers))
+    fn text(value: Option<&http::HeaderValue>) -> Option<&str> {
+        value.and_then(|v| v.to_str().ok())
+    }
+    let found = extract(
+        text(headers.get(&TRACEPARENT)),
+        text(headers.get(&TRACESTATE)),
+        |name| text(headers.get(name)),
+    );
+    match found {
+        Some(sc) => Context::new().with_remote_span_context(sc),
+        None => Context::new(),
+    }
 }
 
 /// Writes the current span's context into outgoing HTTP headers.
@@ -86,118 +270,161 @@ pub fn inject_http(headers: &mut http::HeaderMap) {
     inject_http_context(&tracing::Span::current().context(), headers);
 }
 
-/// Writes `cx` into outgoing HTTP headers (for a caller that already holds the context): what
-/// the composite propagator writes (W3C `traceparent` and `tracestate`, B3 single and multi),
-/// but straight into the map. Through the propagators every hop of every request paid for six
-/// `String`s, six header values and two dynamic calls, about 6,000 instructions (callgrind);
-/// here the ids are written once into one buffer that every value shares.
+/// Writes `cx` into outgoing HTTP headers (for a caller that already holds the context), in
+/// the [`formats`] of the process, straight into the map: through a propagator every value is
+/// a `String` of its own; here the ids are written once into one buffer that the values share.
 pub fn inject_http_context(cx: &Context, headers: &mut http::HeaderMap) {
+    inject_http_formats(cx, formats(), headers);
+}
+
+fn inject_http_formats(cx: &Context, formats: Formats, headers: &mut http::HeaderMap) {
     use http::HeaderValue;
-    let Some((buf, sampled, state)) = context_ids(cx) else {
+    let Some(ids) = Ids::of(cx) else {
         return;
     };
+    let buf = bytes::Bytes::copy_from_slice(&ids.buf);
     let value = |range: std::ops::Range<usize>| {
         HeaderValue::from_maybe_shared(buf.slice(range))
             .expect("hex digits and dashes are a valid header value")
     };
-    headers.insert(TRACEPARENT, value(0..TRACEPARENT_LEN));
-    let state = if state.is_empty() {
-        HeaderValue::from_static("")
-    } else {
-        HeaderValue::try_from(state).unwrap_or(HeaderValue::from_static(""))
-    };
-    headers.insert(TRACESTATE, state);
-    headers.insert(B3, value(TRACEPARENT_LEN..TRACEPARENT_LEN + B3_LEN));
-    headers.insert(B3_TRACE_ID, value(3..35));
-    headers.insert(B3_SPAN_ID, value(36..52));
-    headers.insert(
-        B3_SAMPLED,
-        HeaderValue::from_static(if sampled { "1" } else { "0" }),
-    );
+    if formats.tracecontext {
+        headers.insert(TRACEPARENT, value(ids.traceparent()));
+        if let Some(state) = ids.state().and_then(|s| HeaderValue::try_from(s).ok()) {
+            headers.insert(TRACESTATE, state);
+        }
+    }
+    if formats.b3 {
+        headers.insert(B3, value(ids.b3()));
+    }
+    if formats.b3multi {
+        headers.insert(B3_TRACE_ID, value(ids.trace()));
+        headers.insert(B3_SPAN_ID, value(ids.span()));
+        headers.insert(B3_SAMPLED, HeaderValue::from_static(ids.b3_flag()));
+    }
 }
 
-/// Appends the header lines [`inject_http_context`] would add for `cx` (`traceparent: ...\r\n`
-/// and the rest) to `out`, for a caller that writes a request head itself: no header map, no
-/// header values, no buffer of their own (the B3 values are copies of the `traceparent` digits
-/// already written). Returns whether it wrote them: not without a valid context.
-pub fn push_http_context_lines(cx: &Context, out: &mut Vec<u8>) -> bool {
-    let span = cx.span();
-    let sc = span.span_context();
-    if !sc.is_valid() {
+/// Appends the header lines [`inject_http_context`] would add for `cx` in `formats`
+/// (`traceparent: ...\r\n` and the rest) to `out`, for a caller that writes a request head
+/// itself: no header map, no header values. Returns whether it wrote any: not without a valid
+/// context.
+pub fn push_http_context_lines(cx: &Context, formats: Formats, out: &mut Vec<u8>) -> bool {
+    let Some(ids) = Ids::of(cx) else {
         return false;
+    };
+    let mut line = |name: &http::HeaderName, value: &[u8]| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    if formats.tracecontext {
+        line(&TRACEPARENT, &ids.buf[ids.traceparent()]);
+        // A state that is not a valid header value is left out, as `inject_http_context` does.
+        if let Some(state) = ids.state().filter(|s| http::HeaderValue::from_str(s).is_ok()) {
+            line(&TRACESTATE, state.as_bytes());
+        }
     }
-    let sampled = sc.is_sampled();
-    out.reserve(320);
-    out.extend_from_slice(b"traceparent: 00-");
-    // Where the trace id's digits start; the span id's follow its 32 and a dash.
-    let trace = out.len();
-    push_hex(out, &sc.trace_id().to_bytes());
-    out.push(b'-');
-    push_hex(out, &sc.span_id().to_bytes());
-    out.extend_from_slice(if sampled { b"-01\r\n" } else { b"-00\r\n" });
-    let state = sc.trace_state().header();
-    // A state that is not a valid header value is left empty, as `inject_http_context` does.
-    let state_ok = state.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
-    out.extend_from_slice(b"tracestate: ");
-    if state_ok {
-        out.extend_from_slice(state.as_bytes());
+    if formats.b3 {
+        line(&B3, &ids.buf[ids.b3()]);
     }
-    out.extend_from_slice(b"\r\nb3: ");
-    // `<trace>-<span>` as in traceparent, then the sampled flag.
-    out.extend_from_within(trace..trace + 49);
-    out.extend_from_slice(if sampled { b"-1\r\n" } else { b"-0\r\n" });
-    out.extend_from_slice(b"x-b3-traceid: ");
-    out.extend_from_within(trace..trace + 32);
-    out.extend_from_slice(b"\r\nx-b3-spanid: ");
-    out.extend_from_within(trace + 33..trace + 49);
-    out.extend_from_slice(if sampled {
-        b"\r\nx-b3-sampled: 1\r\n"
-    } else {
-        b"\r\nx-b3-sampled: 0\r\n"
-    });
+    if formats.b3multi {
+        line(&B3_TRACE_ID, &ids.buf[ids.trace()]);
+        line(&B3_SPAN_ID, &ids.buf[ids.span()]);
+        line(&B3_SAMPLED, ids.b3_flag().as_bytes());
+    }
     true
 }
 
-/// Whether `name` is one of the trace-context headers [`inject_http_context`] writes, for a
-/// caller that copies a request's headers and writes its own context in place of the caller's.
+/// Whether `name` is a trace-context header (any this process reads or writes, and B3's
+/// `x-b3-parentspanid` and `x-b3-flags`), for a caller that copies a request's headers and
+/// writes its own context in place of the caller's.
 pub fn is_http_context(name: &http::HeaderName) -> bool {
-    [TRACEPARENT, TRACESTATE, B3, B3_TRACE_ID, B3_SPAN_ID, B3_SAMPLED].contains(name)
+    [
+        TRACEPARENT,
+        TRACESTATE,
+        B3,
+        B3_TRACE_ID,
+        B3_SPAN_ID,
+        B3_SAMPLED,
+        B3_PARENT_SPAN_ID,
+        B3_FLAGS,
+    ]
+    .contains(name)
 }
 
-/// `00-<trace>-<span>-0x<trace>-<span>-x` (traceparent, then the B3 single value; the B3 multi
-/// values are slices of it), whether sampled, and the trace state, when `cx` has a valid span.
-fn context_ids(cx: &Context) -> Option<(bytes::Bytes, bool, String)> {
-    let span = cx.span();
-    let sc = span.span_context();
-    if !sc.is_valid() {
-        return None;
+/// A valid span context's ids, written once: `00-<trace>-<span>-0x` (a `traceparent`) then
+/// `<trace>-<span>-x` (a B3 single value); every other value is a slice of these.
+struct Ids {
+    buf: [u8; TRACEPARENT_LEN + B3_LEN],
+    sampled: bool,
+    state: String,
+}
+
+impl Ids {
+    fn of(cx: &Context) -> Option<Self> {
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return None;
+        }
+        let sampled = sc.is_sampled();
+        let mut buf = [0u8; TRACEPARENT_LEN + B3_LEN];
+        buf[..3].copy_from_slice(b"00-");
+        write_hex(&mut buf[3..35], &sc.trace_id().to_bytes());
+        buf[35] = b'-';
+        write_hex(&mut buf[36..52], &sc.span_id().to_bytes());
+        buf[52..55].copy_from_slice(if sampled { b"-01" } else { b"-00" });
+        buf.copy_within(3..53, TRACEPARENT_LEN);
+        buf[TRACEPARENT_LEN + B3_LEN - 1] = if sampled { b'1' } else { b'0' };
+        Some(Self {
+            buf,
+            sampled,
+            state: sc.trace_state().header(),
+        })
     }
-    let sampled = sc.is_sampled();
-    let mut buf = Vec::with_capacity(TRACEPARENT_LEN + B3_LEN);
-    buf.extend_from_slice(b"00-");
-    push_hex(&mut buf, &sc.trace_id().to_bytes());
-    buf.push(b'-');
-    push_hex(&mut buf, &sc.span_id().to_bytes());
-    buf.extend_from_slice(if sampled { b"-01" } else { b"-00" });
-    buf.extend_from_within(3..TRACEPARENT_LEN - 2);
-    buf.push(if sampled { b'1' } else { b'0' });
-    Some((bytes::Bytes::from(buf), sampled, sc.trace_state().header()))
+
+    fn traceparent(&self) -> std::ops::Range<usize> {
+        0..TRACEPARENT_LEN
+    }
+
+    fn b3(&self) -> std::ops::Range<usize> {
+        TRACEPARENT_LEN..TRACEPARENT_LEN + B3_LEN
+    }
+
+    fn trace(&self) -> std::ops::Range<usize> {
+        3..35
+    }
+
+    fn span(&self) -> std::ops::Range<usize> {
+        36..52
+    }
+
+    fn b3_flag(&self) -> &'static str {
+        if self.sampled { "1" } else { "0" }
+    }
+
+    /// The trace state, if the span has one (an empty `tracestate` is not written).
+    fn state(&self) -> Option<&str> {
+        (!self.state.is_empty()).then_some(self.state.as_str())
+    }
 }
 
 const TRACEPARENT_LEN: usize = 55;
 const B3_LEN: usize = 51;
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
-const B3: http::HeaderName = http::HeaderName::from_static("b3");
-const B3_TRACE_ID: http::HeaderName = http::HeaderName::from_static("x-b3-traceid");
-const B3_SPAN_ID: http::HeaderName = http::HeaderName::from_static("x-b3-spanid");
-const B3_SAMPLED: http::HeaderName = http::HeaderName::from_static("x-b3-sampled");
+const B3: http::HeaderName = http::HeaderName::from_static(b3::B3_SINGLE);
+const B3_TRACE_ID: http::HeaderName = http::HeaderName::from_static(b3::B3_TRACE_ID);
+const B3_SPAN_ID: http::HeaderName = http::HeaderName::from_static(b3::B3_SPAN_ID);
+const B3_SAMPLED: http::HeaderName = http::HeaderName::from_static(b3::B3_SAMPLED);
+const B3_PARENT_SPAN_ID: http::HeaderName = http::HeaderName::from_static("x-b3-parentspanid");
+const B3_FLAGS: http::HeaderName = http::HeaderName::from_static(b3::B3_FLAGS);
 
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0xf)]);
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
 }
 
@@ -249,142 +476,228 @@ pub fn trace_id_of(cx: &Context) -> Option<String> {
     sc.is_valid().then(|| to_hex(&sc.trace_id().to_bytes()))
 }
 
-/// A carrier of one W3C `traceparent` value (a Redis stream entry's field, say).
-struct Traceparent(Option<String>);
-
-impl Injector for Traceparent {
-    fn set(&mut self, key: &str, value: String) {
-        if key == "traceparent" {
-            self.0 = Some(value);
-        }
-    }
-}
-
-impl Extractor for Traceparent {
-    fn get(&self, key: &str) -> Option<&str> {
-        (key == "traceparent").then_some(self.0.as_deref()).flatten()
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec!["traceparent"]
-    }
-}
-
 /// A context as a W3C `traceparent` value, if it carries a valid span (for carriers that are
 /// not headers, such as a Redis stream entry; [`extract_traceparent`] reads it back).
 pub fn traceparent_of(cx: &Context) -> Option<String> {
-    let mut carrier = Traceparent(None);
-    W3c::default().inject_context(cx, &mut carrier);
-    carrier.0
+    let ids = Ids::of(cx)?;
+    Some(String::from_utf8(ids.buf[ids.traceparent()].to_vec()).expect("hex digits and dashes"))
 }
 
 /// The context of a W3C `traceparent` value (empty if it is not one).
 pub fn extract_traceparent(value: &str) -> Context {
-    TraceContextPropagator::new().extract_with_context(&Context::new(), &Traceparent(Some(value.to_owned())))
+    match parse_traceparent(value, None) {
+        Some(sc) => Context::new().with_remote_span_context(sc),
+        None => Context::new(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use std::collections::HashMap;
 
-    fn remote(trace: &str) -> Context {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const SPAN: &str = "00f067aa0ba902b7";
+
+    fn context(flags: TraceFlags, state: TraceState) -> Context {
         Context::new().with_remote_span_context(SpanContext::new(
-            TraceId::from_hex(trace).unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            TraceFlags::SAMPLED,
+            TraceId::from_hex(TRACE).unwrap(),
+            SpanId::from_hex(SPAN).unwrap(),
+            flags,
             true,
-            TraceState::default(),
+            state,
         ))
     }
 
+    fn remote() -> Context {
+        context(TraceFlags::SAMPLED, TraceState::default())
+    }
+
+    fn formats(list: &str) -> Formats {
+        Formats::parse(list).unwrap()
+    }
+
     #[test]
-    fn amqp_headers_carry_w3c_and_b3() {
-        let cx = remote("4bf92f3577b34da6a3ce929d0e0e4736");
+    fn amqp_headers_carry_w3c_and_b3_by_default() {
         let mut table = FieldTable::default();
-        composite().inject_context(&cx, &mut AmqpInjector(&mut table));
+        inject_formats(&remote(), Formats::DEFAULT, &mut AmqpInjector(&mut table));
         assert!(table.contains_key("traceparent"));
         assert!(table.contains_key("b3"));
-        let back = composite().extract(&AmqpExtractor(&table));
-        assert_eq!(trace_id_of(&back).unwrap(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(!table.contains_key("tracestate"), "no state, no tracestate");
+        assert!(!table.contains_key("x-b3-traceid"), "multi only when asked for");
+        let back = Propagator::default().extract(&AmqpExtractor(&table));
+        assert_eq!(trace_id_of(&back).unwrap(), TRACE);
     }
 
     #[test]
     fn traceparent_values_round_trip() {
-        let cx = remote("4bf92f3577b34da6a3ce929d0e0e4736");
-        let value = traceparent_of(&cx).unwrap();
-        assert_eq!(value, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let value = traceparent_of(&remote()).unwrap();
+        assert_eq!(value, format!("00-{TRACE}-{SPAN}-01"));
         let back = extract_traceparent(&value);
-        assert_eq!(trace_id_of(&back).unwrap(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(trace_id_of(&back).unwrap(), TRACE);
         assert!(traceparent_of(&Context::new()).is_none());
         assert!(trace_id_of(&extract_traceparent("garbage")).is_none());
     }
 
     #[test]
-    fn the_traceparent_written_here_is_the_sdks() {
-        use std::collections::HashMap;
+    fn formats_come_from_otel_propagators() {
+        assert_eq!(formats("tracecontext,b3"), Formats::DEFAULT);
+        let multi = formats(" tracecontext , b3multi,baggage ");
+        assert!(multi.tracecontext && multi.b3multi && !multi.b3);
+        for nothing in ["none", "", "baggage"] {
+            let f = formats(nothing);
+            assert!(!f.tracecontext && !f.b3 && !f.b3multi, "{nothing:?}");
+        }
+        let err = Formats::parse("tracecontext,jaeger").unwrap_err();
+        assert!(err.contains("jaeger"), "{err}");
+        for f in [Formats::DEFAULT, multi, formats("b3,b3multi"), formats("none")] {
+            assert_eq!(Formats::from_bits(f.bits()), f);
+        }
+        assert_eq!(
+            Formats::from_bits(FORMATS.load(Ordering::Relaxed)),
+            Formats::DEFAULT
+        );
+    }
+
+    /// What each way of writing puts out, as (name, value) pairs in order.
+    fn written(cx: &Context, f: Formats) -> [Vec<(String, String)>; 3] {
+        let mut carrier = HashMap::new();
+        inject_formats(cx, f, &mut carrier);
+        let mut map = http::HeaderMap::new();
+        inject_http_formats(cx, f, &mut map);
+        let mut lines = b"GET / HTTP/1.1\r\n".to_vec();
+        assert!(push_http_context_lines(cx, f, &mut lines));
+        let lines = std::str::from_utf8(&lines)
+            .unwrap()
+            .strip_prefix("GET / HTTP/1.1\r\n")
+            .unwrap()
+            .split_terminator("\r\n")
+            .map(|l| {
+                let (k, v) = l.split_once(": ").unwrap();
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        let map = map
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let mut carrier: Vec<(String, String)> = carrier.into_iter().collect();
+        carrier.sort();
+        [carrier, map, lines]
+    }
+
+    #[test]
+    fn every_way_of_writing_writes_the_same_and_w3c_as_the_sdk_does() {
+        let vendor = TraceState::from_key_value([("vendor", "x")]).unwrap();
         for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
-            let state = TraceState::from_key_value([("vendor", "x")]).unwrap();
-            for ts in [TraceState::default(), state] {
-                let cx = Context::new().with_remote_span_context(SpanContext::new(
-                    TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
-                    SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-                    flags,
-                    true,
-                    ts,
-                ));
-                let (mut ours, mut sdk) = (HashMap::new(), HashMap::new());
-                W3c::default().inject_context(&cx, &mut ours);
+            for state in [TraceState::default(), vendor.clone()] {
+                let cx = context(flags, state.clone());
+                let mut sdk = HashMap::new();
                 TraceContextPropagator::new().inject_context(&cx, &mut sdk);
-                assert_eq!(ours, sdk);
-                // The HTTP headers are written directly: exactly what the composite propagator
-                // (B3 single and multi, W3C) writes.
-                let mut headers = http::HeaderMap::new();
-                inject_http_context(&cx, &mut headers);
-                let written: HashMap<String, String> = headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
-                    .collect();
-                let mut composite_wrote = HashMap::new();
-                composite().inject_context(&cx, &mut composite_wrote);
-                assert_eq!(written, composite_wrote);
-                // And as header lines, the same pairs in the same order.
-                let mut lines = b"GET / HTTP/1.1\r\n".to_vec();
-                assert!(push_http_context_lines(&cx, &mut lines));
-                let lines: Vec<(String, String)> = std::str::from_utf8(&lines)
-                    .unwrap()
-                    .strip_prefix("GET / HTTP/1.1\r\n")
-                    .unwrap()
-                    .split_terminator("\r\n")
-                    .map(|l| {
-                        let (k, v) = l.split_once(": ").unwrap();
-                        (k.to_owned(), v.to_owned())
-                    })
-                    .collect();
-                let in_map: Vec<(String, String)> = headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
-                    .collect();
-                assert_eq!(lines, in_map);
-                assert!(headers.keys().all(is_http_context));
-                assert_eq!(headers["traceparent"], sdk["traceparent"].as_str());
+                let bit = if flags.is_sampled() { "1" } else { "0" };
+                for list in ["tracecontext,b3", "tracecontext,b3,b3multi", "b3multi", "none"] {
+                    let f = formats(list);
+                    let [mut carrier, map, lines] = written(&cx, f);
+                    assert_eq!(map, lines, "{list}: the header lines are the map's, in order");
+                    let mut sorted = map.clone();
+                    sorted.sort();
+                    carrier.sort();
+                    assert_eq!(carrier, sorted, "{list}: the propagator writes the same");
+                    let get = |name: &str| map.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+                    if f.tracecontext {
+                        assert_eq!(get("traceparent"), Some(sdk["traceparent"].as_str()), "{list}");
+                        let sdk_state = sdk["tracestate"].as_str();
+                        assert_eq!(get("tracestate"), (!sdk_state.is_empty()).then_some(sdk_state));
+                    } else {
+                        assert_eq!(get("traceparent"), None);
+                        assert_eq!(get("tracestate"), None);
+                    }
+                    let single = format!("{TRACE}-{SPAN}-{bit}");
+                    assert_eq!(get("b3"), f.b3.then_some(single.as_str()), "{list}");
+                    assert_eq!(get("x-b3-traceid"), f.b3multi.then_some(TRACE), "{list}");
+                    assert_eq!(get("x-b3-spanid"), f.b3multi.then_some(SPAN), "{list}");
+                    assert_eq!(get("x-b3-sampled"), f.b3multi.then_some(bit), "{list}");
+                    for (name, _) in &map {
+                        assert!(is_http_context(
+                            &http::HeaderName::from_bytes(name.as_bytes()).unwrap()
+                        ));
+                    }
+                    // And what was written reads back as the same context.
+                    if f.tracecontext || f.b3 || f.b3multi {
+                        let mut headers = http::HeaderMap::new();
+                        inject_http_formats(&cx, f, &mut headers);
+                        let back = extract_http(&headers);
+                        let back = back.span();
+                        let back = back.span_context();
+                        assert_eq!(back.trace_id().to_string(), TRACE);
+                        assert_eq!(back.span_id().to_string(), SPAN);
+                        assert_eq!(back.is_sampled(), flags.is_sampled());
+                    }
+                }
             }
         }
-        let cx = remote("4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(
-            trace_id_of(&cx).unwrap(),
-            cx.span().span_context().trace_id().to_string()
-        );
-        let mut none = HashMap::new();
-        W3c::default().inject_context(&Context::new(), &mut none);
-        assert!(none.is_empty(), "no context, no header");
         let mut headers = http::HeaderMap::new();
-        inject_http_context(&Context::new(), &mut headers);
+        inject_http_formats(&Context::new(), Formats::DEFAULT, &mut headers);
         assert!(headers.is_empty(), "no context, no header");
         let mut untouched = b"kept".to_vec();
-        assert!(!push_http_context_lines(&Context::new(), &mut untouched));
+        assert!(!push_http_context_lines(
+            &Context::new(),
+            Formats::DEFAULT,
+            &mut untouched
+        ));
         assert_eq!(untouched, b"kept");
         assert!(!is_http_context(&http::header::AUTHORIZATION));
+        assert!(is_http_context(&http::HeaderName::from_static("x-b3-flags")));
+        assert_eq!(
+            trace_id_of(&remote()).unwrap(),
+            remote().span().span_context().trace_id().to_string()
+        );
+    }
+
+    #[test]
+    fn traceparent_is_read_as_the_sdk_reads_it_and_stricter_where_the_spec_is() {
+        let sdk = |value: &str, state: Option<&str>| {
+            let mut carrier = HashMap::from([("traceparent".to_owned(), value.to_owned())]);
+            if let Some(state) = state {
+                carrier.insert("tracestate".to_owned(), state.to_owned());
+            }
+            let cx = TraceContextPropagator::new().extract(&carrier);
+            let span = cx.span();
+            let sc = span.span_context().clone();
+            sc.is_valid().then_some(sc)
+        };
+        let state = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+        for value in [
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            " 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-09 ",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-02",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-the-future-holds",
+            "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ] {
+            for st in [None, Some(state), Some("")] {
+                let ours = parse_traceparent(value, st).unwrap_or_else(|| panic!("{value}"));
+                assert_eq!(Some(ours), sdk(value, st), "{value} {st:?}");
+            }
+        }
+        for invalid in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-B7AD6B7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0A",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",
+            "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c8031+c-b7ad6b7169203331-01",
+            "0g-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ] {
+            assert_eq!(parse_traceparent(invalid, None), None, "{invalid:?}");
+        }
     }
 
     #[test]
@@ -402,10 +715,33 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let cx = composite().extract(&HeaderExtractor(&headers));
-        assert_eq!(trace_id_of(&cx).unwrap(), "11111111111111111111111111111111");
+        assert_eq!(
+            trace_id_of(&extract_http(&headers)).unwrap(),
+            "11111111111111111111111111111111"
+        );
+        // An invalid traceparent is no context: B3's is read.
+        headers.insert("traceparent", "00-garbage".parse().unwrap());
+        assert_eq!(
+            trace_id_of(&extract_http(&headers)).unwrap(),
+            "22222222222222222222222222222222"
+        );
         headers.remove("traceparent");
-        let cx = composite().extract(&HeaderExtractor(&headers));
-        assert_eq!(trace_id_of(&cx).unwrap(), "22222222222222222222222222222222");
+        assert_eq!(
+            trace_id_of(&extract_http(&headers)).unwrap(),
+            "22222222222222222222222222222222"
+        );
+        headers.remove("b3");
+        headers.insert(
+            "x-b3-traceid",
+            "33333333333333333333333333333333".parse().unwrap(),
+        );
+        headers.insert("x-b3-spanid", "00f067aa0ba902b7".parse().unwrap());
+        assert!(carries_http_context(&headers));
+        assert_eq!(
+            trace_id_of(&extract_http(&headers)).unwrap(),
+            "33333333333333333333333333333333"
+        );
+        assert!(!carries_http_context(&http::HeaderMap::new()));
+        assert!(trace_id_of(&extract_http(&http::HeaderMap::new())).is_none());
     }
 }

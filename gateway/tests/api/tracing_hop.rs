@@ -1,5 +1,6 @@
 //! One trace across the gateway hop.
 
+use mall_common::telemetry::propagation::Formats;
 use mall_testkit::spans::Via;
 use mall_testkit::upstream::FakeUpstream;
 use mall_testkit::{TestEnv, collector};
@@ -19,26 +20,31 @@ async fn the_upstream_request_carries_the_trace_of_the_gateway_span() {
         .client()
         .get(gw.url("/api/skus/5"))
         .header("traceparent", format!("00-{trace_id}-{client_parent}-01"))
+        .header("tracestate", "congo=t61rcWkgMzE")
         .header("b3", format!("{trace_id}-{client_parent}-1"))
+        .header("x-b3-traceid", trace_id)
+        .header("x-b3-spanid", client_parent)
+        .header("x-b3-sampled", "1")
+        .header("x-b3-flags", "1")
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
 
     let seen = up.seen().pop().unwrap();
-    for name in [
-        "traceparent",
-        "b3",
-        "x-b3-traceid",
-        "x-b3-spanid",
-        "x-b3-sampled",
-        "tracestate",
-    ] {
+    for name in ["traceparent", "b3", "tracestate"] {
         assert_eq!(
             seen.headers.get_all(name).iter().count(),
             1,
             "one {name}: the client's was replaced"
         );
+    }
+    // The span continues the client's trace state.
+    assert_eq!(seen.headers["tracestate"], "congo=t61rcWkgMzE");
+    // By default (OTEL_PROPAGATORS=tracecontext,b3) the gateway writes no x-b3-* headers, and
+    // the client's never pass.
+    for name in ["x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags"] {
+        assert!(seen.headers.get(name).is_none(), "{name} was passed on");
     }
     let traceparent = seen.headers["traceparent"].to_str().unwrap().to_owned();
     let parts: Vec<&str> = traceparent.split('-').collect();
@@ -69,4 +75,52 @@ async fn the_upstream_request_carries_the_trace_of_the_gateway_span() {
         .filter(|s| s.service == server_span.service)
         .count();
     assert_eq!(gateway_spans, 1, "one gateway span per request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_formats_written_upstream_are_otel_propagators() {
+    let env = TestEnv::new().await;
+    let (up, other) = (FakeUpstream::start("p").await, FakeUpstream::start("o").await);
+    let mut settings = settings(&env, &[&up], &other, &[]);
+    settings.telemetry.propagators = Formats::parse("b3multi").unwrap();
+    let gw = spawn(&env, settings).await;
+
+    // Not the other test's trace: both export to the same collector.
+    let trace_id = "5b8efff798038103d269b633813fc60c";
+    let res = gw
+        .client()
+        .get(gw.url("/api/skus/5"))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let seen = up.seen().pop().unwrap();
+    assert_eq!(
+        seen.headers["x-b3-traceid"], trace_id,
+        "the W3C context goes on as B3"
+    );
+    let span_id = seen.headers["x-b3-spanid"].to_str().unwrap();
+    assert_eq!(span_id.len(), 16);
+    assert_ne!(
+        span_id, "b7ad6b7169203331",
+        "the gateway's own span is the parent"
+    );
+    assert_eq!(seen.headers["x-b3-sampled"], "1");
+    for name in ["traceparent", "tracestate", "b3"] {
+        assert!(
+            seen.headers.get(name).is_none(),
+            "{name} was written or passed on"
+        );
+    }
+
+    // Without a context from the client the gateway's span is a new root, written the same way.
+    let res = gw.client().get(gw.url("/api/skus/5")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = up.seen().pop().unwrap();
+    let fresh = seen.headers["x-b3-traceid"].to_str().unwrap();
+    assert_eq!(fresh.len(), 32);
+    assert_ne!(fresh, trace_id);
+    assert!(seen.headers.get("traceparent").is_none());
 }
