@@ -366,29 +366,38 @@ impl Framing {
     /// Reads one field; `Ok(true)` when it is the connection's own (hop-by-hop, never
     /// forwarded). `Content-Length` is read and forwarded; a malformed or conflicting one is
     /// refused.
-    pub fn read(&mut self, name: &HeaderName, value: &Bytes) -> Result<bool, &'static str> {
-        if *name == header::CONTENT_LENGTH {
-            let n = content_length(value).ok_or("invalid content-length")?;
-            if self.length.is_some_and(|l| l != n) {
-                return Err("conflicting content-length");
+    pub fn read(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, &'static str> {
+        self.read_raw(name.as_str().as_bytes(), value)
+    }
+
+    /// [`Framing::read`] for a field name as it came (any case), for a reader that does not
+    /// make a `HeaderName` of every field.
+    pub fn read_raw(&mut self, name: &[u8], value: &[u8]) -> Result<bool, &'static str> {
+        match field(name) {
+            Field::ContentLength => {
+                let n = content_length(value).ok_or("invalid content-length")?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err("conflicting content-length");
+                }
+                self.length = Some(n);
+                Ok(false)
             }
-            self.length = Some(n);
-            return Ok(false);
-        }
-        if !is_hop_by_hop(name) {
-            return Ok(false);
-        }
-        if *name == header::TRANSFER_ENCODING {
-            self.encoded = true;
-            self.chunked = is_chunked(value);
-        } else if *name == header::CONNECTION {
-            self.close |= connection_has(value, "close");
-            self.keep_alive |= connection_has(value, "keep-alive");
-            if connection_names_headers(value) {
-                self.names = Some(value.clone());
+            Field::TransferEncoding => {
+                self.encoded = true;
+                self.chunked = is_chunked(value);
+                Ok(true)
             }
+            Field::Connection => {
+                self.close |= connection_has(value, "close");
+                self.keep_alive |= connection_has(value, "keep-alive");
+                if connection_names_headers(value) {
+                    self.names = Some(Bytes::copy_from_slice(value));
+                }
+                Ok(true)
+            }
+            Field::HopByHop => Ok(true),
+            Field::Other => Ok(false),
         }
-        Ok(true)
     }
 
     /// Drops from `headers` the ones a `Connection` field named.
@@ -397,19 +406,52 @@ impl Framing {
             drop_named_by_connection(headers, connection);
         }
     }
+
+    /// Whether a `Connection` field named `name` (any case) as a header to drop, as
+    /// [`Framing::drop_named`] drops it from a map.
+    pub fn names(&self, name: &[u8]) -> bool {
+        self.names.as_ref().is_some_and(|connection| {
+            connection
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+        })
+    }
 }
 
-/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1): each hop's parser
-/// drops them as it reads a head (and `drop_named_by_connection` the ones `Connection` names).
+/// What a field is to the framing.
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Another of the connection's own (RFC 9110 7.6.1), never forwarded: each hop's parser
+    /// drops them as it reads a head (and the ones `Connection` names).
+    HopByHop,
+    Other,
+}
+
+/// `name` (any case), told apart by its length first: most fields are none of these.
+fn field(name: &[u8]) -> Field {
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        14 if is(b"content-length") => Field::ContentLength,
+        17 if is(b"transfer-encoding") => Field::TransferEncoding,
+        10 if is(b"connection") => Field::Connection,
+        10 if is(b"keep-alive") => Field::HopByHop,
+        2 if is(b"te") => Field::HopByHop,
+        7 if is(b"trailer") || is(b"upgrade") => Field::HopByHop,
+        18 if is(b"proxy-authenticate") => Field::HopByHop,
+        19 if is(b"proxy-authorization") => Field::HopByHop,
+        _ => Field::Other,
+    }
+}
+
+/// Whether `name` is one of the connection's own fields (never forwarded).
+#[cfg(test)]
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::PROXY_AUTHENTICATE
-        || *name == header::PROXY_AUTHORIZATION
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || name.as_str() == "keep-alive"
+    !matches!(
+        field(name.as_str().as_bytes()),
+        Field::ContentLength | Field::Other
+    )
 }
 
 /// Removes the headers a `Connection` value names, other than its own `close` and
@@ -423,6 +465,33 @@ fn drop_named_by_connection(headers: &mut HeaderMap, connection: &[u8]) {
         if let Ok(name) = HeaderName::from_bytes(token) {
             headers.remove(name);
         }
+    }
+}
+
+/// A response's header lines as an upstream sent them (`name: value\r\n` each, valid field
+/// names and values), without the framing and the upstream connection's own fields: what a
+/// proxy passes on without making a header map of an answer only to write it out again.
+/// Carried in the response's extensions; the edge writes the lines after the map's fields.
+#[derive(Debug, Clone)]
+pub struct RawHeaders {
+    /// The lines.
+    pub lines: Bytes,
+    /// One of them is `Content-Type: application/json...`.
+    pub json: bool,
+    /// One of them is `x-request-id`.
+    pub request_id: bool,
+}
+
+impl RawHeaders {
+    /// The fields as `(name, value)` pairs, for a reader that needs them one by one.
+    pub fn fields(&self) -> impl Iterator<Item = (HeaderName, header::HeaderValue)> + '_ {
+        self.lines.split(|b| *b == b'\n').filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|b| *b == b':')?;
+            let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+            let value = self.lines.slice_ref(line[colon + 1..].trim_ascii());
+            Some((name, header::HeaderValue::from_maybe_shared(value).ok()?))
+        })
     }
 }
 
@@ -582,5 +651,55 @@ mod tests {
         assert!(!connection_has(b"closed", "close"));
         assert!(is_chunked(b"gzip, Chunked"));
         assert!(!is_chunked(b"chunked, gzip"));
+    }
+
+    #[test]
+    fn fields_are_told_apart_in_any_case_and_raw_lines_read_back() {
+        let mut framing = Framing::default();
+        let v = |s: &'static str| s.as_bytes();
+        assert_eq!(framing.read_raw(b"Content-Length", v("12")), Ok(false));
+        assert_eq!(framing.length, Some(12));
+        assert_eq!(
+            framing.read_raw(b"CONTENT-LENGTH", v("13")),
+            Err("conflicting content-length")
+        );
+        assert_eq!(
+            framing.read_raw(b"Transfer-Encoding", v("gzip, chunked")),
+            Ok(true)
+        );
+        assert!(framing.encoded && framing.chunked);
+        assert_eq!(framing.read_raw(b"Connection", v("close, X-Hop")), Ok(true));
+        assert!(framing.close);
+        assert!(framing.names(b"x-hop") && framing.names(b"X-HOP") && !framing.names(b"x-kept"));
+        for own in [
+            "Keep-Alive",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "Proxy-Authenticate",
+            "Proxy-Authorization",
+        ] {
+            assert_eq!(framing.read_raw(own.as_bytes(), v("x")), Ok(true), "{own}");
+        }
+        assert_eq!(framing.read_raw(b"Content-Type", v("text/plain")), Ok(false));
+
+        let raw = RawHeaders {
+            lines: Bytes::from_static(b"Content-Type: text/plain\r\nx-a:  1 \r\nSet-Cookie: b=2\r\n"),
+            json: false,
+            request_id: false,
+        };
+        let fields: Vec<(String, String)> = raw
+            .fields()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("content-type", "text/plain"),
+                ("x-a", "1"),
+                ("set-cookie", "b=2")
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
     }
 }

@@ -58,6 +58,11 @@ pub(super) async fn write(
             wire::push_header(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
+    // An upstream's fields as it sent them: whoever made them left the framing out (and kept
+    // a HEAD answer's length).
+    if let Some(raw) = parts.extensions.get::<wire::RawHeaders>() {
+        out.extend_from_slice(&raw.lines);
+    }
     let exact = body.size_hint().exact();
     let chunked = !bodiless && exact.is_none() && asked.http11;
     if !bodiless {

@@ -41,6 +41,7 @@ use uuid::Uuid;
 
 use super::{REQUEST_ID, StackSettings, Timed};
 use crate::error::{ApiError, ErrorBody, ErrorCause, code_for_status};
+use crate::wire::RawHeaders;
 
 /// Longest plain-text error body turned into a JSON message.
 const MAX_TEXT_ERROR: usize = 4096;
@@ -282,7 +283,8 @@ fn new_request_id() -> HeaderValue {
 
 /// Echoes the request id on a response that does not name one.
 pub fn with_request_id(mut res: Response, id: HeaderValue) -> Response {
-    if !res.headers().contains_key(REQUEST_ID) {
+    let raw = res.extensions().get::<RawHeaders>();
+    if !raw.is_some_and(|raw| raw.request_id) && !res.headers().contains_key(REQUEST_ID) {
         res.headers_mut().insert(REQUEST_ID, id);
     }
     res
@@ -359,10 +361,12 @@ pub fn status_label(status: StatusCode) -> SharedString {
 }
 
 fn is_json(res: &Response) -> bool {
-    res.headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"))
+    res.extensions().get::<RawHeaders>().is_some_and(|raw| raw.json)
+        || res
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"))
 }
 
 /// Gives an error response that is not JSON (one of axum's rejections, a 405, an upstream's
@@ -378,7 +382,14 @@ pub async fn with_json_error_body(res: Response) -> Response {
 }
 
 async fn to_json_error(res: Response) -> Response {
-    let (parts, body) = res.into_parts();
+    let (mut parts, body) = res.into_parts();
+    // An upstream's fields as it sent them become the map's, so that the new body's framing
+    // and type replace theirs.
+    if let Some(raw) = parts.extensions.remove::<RawHeaders>() {
+        for (name, value) in raw.fields() {
+            parts.headers.append(name, value);
+        }
+    }
     let text = to_bytes(body, MAX_TEXT_ERROR)
         .await
         .ok()

@@ -174,3 +174,113 @@ async fn head_only(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
         .unwrap_or(0);
     (status, text)
 }
+
+/// An upstream that answers from a table of raw answers by path (`/healthz` 200), keeping
+/// each connection alive; returns its URL.
+async fn raw_upstream(answers: &'static [(&'static str, &'static str)]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let mut line = head.split_whitespace();
+                    let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
+                    let answer = answers
+                        .iter()
+                        .find(|(p, _)| *p == path)
+                        .map_or("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", |(_, a)| *a);
+                    let answer = if method == "HEAD" {
+                        // The head alone, its length kept.
+                        &answer[..answer.find("\r\n\r\n").unwrap() + 4]
+                    } else {
+                        answer
+                    };
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_keeps_the_upstreams_fields_but_its_connections_own() {
+    static ANSWERS: [(&str, &str); 2] = [
+        (
+            "/api/products/1",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Upstream: one\r\nSet-Cookie: a=1\r\n\
+             Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+             Set-Cookie: b=2\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        (
+            "/api/products/2",
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nRetry-After: 7\r\n\
+             X-Request-Id: from-upstream\r\nContent-Length: 9\r\n\r\nslow down",
+        ),
+    ];
+    let env = TestEnv::new().await;
+    let other = FakeUpstream::start("other").await;
+    let product = raw_upstream(&ANSWERS).await;
+    let gw = spawn(
+        &env,
+        settings(&env, &[], &other, &[("MALL_UPSTREAM_PRODUCT", product.as_str())]),
+    )
+    .await;
+
+    let res = gw.client().get(gw.url("/api/products/1")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let headers = res.headers().clone();
+    assert_eq!(headers["x-upstream"], "one");
+    assert_eq!(headers["content-type"], "text/plain");
+    let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"], "repeated fields pass as they came");
+    for own in ["x-hop", "keep-alive"] {
+        assert!(
+            !headers.contains_key(own),
+            "the upstream connection's {own} was passed on"
+        );
+    }
+    assert_eq!(headers["content-length"], "5");
+    assert_eq!(
+        headers.get_all("x-request-id").iter().count(),
+        1,
+        "the gateway's id, once"
+    );
+    assert_eq!(res.text().await.unwrap(), "hello");
+
+    // A HEAD answer keeps the length the upstream gave.
+    let res = gw.client().head(gw.url("/api/products/1")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-length"], "5");
+    assert_eq!(res.headers()["x-upstream"], "one");
+
+    // A plain-text error gets the JSON error body, with the upstream's fields but its framing
+    // and type, and its own request id rather than a second one.
+    let res = gw.client().get(gw.url("/api/products/2")).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "7");
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let ids: Vec<_> = res.headers().get_all("x-request-id").iter().collect();
+    assert_eq!(ids, ["from-upstream"]);
+    let err: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(err["code"], "rate_limited");
+    assert_eq!(err["message"], "slow down");
+}
