@@ -41,7 +41,7 @@ use http_body::{Frame, SizeHint};
 use metrics::SharedString;
 use opentelemetry::global::BoxedTracer;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tower::ServiceExt as _;
 
 use crate::error::{ApiError, ErrorCause};
@@ -160,8 +160,11 @@ async fn serve<R: Routes>(
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = Vec::with_capacity(4 * 1024);
     let mut idle = Idle::new(limits.idle);
+    // Waited on between requests, made once: a new one per request registered with the token
+    // and left it again, a lock each way.
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
-        let head = match next_head(&stream, &mut buf, limits, &stop, &mut idle).await {
+        let head = match next_head(&stream, &mut buf, limits, stopped.as_mut(), &mut idle).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(refused) => {
@@ -187,7 +190,7 @@ async fn serve<R: Routes>(
                 return refuse(&stream, &mut out, refused, asked).await;
             }
         };
-        asked.keep_alive &= reusable && !stop.is_cancelled();
+        asked.keep_alive &= reusable;
         let res = match routes.serve(req, &conn) {
             Ok(answer) => answer.await,
             Err(mut req) => {
@@ -251,7 +254,7 @@ async fn next_head(
     stream: &TcpStream,
     buf: &mut BytesMut,
     limits: Limits,
-    stop: &CancellationToken,
+    mut stopped: Pin<&mut WaitForCancellationFuture<'_>>,
     idle: &mut Idle,
 ) -> Result<Option<head::Head>, ApiError> {
     let mut deadline = None;
@@ -265,7 +268,7 @@ async fn next_head(
             tokio::select! {
                 biased;
                 read = wire::read(stream, buf) => read,
-                () = stop.cancelled() => return Ok(None),
+                () = stopped.as_mut() => return Ok(None),
                 () = idle.expired() => return Ok(None),
             }
         } else {

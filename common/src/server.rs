@@ -224,7 +224,13 @@ fn serve_per_thread(
         let (deal, connections) = mpsc::unbounded_channel();
         dealt.push(deal);
         let listener = DealtListener { connections, addr };
-        let serving = serving.clone();
+        // A token of the thread's own, cancelled with the server's: its connections check it on
+        // every request and wait on it between requests, and on the one token that both threads
+        // share that was two mutexes every request locked from either core.
+        let serving = Serving {
+            stop: serving.stop.child_token(),
+            ..serving.clone()
+        };
         let (done, ended) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("{service}-http-{i}"))

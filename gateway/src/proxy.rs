@@ -17,6 +17,7 @@ use mall_common::error::ApiError;
 use mall_common::identity;
 use mall_common::telemetry::access::{self, Field};
 use mall_common::telemetry::propagation;
+use opentelemetry::trace::TraceContextExt as _;
 use tower::BoxError;
 
 use http_body_util::LengthLimitError;
@@ -163,7 +164,10 @@ impl AccessLine<'_> {
         if !tracing::enabled!(target: "mall_gateway::access", tracing::Level::INFO) {
             return;
         }
-        let trace_id = propagation::trace_id_of(cx);
+        let span = cx.span();
+        let sc = span.span_context();
+        let trace_id = sc.trace_id().to_bytes();
+        let trace_id = if sc.is_valid() { &trace_id[..] } else { &[] };
         access::write(
             "mall_gateway::access",
             &[
@@ -174,7 +178,7 @@ impl AccessLine<'_> {
                 Field::Str("upstream", self.upstream),
                 Field::F64("latency_ms", self.started.elapsed().as_secs_f64() * 1e3),
                 Field::Str("request_id", self.request_id),
-                Field::Str("trace_id", trace_id.as_deref().unwrap_or("")),
+                Field::Hex("trace_id", trace_id),
                 Field::Str("client", self.client),
             ],
         );

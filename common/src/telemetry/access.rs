@@ -69,6 +69,9 @@ pub enum Field<'a> {
     U64(&'static str, u64),
     /// A floating-point number, written to three decimals.
     F64(&'static str, f64),
+    /// Bytes written as a string of lowercase hex digits (a trace id), without making a
+    /// `String` of them first.
+    Hex(&'static str, &'a [u8]),
 }
 
 /// Writes the line [`AccessLayer`] writes for an INFO event of `target` with the message
@@ -97,6 +100,10 @@ fn direct_line(line: &mut String, scratch: &mut String, json: bool, target: &str
                 Field::Str(name, value) => out.str(name, value),
                 Field::U64(name, value) => out.u64(name, value),
                 Field::F64(name, value) => out.f64(name, value),
+                Field::Hex(name, bytes) => {
+                    out.key(name);
+                    push_quoted_hex(out.line, bytes);
+                }
             }
         }
         end_json(line, target);
@@ -109,6 +116,10 @@ fn direct_line(line: &mut String, scratch: &mut String, json: bool, target: &str
                 Field::Str(name, value) => out.str(name, value),
                 Field::U64(name, value) => out.u64(name, value),
                 Field::F64(name, value) => out.f64(name, value),
+                Field::Hex(name, bytes) => {
+                    out.key(name);
+                    push_quoted_hex(out.line, bytes);
+                }
             }
         }
         line.push('\n');
@@ -326,9 +337,44 @@ fn json_str(out: &mut String, s: &str) {
 }
 
 /// RFC 3339 in UTC with microseconds (`2026-11-21T11:49:02.623549Z`), as tracing's timer writes.
+/// `"<hex digits>"`: the same as a `Str` field of them in either format (hex digits need no
+/// escaping).
+fn push_quoted_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out.push('"');
+}
+
+thread_local! {
+    /// The second of the last timestamp written on this thread and its text up to the fraction
+    /// (`2026-12-02T14:33:02.`): lines come many to a second, and the date arithmetic and twenty
+    /// digits are the same for all of them.
+    static SECOND: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((u64::MAX, [0; 20])) };
+}
+
 fn timestamp(out: &mut String, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    let (cached, prefix) = SECOND.get();
+    if cached == secs {
+        out.push_str(std::str::from_utf8(&prefix).expect("ASCII digits and separators"));
+    } else {
+        let start = out.len();
+        second_prefix(out, secs);
+        let mut prefix = [0u8; 20];
+        prefix.copy_from_slice(&out.as_bytes()[start..]);
+        SECOND.set((secs, prefix));
+    }
+    push_digits(out, u64::from(since.subsec_micros()), 6);
+    out.push('Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of a second since the epoch.
+fn second_prefix(out: &mut String, secs: u64) {
     let (days, day_secs) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days as i64);
     // Digit by digit: seven zero-padded integers through `write!` were a quarter of the line.
@@ -344,8 +390,6 @@ fn timestamp(out: &mut String, now: SystemTime) {
     out.push(':');
     push_digits(out, day_secs % 60, 2);
     out.push('.');
-    push_digits(out, u64::from(since.subsec_micros()), 6);
-    out.push('Z');
 }
 
 /// The last `width` decimal digits of `value`, zero-padded.
@@ -453,13 +497,14 @@ mod tests {
             let sink = Captured::default();
             let subscriber = tracing_subscriber::registry().with(AccessLayer::new(sink.clone(), format));
             tracing::subscriber::with_default(subscriber, || {
-                tracing::info!(target: "mall_x::access", route = "/a\"b", status = 200_u64, latency_ms = 1.5, "access");
+                tracing::info!(target: "mall_x::access", route = "/a\"b", status = 200_u64, latency_ms = 1.5, trace_id = "0af76519", "access");
             });
             let from_event = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
             let fields = [
                 Field::Str("route", "/a\"b"),
                 Field::U64("status", 200),
                 Field::F64("latency_ms", 1.5),
+                Field::Hex("trace_id", &[0x0a, 0xf7, 0x65, 0x19]),
             ];
             let mut direct = String::new();
             direct_line(
@@ -513,6 +558,11 @@ mod tests {
             59_999_999,
             951_782_400_000_000,
             1_795_261_742_623_549,
+            // The same second again (its text kept from the line before), then the one before
+            // it and back: each line gets its own second.
+            1_795_261_742_000_001,
+            1_795_261_741_999_999,
+            1_795_261_742_999_999,
             4_102_444_799_000_001,
         ] {
             let t = UNIX_EPOCH + Duration::from_micros(micros);
