@@ -367,13 +367,17 @@ impl Framing {
     /// forwarded). `Content-Length` is read and forwarded; a malformed or conflicting one is
     /// refused.
     pub fn read(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, &'static str> {
-        self.read_raw(name.as_str().as_bytes(), value)
+        self.apply(field_of(name), value)
     }
 
     /// [`Framing::read`] for a field name as it came (any case), for a reader that does not
     /// make a `HeaderName` of every field.
     pub fn read_raw(&mut self, name: &[u8], value: &[u8]) -> Result<bool, &'static str> {
-        match field(name) {
+        self.apply(field(name), value)
+    }
+
+    fn apply(&mut self, field: Field, value: &[u8]) -> Result<bool, &'static str> {
+        match field {
             Field::ContentLength => {
                 let n = content_length(value).ok_or("invalid content-length")?;
                 if self.length.is_some_and(|l| l != n) {
@@ -419,6 +423,7 @@ impl Framing {
 }
 
 /// What a field is to the framing.
+#[derive(Debug, PartialEq)]
 enum Field {
     ContentLength,
     TransferEncoding,
@@ -445,13 +450,38 @@ fn field(name: &[u8]) -> Field {
     }
 }
 
+/// [`field`] of a parsed name: the standard ones compare as the constants they are, cheaper
+/// than their text (the edge reads every request field through this).
+fn field_of(name: &HeaderName) -> Field {
+    if *name == header::CONTENT_LENGTH {
+        Field::ContentLength
+    } else if *name == header::TRANSFER_ENCODING {
+        Field::TransferEncoding
+    } else if *name == header::CONNECTION {
+        Field::Connection
+    } else if *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+    {
+        Field::HopByHop
+    } else {
+        Field::Other
+    }
+}
+
 /// Whether `name` is one of the connection's own fields (never forwarded).
 #[cfg(test)]
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    !matches!(
+    let by_name = !matches!(field_of(name), Field::ContentLength | Field::Other);
+    let by_text = !matches!(
         field(name.as_str().as_bytes()),
         Field::ContentLength | Field::Other
-    )
+    );
+    assert_eq!(by_name, by_text, "{name}: the two readings of a name agree");
+    by_name
 }
 
 /// Removes the headers a `Connection` value names, other than its own `close` and
@@ -682,6 +712,25 @@ mod tests {
             assert_eq!(framing.read_raw(own.as_bytes(), v("x")), Ok(true), "{own}");
         }
         assert_eq!(framing.read_raw(b"Content-Type", v("text/plain")), Ok(false));
+        // A parsed name and its text, in any case, are the same field.
+        for name in [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "content-type",
+            "x-custom",
+            "tes",
+        ] {
+            let parsed = field_of(&HeaderName::from_static(name));
+            assert_eq!(parsed, field(name.as_bytes()), "{name}");
+            assert_eq!(parsed, field(name.to_ascii_uppercase().as_bytes()), "{name}");
+        }
 
         let raw = RawHeaders {
             lines: Bytes::from_static(b"Content-Type: text/plain\r\nx-a:  1 \r\nSet-Cookie: b=2\r\n"),
