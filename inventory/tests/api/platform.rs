@@ -4,3 +4,8 @@
 mall_testkit::platform_conformance! {
     krate: mall_inventory, binary: "mall-inventory", dependencies: [postgres, rabbitmq]
 }
+
+#[test]
+fn the_binary_allocates_with_mimalloc() {
+    mall_testkit::checks::allocates_with_mimalloc(env!("CARGO_BIN_EXE_mall-inventory"));
+}
