@@ -312,7 +312,7 @@ fn write_debug_str(out: &mut impl std::fmt::Write, s: &str) -> std::fmt::Result 
 
 /// Installs logging, tracing, export and propagation for this process. Call once, early.
 pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
-    opentelemetry::global::set_text_map_propagator(propagation::propagator());
+    opentelemetry::global::set_text_map_propagator(propagation::Propagator::default());
     propagation::set_formats(settings.propagators);
 
     let provider = build_provider(settings)?;

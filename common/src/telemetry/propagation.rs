@@ -135,31 +135,11 @@ impl TextMapPropagator for Propagator {
 
 /// Writes `cx` in `formats` through `injector`.
 fn inject_formats(cx: &Context, formats: Formats, injector: &mut dyn Injector) {
-    let Some(ids) = Ids::of(cx) else {
-        return;
-    };
-    let text = |range: std::ops::Range<usize>| {
-        String::from_utf8(ids.buf[range].to_vec()).expect("hex digits and dashes")
-    };
-    if formats.tracecontext {
-        injector.set("traceparent", text(ids.traceparent()));
-        if let Some(state) = ids.state() {
-            injector.set("tracestate", state.to_owned());
-        }
+    if let Some(ids) = Ids::of(cx) {
+        ids.each_field(formats, |name, value| {
+            injector.set(name.as_str(), String::from_utf8_lossy(value).into_owned());
+        });
     }
-    if formats.b3 {
-        injector.set(b3::B3_SINGLE, text(ids.b3()));
-    }
-    if formats.b3multi {
-        injector.set(b3::B3_TRACE_ID, text(ids.trace()));
-        injector.set(b3::B3_SPAN_ID, text(ids.span()));
-        injector.set(b3::B3_SAMPLED, ids.b3_flag().to_owned());
-    }
-}
-
-/// The process's propagator (what `telemetry::init` installs globally).
-pub fn propagator() -> Propagator {
-    Propagator::default()
 }
 
 /// The context in `traceparent` (and `tracestate`), else in B3, else none.
@@ -272,34 +252,17 @@ pub fn inject_http(headers: &mut http::HeaderMap) {
 
 /// Writes `cx` into outgoing HTTP headers (for a caller that already holds the context), in
 /// the [`formats`] of the process, straight into the map: through a propagator every value is
-/// a `String` of its own; here the ids are written once into one buffer that the values share.
+/// a `String` of its own, passed through a dynamic call.
 pub fn inject_http_context(cx: &Context, headers: &mut http::HeaderMap) {
     inject_http_formats(cx, formats(), headers);
 }
 
 fn inject_http_formats(cx: &Context, formats: Formats, headers: &mut http::HeaderMap) {
-    use http::HeaderValue;
-    let Some(ids) = Ids::of(cx) else {
-        return;
-    };
-    let buf = bytes::Bytes::copy_from_slice(&ids.buf);
-    let value = |range: std::ops::Range<usize>| {
-        HeaderValue::from_maybe_shared(buf.slice(range))
-            .expect("hex digits and dashes are a valid header value")
-    };
-    if formats.tracecontext {
-        headers.insert(TRACEPARENT, value(ids.traceparent()));
-        if let Some(state) = ids.state().and_then(|s| HeaderValue::try_from(s).ok()) {
-            headers.insert(TRACESTATE, state);
-        }
-    }
-    if formats.b3 {
-        headers.insert(B3, value(ids.b3()));
-    }
-    if formats.b3multi {
-        headers.insert(B3_TRACE_ID, value(ids.trace()));
-        headers.insert(B3_SPAN_ID, value(ids.span()));
-        headers.insert(B3_SAMPLED, HeaderValue::from_static(ids.b3_flag()));
+    if let Some(ids) = Ids::of(cx) {
+        ids.each_field(formats, |name, value| {
+            let value = http::HeaderValue::from_bytes(value).expect("checked by `Ids::each_field`");
+            headers.insert(name.clone(), value);
+        });
     }
 }
 
@@ -311,27 +274,12 @@ pub fn push_http_context_lines(cx: &Context, formats: Formats, out: &mut Vec<u8>
     let Some(ids) = Ids::of(cx) else {
         return false;
     };
-    let mut line = |name: &http::HeaderName, value: &[u8]| {
+    ids.each_field(formats, |name, value| {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
-    };
-    if formats.tracecontext {
-        line(&TRACEPARENT, &ids.buf[ids.traceparent()]);
-        // A state that is not a valid header value is left out, as `inject_http_context` does.
-        if let Some(state) = ids.state().filter(|s| http::HeaderValue::from_str(s).is_ok()) {
-            line(&TRACESTATE, state.as_bytes());
-        }
-    }
-    if formats.b3 {
-        line(&B3, &ids.buf[ids.b3()]);
-    }
-    if formats.b3multi {
-        line(&B3_TRACE_ID, &ids.buf[ids.trace()]);
-        line(&B3_SPAN_ID, &ids.buf[ids.span()]);
-        line(&B3_SAMPLED, ids.b3_flag().as_bytes());
-    }
+    });
     true
 }
 
@@ -383,29 +331,31 @@ impl Ids {
         })
     }
 
-    fn traceparent(&self) -> std::ops::Range<usize> {
-        0..TRACEPARENT_LEN
+    /// The `traceparent` value.
+    fn traceparent(&self) -> &[u8] {
+        &self.buf[..TRACEPARENT_LEN]
     }
 
-    fn b3(&self) -> std::ops::Range<usize> {
-        TRACEPARENT_LEN..TRACEPARENT_LEN + B3_LEN
-    }
-
-    fn trace(&self) -> std::ops::Range<usize> {
-        3..35
-    }
-
-    fn span(&self) -> std::ops::Range<usize> {
-        36..52
-    }
-
-    fn b3_flag(&self) -> &'static str {
-        if self.sampled { "1" } else { "0" }
-    }
-
-    /// The trace state, if the span has one (an empty `tracestate` is not written).
-    fn state(&self) -> Option<&str> {
-        (!self.state.is_empty()).then_some(self.state.as_str())
+    /// Calls `field` with each field `formats` writes, name and value, in the order written:
+    /// the one place that says which headers each format is. An empty trace state is not
+    /// written, nor one that would not make a valid header value. (A callback, not an
+    /// iterator: the gateway writes these on every request, and an array of the six candidates
+    /// to filter cost it about 180 instructions more.)
+    fn each_field(&self, formats: Formats, mut field: impl FnMut(&http::HeaderName, &[u8])) {
+        if formats.tracecontext {
+            field(&TRACEPARENT, self.traceparent());
+            if !self.state.is_empty() && http::HeaderValue::from_str(&self.state).is_ok() {
+                field(&TRACESTATE, self.state.as_bytes());
+            }
+        }
+        if formats.b3 {
+            field(&B3, &self.buf[TRACEPARENT_LEN..]);
+        }
+        if formats.b3multi {
+            field(&B3_TRACE_ID, &self.buf[3..35]);
+            field(&B3_SPAN_ID, &self.buf[36..52]);
+            field(&B3_SAMPLED, if self.sampled { b"1" } else { b"0" });
+        }
     }
 }
 
@@ -480,7 +430,7 @@ pub fn trace_id_of(cx: &Context) -> Option<String> {
 /// not headers, such as a Redis stream entry; [`extract_traceparent`] reads it back).
 pub fn traceparent_of(cx: &Context) -> Option<String> {
     let ids = Ids::of(cx)?;
-    Some(String::from_utf8(ids.buf[ids.traceparent()].to_vec()).expect("hex digits and dashes"))
+    Some(String::from_utf8_lossy(ids.traceparent()).into_owned())
 }
 
 /// The context of a W3C `traceparent` value (empty if it is not one).
