@@ -22,7 +22,7 @@ use futures_util::FutureExt as _;
 use http::Request;
 use mall_common::edge::{Conn, Observer, RouteLabel, Routes};
 use mall_common::error::ApiError;
-use mall_common::http::{ensure_request_id, panic_response, with_json_error_body};
+use mall_common::http::{ensure_request_id, panic_response, request_id, with_json_error_body};
 
 use crate::proxy::{self, Proxy};
 use crate::routes::{ROUTES, Route};
@@ -164,10 +164,12 @@ impl Routes for Routing {
 
 impl Routing {
     /// A routed request: span, the proxy, error body, failure log line, metrics.
-    async fn proxied(&self, entry_at: usize, below: bool, mut req: Request<Body>, client: &str) -> Response {
+    async fn proxied(&self, entry_at: usize, below: bool, req: Request<Body>, client: &str) -> Response {
         let started = Instant::now();
         let entry = &self.table[entry_at];
-        let request_id = ensure_request_id(req.headers_mut());
+        // Not inserted into the request's headers: the proxy writes it into the upstream head
+        // itself (a header-map insert per request, for a field read once).
+        let request_id = request_id(req.headers());
         let route = entry.labels[usize::from(below)];
         let method = req.method().clone();
         let span = self.observer.span(&req, route, &request_id);
@@ -181,6 +183,7 @@ impl Routing {
             req,
             span.context(),
             span.carried(),
+            started,
         );
         let res = match AssertUnwindSafe(forwarded).catch_unwind().await {
             Ok(res) => res,

@@ -1,11 +1,13 @@
 //! Forwarding one request: edge checks, header hygiene, the upstream call, and the answer.
 //!
 //! In order: header size limit (431), token and route access (401/403), rate limits (429), then
-//! the upstream request's head, written out once (`OutboundHead`): the client's fields but its
-//! token, a client-sent identity header and `x-forwarded-*` (hop-by-hop ones were already left
-//! out by the edge's parser), then the gateway's signed identity, `x-forwarded-*` and the trace
-//! context of the request's server span (W3C and B3). The pool's layers and a retry carry those
-//! bytes, not a header map. Bodies stream both ways. Every request ends with one access-log line.
+//! the upstream request's head, written out once (`OutboundHead`): the client's fields (its
+//! `Host` as it sent it) but its token, a client-sent identity header, `x-forwarded-*` and
+//! `x-request-id` (hop-by-hop ones were already left out by the edge's parser), then the
+//! gateway's signed identity, the request id in force, `x-forwarded-for`, `x-forwarded-proto`
+//! and the trace context of the request's server span (W3C and B3). The pool's layers and a
+//! retry carry those bytes, not a header map. Bodies stream both ways. Every request ends with
+//! one access-log line.
 
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, StatusCode};
 use mall_common::error::ApiError;
+use mall_common::http::REQUEST_ID;
 use mall_common::identity;
 use mall_common::telemetry::access::{self, Field};
 use mall_common::telemetry::propagation;
@@ -110,9 +113,12 @@ pub fn upstream_error(pool: &str, error: &BoxError) -> ApiError {
     .with_cause(cause)
 }
 
-/// Proxies `req` along `route` to `pool`; `client` is the client's address as text, `cx` the
-/// request's server span (injected upstream, named in the access line), `carried` whether that
-/// span continues a context the client sent (whose headers are then not passed on).
+/// Proxies `req` along `route` to `pool`; `client` is the client's address as text,
+/// `request_id` the id in force (the client's, if usable, else a new one; written upstream in
+/// place of whatever the client sent), `cx` the request's server span (injected upstream, named
+/// in the access line), `carried` whether that span continues a context the client sent (whose
+/// headers are then not passed on), `started` when the request began (the access line's
+/// latency).
 #[allow(clippy::too_many_arguments)] // one request's facts, each from a different place
 pub async fn forward(
     proxy: &Proxy,
@@ -123,13 +129,14 @@ pub async fn forward(
     req: Request<Body>,
     cx: &opentelemetry::Context,
     carried: bool,
+    started: Instant,
 ) -> Response {
-    let started = Instant::now();
     let method = req.method().clone();
-    let (response, upstream) = match forward_inner(proxy, pool, route, client, req, cx, carried).await {
-        Ok(Answer { response, instance }) => (response, Some(instance)),
-        Err(e) => (e.into_response(), None),
-    };
+    let (response, upstream) =
+        match forward_inner(proxy, pool, route, client, request_id, req, cx, carried).await {
+            Ok(Answer { response, instance }) => (response, Some(instance)),
+            Err(e) => (e.into_response(), None),
+        };
     let line = AccessLine {
         method: &method,
         route: route.path,
@@ -185,11 +192,13 @@ impl AccessLine<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // as `forward`
 async fn forward_inner(
     proxy: &Proxy,
     pool: &Pool,
     route: &'static Route,
     client: &str,
+    request_id: &str,
     req: Request<Body>,
     cx: &opentelemetry::Context,
     carried: bool,
@@ -218,17 +227,23 @@ async fn forward_inner(
     let (parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut head = OutboundHead::new(&parts.method, path, header_len);
-    let mut host = None;
     for (name, value) in &parts.headers {
         if *name == header::HOST {
-            host = Some(value);
+            // Passed on as the client sent it, as nginx's `proxy_set_header Host $host` and
+            // Envoy's default do: the service sees the name it was asked by. (It was the
+            // instance's `host:port` plus an `x-forwarded-host`: one field more for every
+            // service to parse, for the same fact.)
+            head.host(value.as_bytes());
+            continue;
         }
         // Left out: the token (verified here, never passed on); what a client sends as identity
         // (only the gateway's signed copy reaches a service); what it sends as forwarding
-        // (we are the edge: a client's x-forwarded-for is not evidence of anything); and its
+        // (we are the edge: a client's x-forwarded-for is not evidence of anything); its
+        // request id (the one in force goes instead: the same one when it was usable); and its
         // trace context when the request's span continues it (the span's own goes instead).
         let dropped = *name == header::AUTHORIZATION
             || *name == identity::HEADER
+            || *name == REQUEST_ID
             || *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_HOST
             || *name == X_FORWARDED_PROTO
@@ -246,9 +261,7 @@ async fn forward_inner(
             .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))?;
         head.header(&identity::HEADER, asserted.as_bytes());
     }
-    if let Some(host) = host {
-        head.header(&X_FORWARDED_HOST, host.as_bytes());
-    }
+    head.header(&REQUEST_ID, request_id.as_bytes());
     head.header(&X_FORWARDED_FOR, client.as_bytes());
     head.header(&X_FORWARDED_PROTO, b"http");
     // One span per request, as Envoy does by default: the upstream continues the gateway's

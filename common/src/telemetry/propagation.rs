@@ -163,15 +163,15 @@ fn parse_traceparent(value: &str, tracestate: Option<&str>) -> Option<SpanContex
     if v.len() < TRACEPARENT_LEN || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
-    let version = hex_value(&v[0..2])?;
+    let [version] = hex_bytes::<1>(&v[0..2])?;
     let longer_ok = version != 0 && v.get(TRACEPARENT_LEN).is_none_or(|&b| b == b'-');
     if version == 0xff || (v.len() != TRACEPARENT_LEN && !longer_ok) {
         return None;
     }
-    let trace = hex_value(&v[3..35])?;
-    let span = hex_value(&v[36..52])?;
-    let flags = hex_value(&v[53..55])? as u8;
-    if trace == 0 || span == 0 {
+    let trace = hex_bytes::<16>(&v[3..35])?;
+    let span = hex_bytes::<8>(&v[36..52])?;
+    let [flags] = hex_bytes::<1>(&v[53..55])?;
+    if trace == [0; 16] || span == [0; 8] {
         return None;
     }
     let state = tracestate
@@ -179,24 +179,44 @@ fn parse_traceparent(value: &str, tracestate: Option<&str>) -> Option<SpanContex
         .and_then(|s| TraceState::from_str(s).ok())
         .unwrap_or_default();
     Some(SpanContext::new(
-        TraceId::from(trace),
-        SpanId::from(span as u64),
+        TraceId::from_bytes(trace),
+        SpanId::from_bytes(span),
         TraceFlags::new(flags) & TraceFlags::SAMPLED,
         true,
         state,
     ))
 }
 
-/// Lowercase hex digits (at most 32) as a number; `None` for any other byte.
-fn hex_value(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |n, &b| {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        Some(n << 4 | u128::from(d))
-    })
+/// `2 * N` lowercase hex digits as `N` bytes; `None` for any other byte. A table and no branch
+/// per digit: folding the digits into a `u128` one at a time cost about 700 instructions per
+/// `traceparent`, read on every request a service gets through the gateway.
+fn hex_bytes<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
+    /// Each byte's value as a lowercase hex digit, or 0xff.
+    const DIGIT: [u8; 256] = {
+        let mut table = [0xff; 256];
+        let mut i = 0;
+        while i < 10 {
+            table[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            table[b'a' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        table
+    };
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    let mut invalid = 0u8;
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let (high, low) = (DIGIT[usize::from(pair[0])], DIGIT[usize::from(pair[1])]);
+        invalid |= high | low;
+        *byte = high << 4 | (low & 0xf);
+    }
+    (invalid & 0xf0 == 0).then_some(out)
 }
 
 /// The header names the propagator reads.
@@ -645,6 +665,9 @@ mod tests {
             "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "00-0af7651916cd43dd8448eb211c8031+c-b7ad6b7169203331-01",
             "0g-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            // Two bytes that are no digit where two digits belong (the length still fits).
+            "00-0af7651916cd43dd8448eb211c8031\u{e9}-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333:-01",
         ] {
             assert_eq!(parse_traceparent(invalid, None), None, "{invalid:?}");
         }

@@ -9,13 +9,12 @@
 //! opens it again.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tower::BoxError;
+
 use super::endpoint::Answer;
-use futures_util::future::BoxFuture;
-use tower::{BoxError, Layer, Service};
 
 use crate::config::BreakerSettings;
 use crate::routes::PoolName;
@@ -210,67 +209,54 @@ impl Breaker {
     }
 }
 
-/// Puts a [`Breaker`] in a tower stack.
-#[derive(Clone)]
-pub(super) struct BreakerLayer {
-    breaker: Arc<Breaker>,
+/// A call the breaker let through, whose outcome [`Admitted::finish`] records. Dropped
+/// unfinished (the client went away mid-call, and the request's future with it), a probe gives
+/// its place back without a verdict; otherwise a half-open breaker would count it in flight for
+/// good and, once as many were lost as it allows probes, refuse every call from then on.
+pub(super) struct Admitted<'a> {
+    breaker: &'a Breaker,
+    ticket: Ticket,
+    finished: bool,
 }
 
-impl BreakerLayer {
-    pub(super) fn new(breaker: Arc<Breaker>) -> Self {
-        Self { breaker }
+impl Breaker {
+    /// Lets a call through, or refuses it while the circuit is open.
+    pub(super) fn enter(&self) -> Result<Admitted<'_>, BreakerOpen> {
+        let ticket = self.admit()?;
+        Ok(Admitted {
+            breaker: self,
+            ticket,
+            finished: false,
+        })
     }
-}
 
-impl<S> Layer<S> for BreakerLayer {
-    type Service = BreakerService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        BreakerService {
-            inner,
-            breaker: self.breaker.clone(),
+    /// A probe that ended without an outcome.
+    fn abandon(&self) {
+        if let State::HalfOpen { in_flight, .. } = &mut *self.state.lock().expect("breaker lock") {
+            *in_flight = in_flight.saturating_sub(1);
         }
     }
 }
 
-/// The breaker around the rest of a pool's stack.
-#[derive(Clone)]
-pub(super) struct BreakerService<S> {
-    inner: S,
-    breaker: Arc<Breaker>,
+impl Admitted<'_> {
+    /// Records the call's outcome: failed if it erred or answered 5xx, slow if it took at
+    /// least `MALL_GW_BREAKER_SLOW_CALL`.
+    pub(super) fn finish(mut self, result: &Result<Answer, BoxError>, took: Duration) {
+        let failed = match result {
+            Ok(answer) => answer.response.status().is_server_error(),
+            Err(_) => true,
+        };
+        let slow = took >= self.breaker.cfg.slow_call;
+        self.finished = true;
+        self.breaker.record(self.ticket, Outcome { failed, slow });
+    }
 }
 
-impl<S, Req> Service<Req> for BreakerService<S>
-where
-    S: Service<Req, Response = Answer, Error = BoxError> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = Answer;
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Answer, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        let ticket = match self.breaker.admit() {
-            Ok(t) => t,
-            Err(open) => return Box::pin(std::future::ready(Err(open.into()))),
-        };
-        let breaker = self.breaker.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let started = Instant::now();
-            let result = fut.await;
-            let failed = match &result {
-                Ok(answer) => answer.response.status().is_server_error(),
-                Err(_) => true,
-            };
-            let slow = started.elapsed() >= breaker.cfg.slow_call;
-            breaker.record(ticket, Outcome { failed, slow });
-            result
-        })
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.finished && self.ticket == Ticket::Probe {
+            self.breaker.abandon();
+        }
     }
 }
 
@@ -330,6 +316,31 @@ mod tests {
         let probe = b.admit().unwrap();
         b.record(probe, FAIL);
         assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn a_probe_dropped_unfinished_gives_its_place_back() {
+        let b = Breaker::new(PoolName::Flashsale, cfg());
+        for _ in 0..4 {
+            b.record(b.admit().unwrap(), FAIL);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        let lost = [b.enter().unwrap(), b.enter().unwrap()];
+        assert!(b.enter().is_err(), "both probe places taken");
+        drop(lost);
+        let again = [b.enter().unwrap(), b.enter().unwrap()];
+        for probe in again {
+            let answered: Result<Answer, BoxError> = Ok(Answer {
+                response: http::Response::new(axum::body::Body::empty()),
+                instance: "127.0.0.1:1".into(),
+            });
+            probe.finish(&answered, Duration::ZERO);
+        }
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "the probes after the lost ones close it"
+        );
     }
 
     #[test]

@@ -16,7 +16,6 @@ use std::cell::RefCell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -60,9 +59,10 @@ pub struct Outbound {
     line_end: usize,
     /// Whether the request came with a `Content-Length` (an empty body is then announced).
     length_given: bool,
+    /// Whether `head` holds a `Host` line (the client's, passed on); if not, the client writes
+    /// the instance's.
+    host_given: bool,
     body: Body,
-    /// When every attempt together must be done (`MALL_GW_UPSTREAM_TIMEOUT`), set by the pool.
-    pub(super) deadline: Option<tokio::time::Instant>,
 }
 
 impl Outbound {
@@ -89,8 +89,8 @@ impl Outbound {
             head: self.head.clone(),
             line_end: self.line_end,
             length_given: self.length_given,
+            host_given: self.host_given,
             body: Body::empty(),
-            deadline: self.deadline,
         })
     }
 }
@@ -101,6 +101,7 @@ pub struct OutboundHead {
     buf: Vec<u8>,
     line_end: usize,
     length_given: bool,
+    host_given: bool,
 }
 
 impl OutboundHead {
@@ -117,10 +118,21 @@ impl OutboundHead {
             line_end: buf.len(),
             buf,
             length_given: false,
+            host_given: false,
         }
     }
 
-    /// Adds `name: value`; `Host` and the body's framing are left to the client.
+    /// Passes `value` on as the request's `Host` (once; without it, the client writes the
+    /// instance's `host:port`).
+    pub fn host(&mut self, value: &[u8]) {
+        if !self.host_given {
+            self.host_given = true;
+            wire::push_header(&mut self.buf, b"host", value);
+        }
+    }
+
+    /// Adds `name: value`; `Host` (see [`OutboundHead::host`]) and the body's framing are left
+    /// to the client.
     pub fn header(&mut self, name: &HeaderName, value: &[u8]) {
         if *name == header::CONTENT_LENGTH {
             self.length_given = true;
@@ -144,8 +156,8 @@ impl OutboundHead {
             head: self.buf.into(),
             line_end: self.line_end,
             length_given: self.length_given,
+            host_given: self.host_given,
             body,
-            deadline: None,
         }
     }
 }
@@ -281,14 +293,14 @@ async fn connect(target: &Target) -> Result<Conn, ClientError> {
 }
 
 /// Sends `req` to `target` and returns the answer, whose body streams from the connection.
-pub(crate) async fn send(target: &Arc<Target>, req: Outbound) -> Result<Response<Body>, ClientError> {
+pub(crate) async fn send(target: &Target, req: Outbound) -> Result<Response<Body>, ClientError> {
     let Outbound {
         method,
         head: written,
         line_end,
         length_given,
+        host_given,
         mut body,
-        deadline: _,
     } = req;
     let head_only = method == Method::HEAD;
 
@@ -319,9 +331,13 @@ pub(crate) async fn send(target: &Arc<Target>, req: Outbound) -> Result<Response
 
     let inline_len = inline.as_ref().map_or(0, Bytes::len);
     let mut head = Vec::with_capacity(written.len() + target.host_line.len() + 48 + inline_len);
-    head.extend_from_slice(&written[..line_end]);
-    head.extend_from_slice(&target.host_line);
-    head.extend_from_slice(&written[line_end..]);
+    if host_given {
+        head.extend_from_slice(&written);
+    } else {
+        head.extend_from_slice(&written[..line_end]);
+        head.extend_from_slice(&target.host_line);
+        head.extend_from_slice(&written[line_end..]);
+    }
     let chunked = match (&inline, exact) {
         (Some(data), _) => {
             if !data.is_empty() || length_given || carries_body(&method) {
@@ -391,7 +407,7 @@ fn closed_under_us(e: &io::Error) -> bool {
 }
 
 async fn exchange(
-    target: &Arc<Target>,
+    target: &Target,
     conn: Conn,
     request: &[u8],
     head_only: bool,
@@ -436,7 +452,7 @@ async fn send_body(
 
 /// Reads the answer's head and returns the answer with its body as it comes.
 async fn read_answer(
-    target: &Arc<Target>,
+    target: &Target,
     mut conn: Conn,
     head_only: bool,
 ) -> Result<Response<Body>, ClientError> {
@@ -550,7 +566,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Clien
 /// Attaches the body: read already when it came whole with the head (the connection goes back
 /// to the idle list at once), else streamed from the connection.
 fn with_body(
-    target: &Arc<Target>,
+    target: &Target,
     res: Response<()>,
     mut conn: Conn,
     decoder: Decoder,
@@ -656,10 +672,22 @@ mod tests {
             out.length_given,
             "an empty body that was announced is announced upstream"
         );
+        assert!(!out.host_given, "the client writes the instance's host");
         let copy = out
             .try_clone()
             .expect("a request without a body can be sent again");
         assert_eq!((copy.head, copy.method), (out.head.clone(), Method::GET));
+
+        let mut kept = OutboundHead::new(&Method::GET, "/", 0);
+        kept.header(&header::ACCEPT, b"*/*");
+        kept.host(b"shop.example");
+        kept.host(b"twice.example");
+        let kept = kept.with_body(Body::empty());
+        assert_eq!(
+            &kept.head[..],
+            b"GET / HTTP/1.1\r\naccept: */*\r\nhost: shop.example\r\n"
+        );
+        assert!(kept.host_given && kept.try_clone().is_some_and(|copy| copy.host_given));
 
         let posted = OutboundHead::new(&Method::POST, "/", 0).with_body(Body::from("x"));
         assert!(posted.try_clone().is_none(), "a body is gone once sent");

@@ -129,7 +129,7 @@ pub(crate) struct Ranked {
 
 impl Ranked {
     pub(super) fn new(endpoint: Endpoint, default_rtt: Duration) -> Self {
-        let passive = endpoint.passive.clone();
+        let passive = endpoint.0.passive.clone();
         Self {
             inner: PeakEwma::new(
                 endpoint,
@@ -167,29 +167,48 @@ impl Service<Outbound> for Ranked {
     }
 }
 
-/// One instance.
+/// One instance, as a service; clones share it (a request takes one reference, not one per
+/// field).
 #[derive(Clone)]
-pub(crate) struct Endpoint {
-    pub(super) instance: Arc<str>,
+pub(crate) struct Endpoint(Arc<Instance>);
+
+pub(crate) struct Instance {
+    instance: Arc<str>,
     authority: Authority,
-    target: Arc<Target>,
+    target: Target,
     pool: &'static str,
     passive: Arc<PassiveHealth>,
-    metrics: Arc<Timed<StatusCode>>,
+    metrics: Timed<StatusCode>,
 }
 
 impl Endpoint {
     pub(super) fn new(authority: Authority, pool: &'static str, passive: Arc<PassiveHealth>) -> Self {
-        Self {
+        Self(Arc::new(Instance {
             instance: authority.as_str().into(),
-            target: Arc::new(Target::new(authority.as_str())),
+            target: Target::new(authority.as_str()),
             authority,
             pool,
             passive,
-            metrics: Arc::default(),
-        }
+            metrics: Timed::default(),
+        }))
     }
 
+    /// `host:port` of the instance.
+    pub(super) fn instance(&self) -> &Arc<str> {
+        &self.0.instance
+    }
+
+    pub(super) fn uri(&self, path_and_query: PathAndQuery) -> Uri {
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.0.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .expect("scheme, authority and path make a URI")
+    }
+}
+
+impl Instance {
     /// Counts and times one answer of this instance (`gateway_upstream_*`, handles looked up
     /// once per status).
     fn observe(&self, status: StatusCode, seconds: f64) {
@@ -210,15 +229,6 @@ impl Endpoint {
             seconds,
         );
     }
-
-    pub(super) fn uri(&self, path_and_query: PathAndQuery) -> Uri {
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .expect("scheme, authority and path make a URI")
-    }
 }
 
 impl Service<Outbound> for Endpoint {
@@ -232,7 +242,7 @@ impl Service<Outbound> for Endpoint {
     }
 
     fn call(&mut self, req: Outbound) -> Self::Future {
-        let this = self.clone();
+        let this = self.0.clone();
         Box::pin(async move {
             let started = Instant::now();
             let result = client::send(&this.target, req).await;
@@ -249,12 +259,12 @@ impl Service<Outbound> for Endpoint {
                     this.observe(status, elapsed);
                     Ok(Answer {
                         response: res,
-                        instance: this.instance,
+                        instance: this.instance.clone(),
                     })
                 }
                 Err(source) => {
                     this.passive.failure(|| source.to_string());
-                    let instance = this.instance;
+                    let instance = this.instance.clone();
                     metrics::counter!(
                         "gateway_upstream_requests_total",
                         "pool" => this.pool, "instance" => instance.to_string(), "status" => "error"

@@ -130,7 +130,7 @@ impl Registry {
         gauge(self.pool, &slot.endpoint, up);
         tracing::warn!(
             pool = self.pool.as_str(),
-            instance = %slot.endpoint.instance,
+            instance = %slot.endpoint.instance(),
             in_rotation = up,
             why,
             "upstream instance {}",
@@ -177,7 +177,7 @@ fn failed(probe: &Probe, answered_meanwhile: bool) -> Option<bool> {
 fn gauge(pool: PoolName, endpoint: &Endpoint, up: bool) {
     metrics::gauge!(
         "gateway_upstream_in_rotation",
-        "pool" => pool.as_str(), "instance" => endpoint.instance.to_string()
+        "pool" => pool.as_str(), "instance" => endpoint.instance().to_string()
     )
     .set(if up { 1.0 } else { 0.0 });
 }
@@ -219,7 +219,7 @@ pub(super) async fn run(registry: Arc<Registry>, settings: HealthSettings, cance
                     let Some(failed) = failed(&probe, slot.passive.answered_in(round)) else {
                         tracing::debug!(
                             pool = registry.pool.as_str(),
-                            instance = %slot.endpoint.instance,
+                            instance = %slot.endpoint.instance(),
                             "health check late while the instance answers requests; no verdict"
                         );
                         continue;

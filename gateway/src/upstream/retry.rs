@@ -3,47 +3,56 @@
 //! Only requests without a body are retried (the body of a streamed request is gone once sent):
 //! idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE) after a transport failure or a per-try
 //! timeout, and any other method only when the connection could not even be made, so nothing
-//! was sent. Retries draw on a budget shared by the pool (`MALL_GW_RETRY_RATIO` of requests plus
-//! `MALL_GW_RETRY_MIN_PER_SEC`), so a failing pool is not hit with a retry storm.
+//! was sent. Retries draw on a budget shared by the pool (tower's `TpsBudget`:
+//! `MALL_GW_RETRY_RATIO` of requests plus `MALL_GW_RETRY_MIN_PER_SEC`), so a failing pool is not
+//! hit with a retry storm. The pool's attempt loop (`Pool::send`) asks these rules; tower's
+//! `Retry` layer asked the same of a `Policy`, at the price of a boxed, cloned service stack and
+//! a future per layer for every request.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::Method;
 use tower::BoxError;
-use tower::retry::Policy;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use super::client::Outbound;
-use super::endpoint::{Answer, EndpointError};
+use super::endpoint::EndpointError;
 use super::find_cause;
 use crate::config::Resilience;
 use crate::routes::PoolName;
 
-/// The retry policy of one request, sharing the pool's budget.
-#[derive(Clone)]
-pub(super) struct RetryPolicy {
+/// The retry rules of one pool, and its budget.
+pub(super) struct Retries {
     pool: &'static str,
-    budget: Arc<TpsBudget>,
-    remaining: u32,
-    deposited: bool,
-    only_if_unsent: bool,
+    budget: TpsBudget,
+    max: u32,
 }
 
-impl RetryPolicy {
+impl Retries {
     pub(super) fn new(pool: PoolName, r: &Resilience) -> Self {
         Self {
             pool: pool.as_str(),
-            budget: Arc::new(TpsBudget::new(
-                Duration::from_secs(10),
-                r.retry_min_per_sec,
-                r.retry_ratio,
-            )),
-            remaining: r.max_retries,
-            deposited: false,
-            only_if_unsent: false,
+            budget: TpsBudget::new(Duration::from_secs(10), r.retry_min_per_sec, r.retry_ratio),
+            max: r.max_retries,
         }
     }
+
+    /// One request's retries. Every request pays into the budget, retried or not.
+    pub(super) fn begin(&self, req: &Outbound) -> Attempts<'_> {
+        self.budget.deposit();
+        Attempts {
+            retries: self,
+            remaining: self.max,
+            only_if_unsent: !idempotent(req.method()),
+        }
+    }
+}
+
+/// The retries one request has left.
+pub(super) struct Attempts<'a> {
+    retries: &'a Retries,
+    remaining: u32,
+    only_if_unsent: bool,
 }
 
 fn idempotent(method: &Method) -> bool {
@@ -53,21 +62,23 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-impl Policy<Outbound, Answer, BoxError> for RetryPolicy {
-    type Future = std::future::Ready<()>;
-
-    fn retry(&mut self, req: &mut Outbound, result: &mut Result<Answer, BoxError>) -> Option<Self::Future> {
-        let Err(error) = result else { return None };
-        tracing::debug!(pool = self.pool, %error, source = ?std::error::Error::source(error.as_ref()), "attempt failed");
+impl Attempts<'_> {
+    /// A copy of `req` to send should this attempt fail, when it could be sent again at all:
+    /// the copy shares the written head, and a request with a body has none.
+    pub(super) fn spare(&self, req: &Outbound) -> Option<Outbound> {
         if self.remaining == 0 {
             return None;
         }
-        // The overall timeout: past it, the last attempt's failure (its time-out) is the answer.
-        if req
-            .deadline
-            .is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
-        {
-            return None;
+        req.try_clone()
+    }
+
+    /// Whether to try again after `error`, drawing on the budget if so. Past `deadline` (the
+    /// overall timeout), the last attempt's failure is the answer.
+    pub(super) fn again(&mut self, error: &BoxError, deadline: Instant) -> bool {
+        let pool = self.retries.pool;
+        tracing::debug!(pool, %error, source = ?std::error::Error::source(error.as_ref()), "attempt failed");
+        if self.remaining == 0 || Instant::now() >= deadline {
+            return false;
         }
         let retryable = match find_cause::<EndpointError>(error.as_ref()) {
             Some(e) => e.is_connect() || !self.only_if_unsent,
@@ -76,25 +87,14 @@ impl Policy<Outbound, Answer, BoxError> for RetryPolicy {
             }
         };
         if !retryable {
-            return None;
+            return false;
         }
-        if !self.budget.withdraw() {
-            metrics::counter!("gateway_retry_budget_exhausted_total", "pool" => self.pool).increment(1);
-            return None;
+        if !self.retries.budget.withdraw() {
+            metrics::counter!("gateway_retry_budget_exhausted_total", "pool" => pool).increment(1);
+            return false;
         }
         self.remaining -= 1;
-        metrics::counter!("gateway_retries_total", "pool" => self.pool).increment(1);
-        Some(std::future::ready(()))
-    }
-
-    fn clone_request(&mut self, req: &Outbound) -> Option<Outbound> {
-        if !self.deposited {
-            self.budget.deposit();
-            self.deposited = true;
-        }
-        // The copy shares the written head; a request with a body has none.
-        let copy = req.try_clone()?;
-        self.only_if_unsent = !idempotent(req.method());
-        Some(copy)
+        metrics::counter!("gateway_retries_total", "pool" => pool).increment(1);
+        true
     }
 }

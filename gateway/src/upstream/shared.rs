@@ -1,15 +1,15 @@
-//! A cloneable handle to one tower balancer, without tower's `Buffer`.
+//! A shared handle to one tower balancer, without tower's `Buffer`.
 //!
 //! `Balance` is not `Clone`, and tower's answer, `Buffer`, runs it in a worker task that every
 //! request reaches through a channel and answers through another: two cross-task wake-ups per
 //! request, which on a small machine cost more than everything else the gateway does. Here each
 //! request locks the balancer only to pick an endpoint and start the call (`poll_ready` then
-//! `call`, microseconds), then awaits the response outside the lock.
+//! `call`, microseconds), then awaits the response outside the lock. The call is a plain async
+//! method, not a `Service`: the pool awaits it inside its own future, so nothing is boxed.
 
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 
-use futures_util::future::BoxFuture;
 use tower::{BoxError, Service};
 
 /// The shared handle.
@@ -31,39 +31,25 @@ impl<S> Shared<S> {
             inner: Arc::new(Mutex::new(service)),
         }
     }
-}
 
-impl<S, Req> Service<Req> for Shared<S>
-where
-    S: Service<Req, Error = BoxError> + Send + 'static,
-    S::Future: Send + 'static,
-    Req: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // Readiness is decided per call, under the lock, in the same step as the call itself.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        let inner = self.inner.clone();
+    /// Sends `req` through the balancer: readiness and the call under the lock, in one step,
+    /// the response awaited outside it.
+    pub(super) async fn call<Req>(&self, req: Req) -> Result<S::Response, BoxError>
+    where
+        S: Service<Req, Error = BoxError>,
+    {
         let mut req = Some(req);
-        Box::pin(async move {
-            let response = std::future::poll_fn(|cx| {
-                let mut balance = inner.lock().expect("balancer lock");
-                match balance.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(balance.call(req.take().expect("called once")))),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    // No endpoint is ready: this task's waker is registered with the balancer
-                    // (discovery or an endpoint), and the per-try timeout bounds the wait.
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await?;
-            response.await
+        let response = std::future::poll_fn(|cx| {
+            let mut balance = self.inner.lock().expect("balancer lock");
+            match balance.poll_ready(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(balance.call(req.take().expect("called once")))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                // No endpoint is ready: this task's waker is registered with the balancer
+                // (discovery or an endpoint), and the per-try timeout bounds the wait.
+                Poll::Pending => Poll::Pending,
+            }
         })
+        .await?;
+        response.await
     }
 }

@@ -67,20 +67,44 @@ async fn hop_by_hop_and_forged_identity_headers_never_reach_a_service() {
         !seen.headers.contains_key("x-mall-identity"),
         "a client-sent identity was forwarded"
     );
-    // The client's own forwarding fields are replaced, not passed on beside the gateway's.
+    // The client's own forwarding fields are replaced, not passed on beside the gateway's; its
+    // Host (reqwest's: the gateway's address) is passed on once, in place of the instance's.
     for (name, value) in [
         ("x-forwarded-for", "127.0.0.1".to_owned()),
         ("x-forwarded-proto", "http".to_owned()),
-        // reqwest's Host: the gateway's address.
-        (
-            "x-forwarded-host",
-            gw.url("").trim_start_matches("http://").to_owned(),
-        ),
+        ("host", gw.url("").trim_start_matches("http://").to_owned()),
     ] {
         let sent: Vec<_> = seen.headers.get_all(name).iter().collect();
         assert_eq!(sent, [value.as_str()], "{name}");
     }
-    assert!(seen.headers.contains_key("x-request-id"));
+    assert!(
+        !seen.headers.contains_key("x-forwarded-host"),
+        "a client's x-forwarded-host is not evidence of anything"
+    );
+    let request_ids: Vec<_> = seen.headers.get_all("x-request-id").iter().collect();
+    assert_eq!(
+        request_ids,
+        [res.headers()["x-request-id"].to_str().unwrap()],
+        "one request id upstream, the one the client is answered with"
+    );
+
+    // A client's usable request id goes upstream as it is, once; an unusable one (too long) is
+    // replaced by the gateway's, not sent beside it.
+    for (sent, kept) in [("client-id-7", true), (&*"x".repeat(200), false)] {
+        let res = gw
+            .client()
+            .get(gw.url("/api/products/1"))
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let answered = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(answered == sent, kept, "{sent}");
+        let seen = product.seen().pop().unwrap();
+        let upstream: Vec<_> = seen.headers.get_all("x-request-id").iter().collect();
+        assert_eq!(upstream, [answered.as_str()], "{sent}");
+    }
 
     // With a token, the service gets the gateway's signed identity, and it verifies.
     let res = gw
