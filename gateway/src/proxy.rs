@@ -178,15 +178,17 @@ impl AccessLine<'_> {
         access::write(
             "mall_gateway::access",
             &[
-                Field::Str("method", self.method.as_str()),
-                Field::Str("route", self.route),
-                Field::Str("pool", self.pool),
+                // Tokens, templates and addresses: nothing to escape. The request id is the
+                // client's text.
+                Field::Plain("method", self.method.as_str()),
+                Field::Plain("route", self.route),
+                Field::Plain("pool", self.pool),
                 Field::U64("status", u64::from(status.as_u16())),
-                Field::Str("upstream", self.upstream),
+                Field::Plain("upstream", self.upstream),
                 Field::F64("latency_ms", self.started.elapsed().as_secs_f64() * 1e3),
                 Field::Str("request_id", self.request_id),
                 Field::Hex("trace_id", trace_id),
-                Field::Str("client", self.client),
+                Field::Plain("client", self.client),
             ],
         );
     }

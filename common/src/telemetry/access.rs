@@ -65,6 +65,10 @@ pub(crate) fn install(writer: BatchWriter, format: LogFormat) {
 pub enum Field<'a> {
     /// A string value.
     Str(&'static str, &'a str),
+    /// A string value that needs no escaping in either format by how it was made (an HTTP
+    /// method, a route template, an address): no quote, backslash or control character. It is
+    /// written as it is, without looking for those (a debug build checks).
+    Plain(&'static str, &'a str),
     /// An unsigned number.
     U64(&'static str, u64),
     /// A floating-point number, written to three decimals.
@@ -98,6 +102,10 @@ fn direct_line(line: &mut String, scratch: &mut String, json: bool, target: &str
         for field in fields {
             match *field {
                 Field::Str(name, value) => out.str(name, value),
+                Field::Plain(name, value) => {
+                    out.key(name);
+                    push_quoted_plain(out.line, value);
+                }
                 Field::U64(name, value) => out.u64(name, value),
                 Field::F64(name, value) => out.f64(name, value),
                 Field::Hex(name, bytes) => {
@@ -114,6 +122,10 @@ fn direct_line(line: &mut String, scratch: &mut String, json: bool, target: &str
         for field in fields {
             match *field {
                 Field::Str(name, value) => out.str(name, value),
+                Field::Plain(name, value) => {
+                    out.key(name);
+                    push_quoted_plain(out.line, value);
+                }
                 Field::U64(name, value) => out.u64(name, value),
                 Field::F64(name, value) => out.f64(name, value),
                 Field::Hex(name, bytes) => {
@@ -339,6 +351,18 @@ fn json_str(out: &mut String, s: &str) {
 /// RFC 3339 in UTC with microseconds (`2026-11-21T11:49:02.623549Z`), as tracing's timer writes.
 /// `"<hex digits>"`: the same as a `Str` field of them in either format (hex digits need no
 /// escaping).
+fn push_quoted_plain(out: &mut String, value: &str) {
+    debug_assert!(
+        !value
+            .bytes()
+            .any(|b| b == b'"' || b == b'\\' || !(b' '..=b'~').contains(&b)),
+        "{value:?} needs escaping"
+    );
+    out.push('"');
+    out.push_str(value);
+    out.push('"');
+}
+
 fn push_quoted_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
@@ -497,17 +521,31 @@ mod tests {
     }
 
     #[test]
+    fn hex_fields_of_any_length() {
+        for (bytes, text) in [
+            (&[][..], "\"\""),
+            (&[0x00, 0xff][..], "\"00ff\""),
+            (&[0xab; 17][..], &*format!("\"{}\"", "ab".repeat(17))),
+        ] {
+            let mut out = String::new();
+            push_quoted_hex(&mut out, bytes);
+            assert_eq!(out, text);
+        }
+    }
+
+    #[test]
     fn a_direct_line_is_the_events_line() {
         // What `write` builds for these fields, against what the layer writes for the event.
         for format in [LogFormat::Json, LogFormat::Compact] {
             let sink = Captured::default();
             let subscriber = tracing_subscriber::registry().with(AccessLayer::new(sink.clone(), format));
             tracing::subscriber::with_default(subscriber, || {
-                tracing::info!(target: "mall_x::access", route = "/a\"b", status = 200_u64, latency_ms = 1.5, trace_id = "0af76519", "access");
+                tracing::info!(target: "mall_x::access", route = "/a\"b", method = "GET", status = 200_u64, latency_ms = 1.5, trace_id = "0af76519", "access");
             });
             let from_event = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
             let fields = [
                 Field::Str("route", "/a\"b"),
+                Field::Plain("method", "GET"),
                 Field::U64("status", 200),
                 Field::F64("latency_ms", 1.5),
                 Field::Hex("trace_id", &[0x0a, 0xf7, 0x65, 0x19]),
