@@ -403,9 +403,11 @@ async fn to_json_error(res: Response) -> Response {
     };
     let mut new = (parts.status, axum::Json(body)).into_response();
     // Keep headers such as Retry-After and Allow, and extensions such as the error cause.
+    // Appended, not inserted: a repeated field (Set-Cookie) keeps every value, and the new
+    // answer has none of them but its type.
     for (name, value) in parts.headers.iter() {
         if name != CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
-            new.headers_mut().insert(name.clone(), value.clone());
+            new.headers_mut().append(name.clone(), value.clone());
         }
     }
     let (mut new_parts, new_body) = new.into_parts();

@@ -257,6 +257,7 @@ async fn an_answer_keeps_the_upstreams_fields_but_its_connections_own() {
         (
             "/api/products/2",
             "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nRetry-After: 7\r\n\
+             Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
              X-Request-Id: from-upstream\r\nContent-Length: 9\r\n\r\nslow down",
         ),
     ];
@@ -304,6 +305,8 @@ async fn an_answer_keeps_the_upstreams_fields_but_its_connections_own() {
     assert_eq!(res.headers()["content-type"], "application/json");
     let ids: Vec<_> = res.headers().get_all("x-request-id").iter().collect();
     assert_eq!(ids, ["from-upstream"]);
+    let cookies: Vec<_> = res.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"], "a repeated field survives the JSON body");
     let err: serde_json::Value = res.json().await.unwrap();
     assert_eq!(err["code"], "rate_limited");
     assert_eq!(err["message"], "slow down");
