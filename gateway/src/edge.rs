@@ -22,7 +22,7 @@ use futures_util::FutureExt as _;
 use http::Request;
 use mall_common::edge::{Conn, Observer, RouteLabel, Routes};
 use mall_common::error::ApiError;
-use mall_common::http::{ensure_request_id, panic_response, request_id, with_json_error_body};
+use mall_common::http::{panic_response, request_id, with_json_error_body};
 
 use crate::proxy::{self, Proxy};
 use crate::routes::{ROUTES, Route};
@@ -197,9 +197,9 @@ impl Routing {
     /// A request no route takes (`/internal/...` included: the services' internal endpoints are
     /// never reachable from outside): 404 `not_found`, with its span, access line and metrics
     /// like any other.
-    fn unrouted(&self, mut req: Request<Body>, client: &str) -> Response {
+    fn unrouted(&self, req: Request<Body>, client: &str) -> Response {
         let started = Instant::now();
-        let request_id = ensure_request_id(req.headers_mut());
+        let request_id = request_id(req.headers());
         let span = self.observer.span(&req, UNMATCHED, &request_id);
         let res = ApiError::not_found("no such route").into_response();
         proxy::AccessLine {
