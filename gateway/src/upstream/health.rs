@@ -4,7 +4,8 @@
 //! instance's `/healthz`; `MALL_GW_UNHEALTHY_AFTER` consecutive failures take an instance out,
 //! `MALL_GW_HEALTHY_AFTER` consecutive passes bring it back. Requests that fail
 //! `MALL_GW_EJECT_AFTER` times in a row eject an instance at once (passive ejection), without
-//! waiting for the next check; it then needs the passing checks to return.
+//! waiting for the next check; it then needs the passing checks to return. Passive ejection
+//! never takes out the last instance in rotation: that one is the checks' call.
 //!
 //! A check that gets no answer within `MALL_GW_HEALTH_TIMEOUT` while the instance answered
 //! requests during that very check is no verdict either way: the instance is busy, not down.
@@ -196,7 +197,22 @@ pub(super) async fn run(registry: Arc<Registry>, settings: HealthSettings, cance
             Some((id, why)) = ejections.recv() => {
                 let mut slots = registry.slots.lock().await;
                 if let Some(slot) = slots.get_mut(id) {
-                    registry.set(slot, id, false, &why);
+                    if slot.in_rotation && registry.in_rotation() == 1 {
+                        // The last instance in rotation is left to the checks, which tell busy
+                        // from down (see the module docs): failed requests alone are no proof,
+                        // as a burst of connects to a saturated instance times some out, and
+                        // ejecting it answered every request 503 until the checks brought it
+                        // back. Envoy's outlier detection stops short of the last hosts likewise
+                        // (its panic threshold).
+                        tracing::warn!(
+                            pool = registry.pool.as_str(),
+                            instance = %slot.endpoint.instance(),
+                            why,
+                            "upstream instance failing requests left in rotation: it is the last one; the health checks decide"
+                        );
+                    } else {
+                        registry.set(slot, id, false, &why);
+                    }
                 }
             }
             _ = tick.tick() => {

@@ -60,6 +60,47 @@ async fn traffic_spreads_a_dead_instance_leaves_rotation_and_a_restarted_one_ret
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_requests_eject_an_instance_but_never_the_last_one_in_rotation() {
+    let env = TestEnv::new().await;
+    let (a, b, other) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+        FakeUpstream::start("other").await,
+    );
+    // No check for the test's length (a passing check brings an ejected instance back) and no
+    // breaker: passive ejection alone.
+    let quiet = [
+        ("MALL_GW_HEALTH_INTERVAL", "1h"),
+        ("MALL_GW_BREAKER_MIN_CALLS", "100000"),
+        ("MALL_GW_EJECT_AFTER", "3"),
+    ];
+    let gw = spawn(&env, settings(&env, &[&a, &b], &other, &quiet)).await;
+
+    // Both answer 503 (they cannot serve). The first to fail three requests in a row is
+    // ejected; the other is then the last in rotation and stays in: every request still
+    // reaches it, and the client gets its answer, never the gateway's 503
+    // `upstream_unavailable` (which ejecting it too would give).
+    a.set_failing(Some(503));
+    b.set_failing(Some(503));
+    for _ in 0..60 {
+        let (status, body) = get(&gw, "/api/skus/1").await;
+        assert_eq!(status, 503);
+        assert_ne!(body["code"], "upstream_unavailable", "{body}");
+    }
+    let (ejected, last) = if a.hits() < b.hits() { (&a, &b) } else { (&b, &a) };
+    assert_eq!(ejected.hits(), 3, "ejected after its third failure in a row");
+    assert_eq!(last.hits(), 57, "the last in rotation took every other request");
+
+    // The last one recovers and answers; the ejected one waits for its checks.
+    ejected.set_failing(None);
+    last.set_failing(None);
+    for _ in 0..20 {
+        assert_eq!(get(&gw, "/api/skus/1").await.0, 200);
+    }
+    assert_eq!((ejected.hits(), last.hits()), (3, 77));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_instance_receives_less_traffic_than_a_fast_one() {
     let env = TestEnv::new().await;
     let (fast, slow) = (
