@@ -53,11 +53,31 @@ pub struct Server {
     connections: Option<Arc<dyn ServeConnection>>,
 }
 
+/// Connections the kernel completes for the listener before it accepts them (the kernel caps it
+/// at `net.core.somaxconn`, 4096 by default since Linux 5.4).
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` (address reuse on, as tokio's `TcpListener::bind` sets it) with [`BACKLOG`].
+/// tokio's `bind` asks for 128: a burst of new connections larger than that (a gateway
+/// opening 250 upstream connections at once under load) had its handshakes dropped, and each
+/// dropped one waited out the client's one-second SYN retransmission (`ListenOverflows` in
+/// `nstat`; the gateway's connect timeout is one second, so it failed instead).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 impl Server {
     /// Binds `MALL_HTTP_ADDR` and assembles the router.
     pub async fn bind(platform: Platform, routes: Router) -> std::io::Result<Self> {
         let settings = platform.settings();
-        let listener = TcpListener::bind(settings.http.addr).await?;
+        let listener = listen(settings.http.addr)?;
         let addr = listener.local_addr()?;
         let app = routes.merge(health::routes(platform.service(), platform.readiness().clone()));
         let router = standard_stack(app, &settings.stack(platform.service())).layer(axum::Extension(
@@ -371,4 +391,33 @@ where
         () = abort.cancelled() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_listener_holds_a_burst_of_connections_larger_than_tokios_default_backlog() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nobody accepts: each connection waits in the kernel's queue. With tokio's backlog of
+        // 128 the rest had their handshakes dropped and would connect only after the client's
+        // one-second retransmission.
+        let connects = (0..300)
+            .map(|_| tokio::time::timeout(std::time::Duration::from_millis(500), TcpStream::connect(addr)));
+        let connected = futures_util::future::join_all(connects)
+            .await
+            .into_iter()
+            .filter(|c| matches!(c, Ok(Ok(_))))
+            .count();
+        // The kernel caps the backlog at `net.core.somaxconn` (and lets one more in): on a
+        // machine set lower than the burst, that cap is what must show, not tokio's.
+        let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map_or(300, |max| max + 1);
+        assert_eq!(connected, cap.min(300));
+        drop(listener);
+    }
 }
