@@ -240,6 +240,14 @@ pub fn poll_read(stream: &TcpStream, cx: &mut Context<'_>, buf: &mut BytesMut) -
 
 /// Reads once into `buf` (0: the peer closed).
 pub async fn read(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.is_empty() {
+        // Everything read before has been taken off: read to the start of the allocation
+        // again, if nothing still holds a piece of it (no allocation either way). Otherwise
+        // each read lands further into the buffer until it is spent, and a connection's hot
+        // memory is its whole 8 KiB rather than the few hundred bytes of one request: at 256
+        // connections, client and upstream, megabytes that no cache holds.
+        let _rewound = buf.try_reclaim(buf.capacity() + 1);
+    }
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(8 * 1024);
     }
@@ -552,6 +560,35 @@ fn is_chunked(value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_emptied_buffer_is_read_into_from_its_start_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let start = buf.as_ptr();
+        for round in 0..3 {
+            tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(read(&server, &mut buf).await.unwrap(), 18);
+            assert_eq!(buf.as_ptr(), start, "round {round} read into the start");
+            let head = buf.split_to(18).freeze();
+            drop(head);
+        }
+        // A piece still held keeps its bytes: the next read goes after them.
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"abc")
+            .await
+            .unwrap();
+        read(&server, &mut buf).await.unwrap();
+        let held = buf.split_to(3).freeze();
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"def")
+            .await
+            .unwrap();
+        read(&server, &mut buf).await.unwrap();
+        assert_eq!((&held[..], &buf[..]), (&b"abc"[..], &b"def"[..]));
+    }
 
     /// Decodes `wire` fed in pieces of `piece` bytes; returns the body and what is left over.
     fn decode(mut decoder: Decoder, wire: &[u8], piece: usize) -> Result<(Vec<u8>, Vec<u8>), FramingError> {
