@@ -50,10 +50,16 @@ async fn main() -> anyhow::Result<()> {
                     brands,
                     spus,
                     skus,
-                } => println!(
-                    "seeded {categories} categories, {brands} brands, {spus} SPUs, {skus} SKUs in {:.1}s",
-                    started.elapsed().as_secs_f64()
-                ),
+                } => {
+                    println!(
+                        "seeded {categories} categories, {brands} brands, {spus} SPUs, {skus} SKUs in {:.1}s",
+                        started.elapsed().as_secs_f64()
+                    );
+                    // The ids went to the database alone: the bloom filters in Redis (if an
+                    // instance built them before) must be built again to hold them.
+                    let redis = mall_common::redis::Redis::connect_lazy(&settings.platform.redis)?;
+                    mall_product::store::bloom::Bloom::forget_all(&redis).await?;
+                }
             }
             Ok(())
         }

@@ -152,6 +152,21 @@ impl Bloom {
         }
     }
 
+    /// Drops the Redis bitmaps of both kinds, for ids written behind the service's back (the
+    /// seed command writes straight to the database): with none in Redis, an instance builds
+    /// them from the database again within its next sync (about 10 s), and every instance's
+    /// local copy takes the rebuilt bits in. Left alone, a filter built before the seed
+    /// answered 404 for every seeded id.
+    pub async fn forget_all(redis: &Redis) -> Result<(), RedisError> {
+        let mut conn = redis.conn().await?;
+        let mut del = client::cmd("DEL");
+        for kind in [BloomKind::Sku, BloomKind::Spu] {
+            del.arg(redis.key(&format!("product:bloom:{{{}}}", kind.as_str())));
+        }
+        let _: i64 = del.query_async(&mut *conn).await?;
+        Ok(())
+    }
+
     /// Publishes the locally built bits, merged with whatever Redis already has.
     pub async fn publish_built(&self, redis: &Redis) -> Result<(), RedisError> {
         let key = self.redis_key(redis);

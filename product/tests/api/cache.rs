@@ -312,3 +312,34 @@ async fn sql_and_redis_calls_are_child_spans_of_the_request_span() {
         assert_eq!(child.kind, "client");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_seeded_behind_a_running_instance_is_found_once_its_filters_are_forgotten() {
+    let env = TestEnv::new().await;
+    // An instance builds its filters from an empty catalog.
+    let app = spawn(&env, settings(&env, &[])).await;
+    eventually(Duration::from_secs(10), "the filters are built", || async {
+        match app.client().get(app.url("/readyz")).send().await {
+            Ok(res) if res.status() == 200 => Ok(()),
+            _ => Err("not ready"),
+        }
+    })
+    .await;
+    // The seed writes to the database alone (as `mall-product seed` does), then forgets the
+    // filters in Redis, as that command now does: the instance rebuilds them and finds the ids.
+    seed_catalog(&env, 30).await;
+    let redis = Redis::connect_lazy(&env.platform_settings(&DEFAULTS).redis).unwrap();
+    mall_product::store::bloom::Bloom::forget_all(&redis)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "seeded SKUs are found", || async {
+        let found = [1, 2, 3, 10, 20, 30];
+        for id in found {
+            if get(&app, &format!("/api/skus/{id}")).await.0 != 200 {
+                return Err("a seeded SKU is still unknown");
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
