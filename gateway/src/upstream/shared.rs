@@ -7,28 +7,20 @@
 //! `call`, microseconds), then awaits the response outside the lock. The call is a plain async
 //! method, not a `Service`: the pool awaits it inside its own future, so nothing is boxed.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::Poll;
 
 use tower::{BoxError, Service};
 
-/// The shared handle.
+/// The shared handle: the pool's clones share it through the pool's `Arc`.
 pub(super) struct Shared<S> {
-    inner: Arc<Mutex<S>>,
-}
-
-impl<S> Clone for Shared<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
-    }
+    inner: Mutex<S>,
 }
 
 impl<S> Shared<S> {
     pub(super) fn new(service: S) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(service)),
+            inner: Mutex::new(service),
         }
     }
 

@@ -45,6 +45,11 @@ pub struct Bloom {
     ready: AtomicBool,
 }
 
+/// The Redis key of `kind`'s filter (hash-tagged, so scripts run on Redis Cluster).
+fn key_of(redis: &Redis, kind: BloomKind) -> String {
+    redis.key(&format!("product:bloom:{{{}}}", kind.as_str()))
+}
+
 /// splitmix64's finaliser: a stable, well-mixed hash of an integer (the same in every process
 /// and every Rust version, which `DefaultHasher` does not promise).
 fn mix(mut z: u64) -> u64 {
@@ -77,7 +82,7 @@ impl Bloom {
 
     /// The Redis key (hash-tagged, so scripts run on Redis Cluster).
     pub fn redis_key(&self, redis: &Redis) -> String {
-        redis.key(&format!("product:bloom:{{{}}}", self.kind.as_str()))
+        key_of(redis, self.kind)
     }
 
     /// Whether the filter has been loaded or built.
@@ -161,7 +166,7 @@ impl Bloom {
         let mut conn = redis.conn().await?;
         let mut del = client::cmd("DEL");
         for kind in [BloomKind::Sku, BloomKind::Spu] {
-            del.arg(redis.key(&format!("product:bloom:{{{}}}", kind.as_str())));
+            del.arg(key_of(redis, kind));
         }
         let _: i64 = del.query_async(&mut *conn).await?;
         Ok(())
