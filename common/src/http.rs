@@ -20,7 +20,6 @@ use crate::error::ApiError;
 use crate::telemetry::propagation;
 
 pub use extract::{Json, Path, Query};
-pub(crate) use stack::body_too_large;
 pub use stack::{
     answer_within, ensure_request_id, method_label, panic_response, request_id, status_label,
     with_json_error_body, with_request_id,
@@ -30,6 +29,10 @@ pub use timed::Timed;
 /// The header carrying the request id, set at the edge and echoed in every response. A
 /// `HeaderName`, not a string: every look-up by a string parses and hashes it first.
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// Request header fields the gateway passes on (431 `headers_too_large` past it); services read
+/// more ([`crate::server::MAX_HEADER_FIELDS`]), so the fields the gateway adds always fit.
+pub const MAX_CLIENT_FIELDS: usize = 100;
 
 /// Knobs of the standard stack.
 #[derive(Debug, Clone)]

@@ -12,9 +12,6 @@
 //! - [`events`]: event payloads shared between services.
 //! - [`error`]: [`error::ApiError`], the `{"code","message"}` body every service answers with.
 //! - [`http`]: the standard server middleware stack and the JSON extractor.
-//! - [`edge`]: an HTTP/1.1 server for a service's hottest routes (the gateway's data path, the
-//!   flash sale's purchase), in front of its axum router.
-//! - [`wire`]: HTTP/1.1 framing shared by the edge and the gateway's upstream client.
 //! - [`identity`]: the gateway-signed identity headers and their verification.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`db`]: the lazy Postgres pool and the per-service-schema migration runner.
@@ -31,7 +28,6 @@
 pub mod amqp;
 pub mod config;
 pub mod db;
-pub mod edge;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -45,4 +41,3 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;
-pub mod wire;

@@ -7,42 +7,29 @@
 //! `MALL_SHUTDOWN_TIMEOUT`, and returns; past the grace it drops what is left and says so.
 //! Connections are served on the process's runtime, or with `MALL_HTTP_THREADS` > 0 on that many
 //! threads with a single-threaded runtime each (the gateway's default; see `serve_per_thread`).
-//! A service may serve its connections itself ([`ServeConnection`], the gateway's data path)
-//! instead of through axum's HTTP/1 server; accepting, dealing and draining stay the same.
-
-mod protocol_errors;
+//! Every connection is hyper's: hyper-util's auto builder reads HTTP/1.1, or HTTP/2 when the
+//! client opens with its preface (h2c, prior knowledge), and hands each request to the router.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::serve::ListenerExt as _;
+use axum::extract::ConnectInfo;
 use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 
 use crate::health;
 use crate::http::standard_stack;
-use crate::platform::Platform;
-use protocol_errors::JsonErrorListener;
-
-/// Serves accepted connections in place of axum's HTTP/1 server.
-pub trait ServeConnection: Send + Sync + 'static {
-    /// Serves one connection until the peer closes it or `stop` is cancelled (then the request
-    /// in progress is finished and the connection closed). `router` is the service's whole
-    /// router (its routes, the health routes, the standard stack), for requests it leaves to it.
-    fn serve(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        router: Router,
-        stop: CancellationToken,
-    ) -> BoxFuture<'static, ()>;
-}
+use crate::platform::{HttpSettings, Platform};
 
 /// A bound, ready-to-run service.
 pub struct Server {
@@ -50,7 +37,28 @@ pub struct Server {
     addr: SocketAddr,
     router: Router,
     platform: Platform,
-    connections: Option<Arc<dyn ServeConnection>>,
+}
+
+/// Request header fields a server reads (hyper answers 431 past it). More than the gateway
+/// passes on ([`crate::http::MAX_CLIENT_FIELDS`]) plus the few it adds, so a request the
+/// gateway accepts is never refused by a service's parser.
+pub const MAX_HEADER_FIELDS: usize = 128;
+
+/// The connection builder every process serves with: HTTP/1.1 and h2c on one port; a
+/// keep-alive connection that starts no request head within `MALL_IDLE_TIMEOUT` is closed.
+fn connection_builder(http: &HttpSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.idle_timeout)
+        .max_headers(MAX_HEADER_FIELDS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(None);
+    builder
 }
 
 /// Connections the kernel completes for the listener before it accepts them (the kernel caps it
@@ -89,14 +97,7 @@ impl Server {
             addr,
             router,
             platform,
-            connections: None,
         })
-    }
-
-    /// Serves the connections with `connections` instead of axum's HTTP/1 server.
-    pub fn serve_connections_with(mut self, connections: Arc<dyn ServeConnection>) -> Self {
-        self.connections = Some(connections);
-        self
     }
 
     /// The address actually bound.
@@ -118,7 +119,6 @@ impl Server {
             listener,
             router,
             platform,
-            connections,
             ..
         } = self;
         let service = platform.service();
@@ -132,7 +132,7 @@ impl Server {
         let _abort_when_dropped = abort.clone().drop_guard();
         let serving = Serving {
             router,
-            connections,
+            builder: Arc::new(connection_builder(&platform.settings().http)),
             stop: stop.clone(),
             abort: abort.clone(),
         };
@@ -199,12 +199,12 @@ impl AcceptLoops {
     }
 }
 
-/// What every accept loop serves with: the router, the connection server that takes its place
-/// (if any), and the tokens that stop it.
+/// What every accept loop serves with: the router, hyper's connection builder, and the tokens
+/// that stop it.
 #[derive(Clone)]
 struct Serving {
     router: Router,
-    connections: Option<Arc<dyn ServeConnection>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     stop: CancellationToken,
     abort: CancellationToken,
 }
@@ -338,44 +338,18 @@ impl axum::serve::Listener for DealtListener {
     }
 }
 
-async fn accept_loop<L>(listener: L, serving: Serving) -> std::io::Result<()>
+/// Accepts until `stop`, serving each connection on a task of this runtime; then lets the open
+/// ones finish their request in progress (hyper's graceful shutdown) until `abort`.
+async fn accept_loop<L>(mut listener: L, serving: Serving) -> std::io::Result<()>
 where
     L: axum::serve::Listener<Io = TcpStream, Addr = SocketAddr>,
 {
     let Serving {
         router,
-        connections,
+        builder,
         stop,
         abort,
     } = serving;
-    if let Some(connections) = connections {
-        return serve_itself(listener, connections, router, stop, abort).await;
-    }
-    // `tap_io` does nothing to a connection; it is what gives a wrapped listener's connections
-    // their `ConnectInfo<SocketAddr>` (axum implements it for tapped listeners).
-    let serve = axum::serve(
-        JsonErrorListener(listener).tap_io(|_| {}),
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned());
-    tokio::select! {
-        served = serve.into_future() => served,
-        () = abort.cancelled() => Ok(()),
-    }
-}
-
-/// The accept loop of a [`ServeConnection`]: each connection on a task of this runtime; on
-/// `stop`, no more are taken and the ones open finish their request in progress.
-async fn serve_itself<L>(
-    mut listener: L,
-    connections: Arc<dyn ServeConnection>,
-    router: Router,
-    stop: CancellationToken,
-    abort: CancellationToken,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener<Io = TcpStream, Addr = SocketAddr>,
-{
     let open = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -383,7 +357,13 @@ where
             () = stop.cancelled() => break,
             () = abort.cancelled() => return Ok(()),
         };
-        open.spawn(connections.serve(stream, peer, router.clone(), stop.clone()));
+        open.spawn(serve_connection(
+            builder.clone(),
+            stream,
+            peer,
+            router.clone(),
+            stop.clone(),
+        ));
     }
     open.close();
     tokio::select! {
@@ -391,6 +371,37 @@ where
         () = abort.cancelled() => {}
     }
     Ok(())
+}
+
+/// One connection through hyper until the peer closes it; on `stop`, the request in progress
+/// is finished and the connection closed.
+async fn serve_connection(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    stop: CancellationToken,
+) {
+    // Handlers that name the client read it as axum's `ConnectInfo`.
+    let service = router.map_request(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.map(axum::body::Body::new)
+    });
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => {
+            if let Err(e) = served {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            return;
+        }
+        () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, %peer, "connection ended with an error while draining");
+    }
 }
 
 #[cfg(test)]

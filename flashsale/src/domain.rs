@@ -9,8 +9,6 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use utoipa::ToSchema;
 
-mod compact;
-
 /// Most items one session may hold.
 pub const MAX_ITEMS: usize = 50;
 /// Longest session window.
@@ -159,13 +157,9 @@ pub struct Purchase<'a> {
 }
 
 impl<'a> Purchase<'a> {
-    /// Reads a body: the common compact form in one pass ([`compact`]), anything else (and
-    /// every error the client is told) by serde_json.
+    /// Reads a body.
     pub fn from_json(body: &'a [u8]) -> Result<Self, serde_json::Error> {
-        match compact::purchase(body) {
-            Some(purchase) => Ok(purchase),
-            None => serde_json::from_slice(body),
-        }
+        serde_json::from_slice(body)
     }
 
     /// Checks the shape of the fields (the script checks the rest).

@@ -51,7 +51,7 @@ pub struct Shared {
     pub inventory: Peer,
     /// The sale's settings.
     pub flash: FlashSettings,
-    /// Verifies the gateway-asserted identity of purchases (served outside axum).
+    /// Verifies the gateway-asserted identity of purchases.
     pub identity: mall_common::identity::IdentityKey,
     /// Signs and verifies purchase tokens (`MALL_FLASHSALE_TOKEN_SECRET`, prepared once).
     pub token_key: domain::TokenKey,
@@ -83,6 +83,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/api/flashsale/sessions/{session_id}/items/{sku_id}/token",
             post(token),
         )
+        .route("/api/flashsale/purchase", post(purchase_route))
         .route("/openapi.json", get(openapi))
         .with_state(shared)
 }
@@ -276,46 +277,20 @@ fn reject(reason: &'static str, e: ApiError) -> ApiError {
     e
 }
 
-/// The request body in one piece. A body of declared length (the stack has already refused one
-/// over its limit) is read frame by frame, and one that comes in a single frame, as a purchase
-/// does, is kept as it is: axum's collector queued the frame and copied it out again, about a
-/// thousand instructions per late buyer (callgrind). A streamed body goes through axum's
-/// extractor, so one over the limit is still its 413.
-async fn whole_body(mut body: axum::body::Body) -> Result<Bytes, Response> {
-    use axum::body::HttpBody as _;
-    if body.size_hint().exact().is_none() {
-        // Boxed: axum's collecting future would otherwise make every purchase's future larger.
-        return Box::pin(Bytes::from_request(axum::extract::Request::new(body), &()))
-            .await
-            .map_err(IntoResponse::into_response);
-    }
-    let Some(first) = next_data(&mut body).await? else {
-        return Ok(Bytes::new());
-    };
-    if body.is_end_stream() {
-        return Ok(first);
-    }
-    let mut joined = bytes::BytesMut::from(&first[..]);
-    while let Some(data) = next_data(&mut body).await? {
-        joined.extend_from_slice(&data);
-    }
-    Ok(joined.freeze())
+/// The request body in one piece, through axum's extractor (a body over the stack's limit is
+/// its 413).
+async fn whole_body(body: axum::body::Body) -> Result<Bytes, Response> {
+    Bytes::from_request(axum::extract::Request::new(body), &())
+        .await
+        .map_err(IntoResponse::into_response)
 }
 
-/// The next data frame of `body` (trailers skipped), `None` at its end; a body that breaks off
-/// is the 400 axum's extractor gives.
-async fn next_data(body: &mut axum::body::Body) -> Result<Option<Bytes>, Response> {
-    use http_body_util::BodyExt as _;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::bad_request("bad_request", format!("the request body could not be read: {e}"))
-                .into_response()
-        })?;
-        if let Ok(data) = frame.into_data() {
-            return Ok(Some(data));
-        }
-    }
-    Ok(None)
+/// `POST /api/flashsale/purchase`: the handler inside the request's server span.
+async fn purchase_route(State(shared): State<Arc<Shared>>, req: axum::extract::Request) -> Response {
+    let parent = tracing::Span::current().context();
+    purchase(&shared, req, &parent)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Buy: one Lua script decides. 202 `{order_id}`; poll `GET /api/orders/{order_id}`.
@@ -326,7 +301,7 @@ async fn next_data(body: &mut axum::body::Body) -> Result<Option<Bytes>, Respons
               (status = 409, description = "sold_out, limit_exceeded, not_started, ended"),
               (status = 503, description = "overloaded, unavailable (with Retry-After)")))]
 ///
-/// Served on the edge (`edge.rs`), which gives it the request's server span as `parent`.
+/// `parent` is the request's server span, the admission span's parent.
 pub(crate) async fn purchase(
     shared: &Arc<Shared>,
     req: axum::extract::Request,
@@ -388,9 +363,8 @@ pub(crate) async fn purchase(
             ),
         ));
     }
-    // Boxed: the admission's future (the script call, its timeout) is most of this one's
-    // size, and the edge moves the purchase's future several times before it first polls it,
-    // a copy per move that late buyers, who never get here, would pay for too.
+    // Boxed: the admission's future (the script call, its timeout) is most of this one's size,
+    // which late buyers, who never get here, would carry too.
     Box::pin(admit(shared, &who.user_id, &p, now_ms, parent)).await
 }
 

@@ -13,12 +13,10 @@
 //! - [`mq`]: cancelled flash orders give their units back.
 //! - [`inventory`]: the session reservations at inventory.
 //! - `http`: admin sessions, browsing, tokens, purchase.
-//! - `edge`: the purchase route on mall-common's HTTP/1.1 edge, in front of the axum router.
 //! - [`startup`]: [`Application`]: build (bind, pools, migrations, topology, tasks) and run.
 
 pub mod config;
 pub mod domain;
-mod edge;
 mod http;
 pub mod inventory;
 pub mod jobs;

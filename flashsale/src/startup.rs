@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use mall_common::amqp::Topology;
 use mall_common::amqp::consumer::consume;
-use mall_common::edge::{self, Edge};
 use mall_common::events::{FLASHSALE_EVENTS, ORDER_CANCELLED, ORDER_EVENTS};
 use mall_common::identity::IdentityKey;
 use mall_common::peer::{Peer, client};
@@ -15,14 +14,9 @@ use sqlx::migrate::Migrator;
 use tokio::sync::Semaphore;
 
 use crate::config::{DEFAULTS, DEV_TOKEN_SECRET, Settings};
-use crate::edge::Purchases;
 use crate::http::Shared;
 use crate::live::{Breaker, Catalog, SoldOut};
 use crate::mq::{self, ORDER_EVENTS_QUEUE};
-
-/// Most bytes of request fields the edge accepts (431 `headers_too_large` above): room for a
-/// browser's cookies beside the gateway's identity and trace headers.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// This service's own migrations (the platform's outbox and inbox tables are added to them).
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
@@ -66,8 +60,6 @@ impl Application {
             redis: Some(scripts),
             amqp: Some(topology(flash.delivery_limit)),
         };
-        let stack = settings.platform.stack(DEFAULTS.name);
-        let idle_timeout = settings.platform.http.idle_timeout;
         let identity = IdentityKey::new(settings.platform.internal_secret.expose().as_bytes());
         let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
         let cancel = platform.cancel_token();
@@ -111,20 +103,7 @@ impl Application {
                 }
             },
         ));
-        // The purchase route is served on the edge; every other request goes to the router.
-        let purchases = Purchases::new(shared.clone(), stack.service, stack.request_timeout);
-        let edge = Edge::new(
-            Arc::new(purchases),
-            edge::Settings {
-                body_limit: stack.body_limit,
-                max_header_bytes: MAX_HEADER_BYTES,
-                request_timeout: stack.request_timeout,
-                idle_timeout,
-            },
-        );
-        let server = Server::bind(platform, crate::http::router(shared))
-            .await?
-            .serve_connections_with(Arc::new(edge));
+        let server = Server::bind(platform, crate::http::router(shared)).await?;
         Ok(Self { server })
     }
 

@@ -127,6 +127,9 @@ pub struct GatewaySettings {
     pub rate_limits: Vec<RateLimitRule>,
     /// `MALL_GW_MAX_HEADER_BYTES` (16384): larger request headers get 431.
     pub max_header_bytes: usize,
+    /// `MALL_GW_BODY_TIMEOUT` (5s): how long a request body of up to 64 KiB may take to arrive
+    /// (408 `request_timeout` after; it is read before anything goes upstream).
+    pub body_timeout: Duration,
 }
 
 /// Rate limits when `MALL_GW_RATE_LIMITS` is unset: generous per client, and a cluster-wide
@@ -239,6 +242,7 @@ impl GatewaySettings {
             },
             rate_limits,
             max_header_bytes: vars.parse("MALL_GW_MAX_HEADER_BYTES", 16 * 1024)?,
+            body_timeout: d("MALL_GW_BODY_TIMEOUT", Duration::from_secs(5))?,
         })
     }
 }

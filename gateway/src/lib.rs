@@ -13,16 +13,16 @@
 //! - [`routes`]: the route table (prefix -> pool, access rule).
 //! - [`auth`]: JWT verification and minting.
 //! - [`rate_limit`]: local and cluster-wide token buckets.
-//! - [`upstream`]: pools, endpoints, the upstream HTTP/1.1 client, health checks, breaker, retry
-//!   policy.
-//! - [`edge`]: the gateway's routes on mall-common's HTTP/1.1 edge, which carries every request
-//!   but the health routes.
+//! - [`upstream`]: pools as tower stacks, endpoints on hyper's client, health checks.
+//! - [`layers`]: the gateway's own tower layers (circuit breaker, retry policy).
+//! - [`client_body`]: the client's request body, watched so its failures are blamed on it.
 //! - [`proxy`]: forwarding one request.
 //! - [`startup`]: building and running the [`Application`].
 
 pub mod auth;
+pub mod client_body;
 pub mod config;
-pub mod edge;
+pub mod layers;
 pub mod proxy;
 pub mod rate_limit;
 pub mod routes;

@@ -1,6 +1,21 @@
-//! The route table: path prefix -> upstream pool and who may call it (DESIGN.md, "Gateway").
+//! The route table: path prefix -> upstream pool and who may call it (DESIGN.md, "Gateway"),
+//! and the axum router made of it.
 //!
 //! `/internal/...` is never routed. Anything not listed is a JSON 404 from the gateway itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::response::Response;
+use axum::routing::any;
+use futures_util::future::BoxFuture;
+use http::Request;
+
+use crate::proxy::{self, Proxy};
+use crate::upstream::Pool;
 
 /// An upstream pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,3 +105,36 @@ pub const ROUTES: &[Route] = &[
     prefix("/admin/orders", PoolName::Order, Access::Admin),
     prefix("/admin/flashsale", PoolName::Flashsale, Access::Admin),
 ];
+
+/// The gateway's router: every route of the table (a prefix also matches everything below it,
+/// `{prefix}/{*rest}`, as its metrics and spans are labelled) forwarding to its pool, and a
+/// catch-all answering 404 with an access line, all behind the edge checks
+/// ([`proxy::edge_checks`]). The health routes are added by the server.
+pub fn router(proxy: Arc<Proxy>, pool_of: impl Fn(PoolName) -> Pool) -> Router {
+    let max_header_bytes = proxy.max_header_bytes;
+    let mut router = Router::new();
+    for route in ROUTES {
+        let pool = pool_of(route.pool);
+        let proxy = proxy.clone();
+        let forward = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| {
+            let (proxy, pool) = (proxy.clone(), pool.clone());
+            let forwarded: BoxFuture<'static, Response> =
+                Box::pin(async move { proxy::forward(&proxy, &pool, route, peer, req).await });
+            forwarded
+        };
+        router = router.route(route.path, any(forward.clone()));
+        if route.prefix {
+            router = router.route(&format!("{}/{{*rest}}", route.path), any(forward));
+        }
+    }
+    let unrouted = |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| async move {
+        proxy::unrouted(peer, &req)
+    };
+    router
+        .route("/", any(unrouted))
+        .route("/{*rest}", any(unrouted))
+        .layer(axum::middleware::from_fn_with_state(
+            max_header_bytes,
+            proxy::edge_checks,
+        ))
+}

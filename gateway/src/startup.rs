@@ -4,18 +4,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use mall_common::platform::{Needs, Platform};
 use mall_common::server::Server;
 
 use crate::auth::Verifier;
 use crate::config::{DEFAULTS, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, Settings};
-use crate::edge::Routing;
 use crate::proxy::Proxy;
 use crate::rate_limit::{CLUSTER_BUCKET, RateLimiter};
-use crate::routes::PoolName;
+use crate::routes::{PoolName, router};
 use crate::upstream::{Pool, http_client};
-use mall_common::edge::{self, Edge};
 
 /// A built gateway: listener bound, pools balancing, health checks running.
 pub struct Application {
@@ -40,8 +37,6 @@ impl Application {
             redis: Some(vec![&CLUSTER_BUCKET]),
             ..Needs::default()
         };
-        let stack = settings.platform.stack(DEFAULTS.name);
-        let idle_timeout = settings.platform.http.idle_timeout;
         let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
         let redis = platform.redis().expect("declared above").clone();
 
@@ -65,22 +60,9 @@ impl Application {
             identity_key,
             max_header_bytes: gw.max_header_bytes,
             propagation: settings.telemetry.propagators,
+            body_timeout: gw.body_timeout,
         });
-        let routing = Routing::new(proxy, |route| pools[&route.pool].clone(), stack.service);
-        let edge = Edge::new(
-            Arc::new(routing),
-            edge::Settings {
-                body_limit: stack.body_limit,
-                max_header_bytes: gw.max_header_bytes,
-                request_timeout: stack.request_timeout,
-                idle_timeout,
-            },
-        );
-        // The axum router carries only the health routes (`Server::bind` adds them); every other
-        // request is the edge's (`edge.rs`).
-        let server = Server::bind(platform, Router::new())
-            .await?
-            .serve_connections_with(Arc::new(edge));
+        let server = Server::bind(platform, router(proxy, |name| pools[&name].clone())).await?;
         Ok(Self { server })
     }
 

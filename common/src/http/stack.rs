@@ -41,7 +41,6 @@ use uuid::Uuid;
 
 use super::{REQUEST_ID, StackSettings, Timed};
 use crate::error::{ApiError, ErrorBody, ErrorCause, code_for_status};
-use crate::wire::RawHeaders;
 
 /// Longest plain-text error body turned into a JSON message.
 const MAX_TEXT_ERROR: usize = 4096;
@@ -283,15 +282,14 @@ fn new_request_id() -> HeaderValue {
 
 /// Echoes the request id on a response that does not name one.
 pub fn with_request_id(mut res: Response, id: HeaderValue) -> Response {
-    let raw = res.extensions().get::<RawHeaders>();
-    if !raw.is_some_and(|raw| raw.request_id) && !res.headers().contains_key(REQUEST_ID) {
+    if !res.headers().contains_key(REQUEST_ID) {
         res.headers_mut().insert(REQUEST_ID, id);
     }
     res
 }
 
-/// 413 `payload_too_large` for a body over `limit` bytes (here and on the edge).
-pub(crate) fn body_too_large(limit: impl std::fmt::Display) -> ApiError {
+/// 413 `payload_too_large` for a body over `limit` bytes.
+fn body_too_large(limit: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         code_for_status(StatusCode::PAYLOAD_TOO_LARGE),
@@ -361,12 +359,10 @@ pub fn status_label(status: StatusCode) -> SharedString {
 }
 
 fn is_json(res: &Response) -> bool {
-    res.extensions().get::<RawHeaders>().is_some_and(|raw| raw.json)
-        || res
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/json"))
+    res.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"))
 }
 
 /// Gives an error response that is not JSON (one of axum's rejections, a 405, an upstream's
@@ -376,20 +372,12 @@ pub async fn with_json_error_body(res: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_json(&res) {
         return res;
     }
-    // Boxed: rare, and its collecting future would otherwise make every caller's future larger
-    // (the edge moves its routes' futures by value).
+    // Boxed: rare, and its collecting future would otherwise make every caller's future larger.
     Box::pin(to_json_error(res)).await
 }
 
 async fn to_json_error(res: Response) -> Response {
-    let (mut parts, body) = res.into_parts();
-    // An upstream's fields as it sent them become the map's, so that the new body's framing
-    // and type replace theirs.
-    if let Some(raw) = parts.extensions.remove::<RawHeaders>() {
-        for (name, value) in raw.fields() {
-            parts.headers.append(name, value);
-        }
-    }
+    let (parts, body) = res.into_parts();
     let text = to_bytes(body, MAX_TEXT_ERROR)
         .await
         .ok()

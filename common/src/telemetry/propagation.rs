@@ -277,7 +277,8 @@ pub fn inject_http_context(cx: &Context, headers: &mut http::HeaderMap) {
     inject_http_formats(cx, formats(), headers);
 }
 
-fn inject_http_formats(cx: &Context, formats: Formats, headers: &mut http::HeaderMap) {
+/// Writes `cx` into outgoing HTTP headers in `formats`.
+pub fn inject_http_formats(cx: &Context, formats: Formats, headers: &mut http::HeaderMap) {
     if let Some(ids) = Ids::of(cx) {
         ids.each_field(formats, |name, value| {
             let value = http::HeaderValue::from_bytes(value).expect("checked by `Ids::each_field`");

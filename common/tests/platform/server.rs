@@ -222,22 +222,17 @@ async fn raw_answer(app: &TestServer, raw: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// The status and JSON body of an answer.
-fn status_and_body(answer: &str) -> (u16, serde_json::Value) {
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
-    let status = head
+/// The status of an answer.
+fn status_of(answer: &str) -> u16 {
+    answer
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_hyper_cannot_parse_get_json_errors_on_both_kinds_of_runtime() {
+async fn requests_hyper_cannot_parse_get_its_status_and_a_closed_connection_on_both_kinds_of_runtime() {
     let env = TestEnv::new().await;
     for threads in [2, 0] {
         let app = serve(&env, threads).await;
@@ -246,35 +241,29 @@ async fn requests_hyper_cannot_parse_get_json_errors_on_both_kinds_of_runtime() 
             "GET /thread HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
             "y".repeat(500 * 1024)
         );
-        let cases: [(&[u8], u16, &str); 5] = [
-            (b"GARBAGE\r\n\r\n", 400, "bad_request"),
-            (
-                b"GET /thread HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n",
-                400,
-                "bad_request",
-            ),
+        let fields: String = (0..200).map(|i| format!("x-h{i}: 1\r\n")).collect();
+        let too_many = format!("GET /thread HTTP/1.1\r\nhost: x\r\n{fields}\r\n");
+        let cases: [(&[u8], u16); 6] = [
+            (b"GARBAGE\r\n\r\n", 400),
+            (b"GET /thread HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n", 400),
             (
                 b"GET /thread HTTP/1.1\r\nhost: x\r\ncontent-length: ten\r\n\r\n",
                 400,
-                "bad_request",
             ),
-            (long_uri.as_bytes(), 414, "uri_too_long"),
-            (big_head.as_bytes(), 431, "headers_too_large"),
+            (long_uri.as_bytes(), 414),
+            (big_head.as_bytes(), 431),
+            (too_many.as_bytes(), 431),
         ];
-        for (raw, status, code) in cases {
+        for (raw, status) in cases {
+            // `raw_answer` reads until the server closes the connection.
             let answer = raw_answer(&app, raw).await;
-            let (got, body) = status_and_body(&answer);
-            assert_eq!(
-                (got, body["code"].as_str()),
-                (status, Some(code)),
-                "{threads} threads: {answer}"
-            );
-            assert!(answer.contains("content-type: application/json"), "{answer}");
+            assert_eq!(status_of(&answer), status, "{threads} threads: {answer:.200}");
         }
-        // A good request on a connection is answered as before.
+        // As many fields as the gateway passes on, plus the ones it adds, are read.
+        let fields: String = (0..110).map(|i| format!("x-h{i}: 1\r\n")).collect();
         let answer = raw_answer(
             &app,
-            b"GET /thread HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            format!("GET /thread HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{fields}\r\n").as_bytes(),
         )
         .await;
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");

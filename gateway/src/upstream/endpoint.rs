@@ -1,5 +1,5 @@
 //! One upstream instance as a tower `Service`: sends the request to the instance over the
-//! serving thread's keep-alive connections (`client.rs`), and reports failures for passive
+//! serving thread's keep-alive connections (`connections.rs`), and reports failures for passive
 //! ejection.
 
 use std::sync::Arc;
@@ -10,25 +10,19 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use futures_util::future::BoxFuture;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use mall_common::http::Timed;
 use metrics::SharedString;
 use tokio::sync::mpsc::UnboundedSender;
 use tower::load::{CompleteOnResponse, Load, PeakEwma};
 use tower::{BoxError, Service};
 
-use super::client::{self, ClientError, Outbound, Target};
+use super::connections::Connections;
+use crate::client_body::{BodyProgress, client_fault};
 
-/// An instance's answer, and which instance gave it (the access line names it). Carried
-/// beside the response through the pool's layers rather than in its extensions: inserting
-/// into those builds a map and a box for every request.
-#[derive(Debug)]
-pub struct Answer {
-    /// The answer, its body streaming from the instance.
-    pub response: Response<Body>,
-    /// `host:port` of the instance.
-    pub instance: Arc<str>,
-}
+/// Which instance answered (`host:port`), in the answer's extensions: the access line names it.
+#[derive(Debug, Clone)]
+pub struct Upstream(pub Arc<str>);
 
 /// A transport failure talking to one instance (refused, reset, closed early).
 #[derive(Debug, thiserror::Error)]
@@ -36,15 +30,17 @@ pub struct Answer {
 pub struct EndpointError {
     /// `host:port` of the instance.
     pub instance: Arc<str>,
+    /// Whether the connection could not be made, so nothing was sent.
+    pub connect: bool,
     /// The client's error.
     #[source]
-    pub source: ClientError,
+    pub source: BoxError,
 }
 
 impl EndpointError {
     /// Whether the connection could not be made, so nothing was sent.
     pub fn is_connect(&self) -> bool {
-        self.source.is_connect()
+        self.connect
     }
 }
 
@@ -153,16 +149,16 @@ impl Load for Ranked {
     }
 }
 
-impl Service<Outbound> for Ranked {
-    type Response = Answer;
+impl Service<Request<Body>> for Ranked {
+    type Response = Response<Body>;
     type Error = BoxError;
-    type Future = <PeakEwma<Endpoint, CompleteOnResponse> as Service<Outbound>>::Future;
+    type Future = <PeakEwma<Endpoint, CompleteOnResponse> as Service<Request<Body>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Outbound) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         self.inner.call(req)
     }
 }
@@ -175,7 +171,7 @@ pub(crate) struct Endpoint(Arc<Instance>);
 pub(crate) struct Instance {
     instance: Arc<str>,
     authority: Authority,
-    target: Target,
+    connections: Connections,
     pool: &'static str,
     passive: Arc<PassiveHealth>,
     metrics: Timed<StatusCode>,
@@ -185,7 +181,7 @@ impl Endpoint {
     pub(super) fn new(authority: Authority, pool: &'static str, passive: Arc<PassiveHealth>) -> Self {
         Self(Arc::new(Instance {
             instance: authority.as_str().into(),
-            target: Target::new(authority.as_str()),
+            connections: Connections::new(authority.as_str()),
             authority,
             pool,
             passive,
@@ -231,21 +227,35 @@ impl Instance {
     }
 }
 
-impl Service<Outbound> for Endpoint {
-    type Response = Answer;
+impl Service<Request<Body>> for Endpoint {
+    type Response = Response<Body>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Answer, BoxError>>;
+    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // The client pools connections itself; it is always ready.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Outbound) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let this = self.0.clone();
+        // Origin-form on the wire; the client's Host stays, and a request without one (HTTP/2,
+        // HTTP/1.0) names the instance.
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+        if !req.headers().contains_key(http::header::HOST) {
+            let host = http::HeaderValue::from_str(self.0.authority.as_str())
+                .expect("an authority is a header value");
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+        let progress = req.extensions().get::<BodyProgress>().cloned();
         Box::pin(async move {
             let started = Instant::now();
-            let result = client::send(&this.target, req).await;
+            let result = this.connections.send(req).await;
             let elapsed = started.elapsed().as_secs_f64();
             match result {
                 Ok(res) => {
@@ -257,20 +267,30 @@ impl Service<Outbound> for Endpoint {
                         this.passive.success();
                     }
                     this.observe(status, elapsed);
-                    Ok(Answer {
-                        response: res,
-                        instance: this.instance.clone(),
-                    })
+                    let mut res = res;
+                    res.extensions_mut().insert(Upstream(this.instance.clone()));
+                    Ok(res)
                 }
-                Err(source) => {
-                    this.passive.failure(|| source.to_string());
+                Err(e) => {
+                    let connect = e.is_connect();
+                    let source: BoxError = Box::new(e);
+                    // A body the client broke off (or sent too much of) says nothing of the
+                    // instance.
+                    if client_fault(&source, progress.as_ref()).is_none() {
+                        this.passive
+                            .failure(|| format!("{source} ({:?})", std::error::Error::source(&*source)));
+                    }
                     let instance = this.instance.clone();
                     metrics::counter!(
                         "gateway_upstream_requests_total",
                         "pool" => this.pool, "instance" => instance.to_string(), "status" => "error"
                     )
                     .increment(1);
-                    Err(Box::new(EndpointError { instance, source }) as BoxError)
+                    Err(Box::new(EndpointError {
+                        instance,
+                        connect,
+                        source,
+                    }) as BoxError)
                 }
             }
         })

@@ -4,10 +4,12 @@
 mod access_log;
 mod auth;
 mod balancing;
-mod edge;
+mod connections;
 mod helpers;
 mod limits;
 mod platform;
+mod raw;
 mod resilience;
 mod routing;
+mod smuggling;
 mod tracing_hop;

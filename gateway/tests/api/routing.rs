@@ -5,6 +5,7 @@ use mall_testkit::TestEnv;
 use mall_testkit::upstream::FakeUpstream;
 
 use crate::helpers::{get, settings, spawn, token};
+use crate::raw::{head_only, raw_upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_go_to_the_pool_of_their_prefix_and_internal_paths_are_never_routed() {
@@ -181,68 +182,6 @@ async fn bodies_stream_through_and_oversized_ones_get_413() {
     let err: serde_json::Value = res.json().await.unwrap();
     assert_eq!(err["code"], "headers_too_large");
     assert_eq!(product.hits(), 1, "rejected requests never reach the upstream");
-}
-
-/// Sends a raw request head and returns the status and the whole answer.
-async fn head_only(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
-
-/// An upstream that answers from a table of raw answers by path (`/healthz` 200), keeping
-/// each connection alive; returns its URL.
-async fn raw_upstream(answers: &'static [(&'static str, &'static str)]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end + 4);
-                    let mut line = head.split_whitespace();
-                    let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
-                    let answer = answers
-                        .iter()
-                        .find(|(p, _)| *p == path)
-                        .map_or("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", |(_, a)| *a);
-                    let answer = if method == "HEAD" {
-                        // The head alone, its length kept.
-                        &answer[..answer.find("\r\n\r\n").unwrap() + 4]
-                    } else {
-                        answer
-                    };
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    url
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,92 +1,16 @@
-//! The gateway on mall-common's HTTP/1.1 edge, spoken to over raw TCP: protocol errors get the JSON
-//! error contract, keep-alive and pipelining keep requests apart, request bodies in every
-//! framing reach the upstream, and nothing is ever answered out of step.
+//! The gateway's connections, spoken to over raw TCP and HTTP/2: keep-alive and pipelining keep
+//! requests apart, idle connections close, request bodies in every framing reach the upstream,
+//! and nothing is ever answered out of step.
 
 use std::time::Duration;
 
 use mall_testkit::upstream::FakeUpstream;
 use mall_testkit::{TestEnv, TestServer};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{settings, spawn, token};
-
-/// One answer read off a connection.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (k, v) = line.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-}
-
-/// Reads one answer (a `Content-Length` body, or a body until close) from `stream`, whose
-/// bytes read so far sit in `buf`; `head_only` for an answer to HEAD.
-async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Answer {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut closed = false;
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let status = head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let mut answer = Answer {
-                status,
-                head,
-                body: Vec::new(),
-            };
-            let length = if head_only || status == 100 {
-                Some(0)
-            } else {
-                answer
-                    .header("content-length")
-                    .map(|v| v.parse::<usize>().unwrap())
-            };
-            let start = end + 4;
-            match length {
-                Some(n) if buf.len() >= start + n => {
-                    answer.body = buf[start..start + n].to_vec();
-                    buf.drain(..start + n);
-                    return answer;
-                }
-                None if closed => {
-                    answer.body = buf[start..].to_vec();
-                    buf.clear();
-                    return answer;
-                }
-                _ => {}
-            }
-        }
-        assert!(
-            !closed,
-            "the connection closed inside an answer: {:?}",
-            String::from_utf8_lossy(buf)
-        );
-        let mut chunk = [0u8; 8192];
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("an answer within 10 s")
-            .expect("read");
-        closed = n == 0;
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
+use crate::raw::{closes, read_answer};
 
 /// A gateway in front of a product upstream and one for the other pools.
 async fn gateway() -> (TestEnv, FakeUpstream, FakeUpstream, TestServer) {
@@ -97,65 +21,6 @@ async fn gateway() -> (TestEnv, FakeUpstream, FakeUpstream, TestServer) {
     );
     let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
     (env, product, other, gw)
-}
-
-/// Whether the gateway closes the connection (reads end) within a few seconds.
-async fn closes(stream: &mut TcpStream) -> bool {
-    let mut rest = Vec::new();
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await,
-        Ok(Ok(_))
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_it_cannot_take_get_json_errors_and_a_closed_connection() {
-    let (_env, product, _other, gw) = gateway().await;
-
-    let many: String = (0..101).map(|i| format!("x-h{i}: 1\r\n")).collect();
-    let cases = [
-        ("GARBAGE\r\n\r\n".to_owned(), 400, "bad_request"),
-        (
-            "GET /api/products/1 HTTP/1.1\r\nbad header: 1\r\n\r\n".to_owned(),
-            400,
-            "bad_request",
-        ),
-        (
-            "POST /api/products/1 HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"
-                .to_owned(),
-            400,
-            "bad_request",
-        ),
-        (
-            "POST /api/products/1 HTTP/1.1\r\ncontent-length: -1\r\n\r\n".to_owned(),
-            400,
-            "bad_request",
-        ),
-        (
-            format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9 * 1024)),
-            414,
-            "uri_too_long",
-        ),
-        (
-            format!("GET /api/products/1 HTTP/1.1\r\n{many}\r\n"),
-            431,
-            "headers_too_large",
-        ),
-    ];
-    for (request, status, code) in cases {
-        let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let answer = read_answer(&mut stream, &mut Vec::new(), false).await;
-        assert_eq!(answer.status, status, "{request:.60}: {answer:?}");
-        assert_eq!(answer.json()["code"], code, "{request:.60}");
-        assert!(answer.header("x-request-id").is_some(), "{answer:?}");
-        assert_eq!(answer.header("connection").as_deref(), Some("close"));
-        assert!(
-            closes(&mut stream).await,
-            "{request:.60}: the connection is closed"
-        );
-    }
-    assert_eq!(product.hits(), 0, "nothing reached the upstream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,7 +111,7 @@ async fn bodies_reach_the_upstream_in_every_framing() {
     let (_env, product, _other, gw) = gateway().await;
     let admin = token("1", &["admin"]);
 
-    // Chunked: decoded on the way in, streamed to the upstream; the connection closes after.
+    // Chunked: decoded on the way in and passed on; the connection stays open.
     let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
     let head = format!(
         "POST /admin/products HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {admin}\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -261,7 +126,7 @@ async fn bodies_reach_the_upstream_in_every_framing() {
     let answer = read_answer(&mut stream, &mut Vec::new(), false).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.json()["body_bytes"], 17);
-    assert_eq!(answer.header("connection").as_deref(), Some("close"));
+    assert_ne!(answer.header("connection").as_deref(), Some("close"));
 
     // A chunked body framed wrongly is the client's fault: 400, not a 502.
     let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
@@ -303,4 +168,32 @@ async fn bodies_reach_the_upstream_in_every_framing() {
     let answer = read_answer(&mut stream, &mut Vec::new(), false).await;
     assert_eq!(answer.status, 200);
     assert!(closes(&mut stream).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_is_served_on_the_same_port() {
+    use http_body_util::BodyExt as _;
+    let (_env, product, _other, gw) = gateway().await;
+    let stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 connection");
+    tokio::spawn(conn);
+    for i in 0..3 {
+        let req = http::Request::get(format!("http://{}/api/products/{i}", gw.addr()))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let res = send.send_request(req).await.expect("an answer");
+        assert_eq!(
+            (res.status().as_u16(), res.version()),
+            (200, http::Version::HTTP_2)
+        );
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(echoed["path"], format!("/api/products/{i}"));
+    }
+    assert_eq!(product.hits(), 3, "three streams on one connection, each proxied");
 }

@@ -6,16 +6,19 @@
 //! `MALL_GW_BREAKER_SLOW_RATIO`, it opens. Open: calls fail at once with [`BreakerOpen`] (503
 //! `upstream_unavailable`) for `MALL_GW_BREAKER_OPEN`. Half-open: up to
 //! `MALL_GW_BREAKER_PROBES` calls go through as probes; as many successes close it, one failure
-//! opens it again.
+//! opens it again. Calls a client broke (an aborted, oversized or trickling body) are no verdict
+//! on the pool.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tower::BoxError;
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use tower::{BoxError, Layer, Service};
 
-use super::endpoint::Answer;
-
+use crate::client_body::{BodyProgress, client_fault};
 use crate::config::BreakerSettings;
 use crate::routes::PoolName;
 
@@ -213,18 +216,18 @@ impl Breaker {
 /// unfinished (the client went away mid-call, and the request's future with it), a probe gives
 /// its place back without a verdict; otherwise a half-open breaker would count it in flight for
 /// good and, once as many were lost as it allows probes, refuse every call from then on.
-pub(super) struct Admitted<'a> {
-    breaker: &'a Breaker,
+struct Admitted {
+    breaker: Arc<Breaker>,
     ticket: Ticket,
     finished: bool,
 }
 
 impl Breaker {
     /// Lets a call through, or refuses it while the circuit is open.
-    pub(super) fn enter(&self) -> Result<Admitted<'_>, BreakerOpen> {
+    fn enter(self: &Arc<Self>) -> Result<Admitted, BreakerOpen> {
         let ticket = self.admit()?;
         Ok(Admitted {
-            breaker: self,
+            breaker: self.clone(),
             ticket,
             finished: false,
         })
@@ -238,21 +241,23 @@ impl Breaker {
     }
 }
 
-impl Admitted<'_> {
-    /// Records the call's outcome: failed if it erred or answered 5xx, slow if it took at
-    /// least `MALL_GW_BREAKER_SLOW_CALL`.
-    pub(super) fn finish(mut self, result: &Result<Answer, BoxError>, took: Duration) {
-        let failed = match result {
-            Ok(answer) => answer.response.status().is_server_error(),
-            Err(_) => true,
-        };
-        let slow = took >= self.breaker.cfg.slow_call;
+impl Admitted {
+    /// Records the call's outcome: `failed` if the instance failed it, slow if it took at
+    /// least `MALL_GW_BREAKER_SLOW_CALL`. A call the client broke has no verdict.
+    fn finish(mut self, failed: Option<bool>, took: Duration) {
         self.finished = true;
-        self.breaker.record(self.ticket, Outcome { failed, slow });
+        match failed {
+            Some(failed) => {
+                let slow = took >= self.breaker.cfg.slow_call;
+                self.breaker.record(self.ticket, Outcome { failed, slow });
+            }
+            None if self.ticket == Ticket::Probe => self.breaker.abandon(),
+            None => {}
+        }
     }
 }
 
-impl Drop for Admitted<'_> {
+impl Drop for Admitted {
     fn drop(&mut self) {
         if !self.finished && self.ticket == Ticket::Probe {
             self.breaker.abandon();
@@ -260,9 +265,74 @@ impl Drop for Admitted<'_> {
     }
 }
 
+/// Puts a pool's [`Breaker`] in front of a service.
+#[derive(Clone)]
+pub struct BreakerLayer(Arc<Breaker>);
+
+impl BreakerLayer {
+    /// The layer of `breaker`.
+    pub fn new(breaker: Arc<Breaker>) -> Self {
+        Self(breaker)
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = CircuitBreaker<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreaker {
+            inner,
+            breaker: self.0.clone(),
+        }
+    }
+}
+
+/// The breaker around a service: refuses calls while open, and records each call's outcome
+/// (an error or a 5xx answer is a failure, unless the client caused it: see `client_body`).
+#[derive(Clone)]
+pub struct CircuitBreaker<S> {
+    inner: S,
+    breaker: Arc<Breaker>,
+}
+
+impl<S, B, RB> Service<Request<B>> for CircuitBreaker<S>
+where
+    S: Service<Request<B>, Response = Response<RB>, Error = BoxError>,
+    S::Future: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<RB>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let admitted = match self.breaker.enter() {
+            Ok(admitted) => admitted,
+            Err(open) => return Box::pin(std::future::ready(Err(open.into()))),
+        };
+        let progress = req.extensions().get::<BodyProgress>().cloned();
+        let started = Instant::now();
+        let called = self.inner.call(req);
+        Box::pin(async move {
+            let result = called.await;
+            let failed = match &result {
+                Ok(res) => Some(res.status().is_server_error()),
+                Err(e) => client_fault(e, progress.as_ref()).is_none().then_some(true),
+            };
+            admitted.finish(failed, started.elapsed());
+            result
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client_body::ClientFault;
 
     fn cfg() -> BreakerSettings {
         BreakerSettings {
@@ -325,16 +395,13 @@ mod tests {
             b.record(b.admit().unwrap(), FAIL);
         }
         std::thread::sleep(Duration::from_millis(60));
+        let b = Arc::new(b);
         let lost = [b.enter().unwrap(), b.enter().unwrap()];
         assert!(b.enter().is_err(), "both probe places taken");
         drop(lost);
         let again = [b.enter().unwrap(), b.enter().unwrap()];
         for probe in again {
-            let answered: Result<Answer, BoxError> = Ok(Answer {
-                response: http::Response::new(axum::body::Body::empty()),
-                instance: "127.0.0.1:1".into(),
-            });
-            probe.finish(&answered, Duration::ZERO);
+            probe.finish(Some(false), Duration::ZERO);
         }
         assert_eq!(
             b.state(),
@@ -356,5 +423,42 @@ mod tests {
             );
         }
         assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test]
+    async fn the_layer_opens_on_failed_answers_and_then_refuses_without_calling_through() {
+        let breaker = Arc::new(Breaker::new(PoolName::Product, cfg()));
+        let (mut service, mut handle) =
+            tower_test::mock::spawn_layer::<Request<()>, Response<()>, _>(BreakerLayer::new(breaker.clone()));
+        for _ in 0..4 {
+            assert!(service.poll_ready().is_ready());
+            let answer = service.call(Request::new(()));
+            let (_, reply) = handle.next_request().await.expect("reached the service");
+            reply.send_response(Response::builder().status(503).body(()).unwrap());
+            assert_eq!(answer.await.unwrap().status(), 503);
+        }
+        assert_eq!(breaker.state(), BreakerState::Open);
+        let refused = service.call(Request::new(())).await.expect_err("open");
+        assert!(refused.downcast_ref::<BreakerOpen>().is_some(), "{refused}");
+        drop(service);
+        assert!(
+            handle.next_request().await.is_none(),
+            "nothing reached the service"
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_the_client_broke_are_no_verdict_on_the_pool() {
+        let breaker = Arc::new(Breaker::new(PoolName::Order, cfg()));
+        let (mut service, mut handle) =
+            tower_test::mock::spawn_layer::<Request<()>, Response<()>, _>(BreakerLayer::new(breaker.clone()));
+        for _ in 0..10 {
+            assert!(service.poll_ready().is_ready());
+            let answer = service.call(Request::new(()));
+            let (_, reply) = handle.next_request().await.expect("reached the service");
+            reply.send_error(ClientFault::TooLarge);
+            assert!(answer.await.is_err());
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
     }
 }
