@@ -4,15 +4,23 @@
 //! limits behave the same everywhere. See [`standard_stack`] for the order.
 
 mod extract;
-mod stack;
+mod observe;
+mod request_id;
 mod timed;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
-use http::Request;
+use axum::response::IntoResponse;
+use http::{Request, StatusCode};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -20,10 +28,8 @@ use crate::error::ApiError;
 use crate::telemetry::propagation;
 
 pub use extract::{Json, Path, Query};
-pub use stack::{
-    answer_within, ensure_request_id, method_label, panic_response, request_id, status_label,
-    with_json_error_body, with_request_id,
-};
+pub use observe::{method_label, panic_response, status_label, with_json_error_body};
+pub use request_id::MakeRequestUuid;
 pub use timed::Timed;
 
 /// The header carrying the request id, set at the edge and echoed in every response. A
@@ -45,17 +51,51 @@ pub struct StackSettings {
     pub body_limit: usize,
 }
 
-/// Wraps `router` (including its JSON 404 fallback) in the standard stack: request id, the
-/// `http.server` span continuing the caller's trace, body limit, panic catching, timeout, JSON
-/// error bodies, the failure log line and per-route metrics, as one layer (see `stack.rs` for
-/// the order and why it is one layer).
+/// Wraps `router` (including its JSON 404 fallback) in the standard stack, applied per route so
+/// every layer knows the matched route. Outermost first:
+/// 1. request id: a caller's unusable `x-request-id` is dropped, a missing one made (UUID), and
+///    it is echoed on the answer unless the answer names its own (tower-http);
+/// 2. the `http.server` span continuing the caller's W3C/B3 context (tower-http's trace layer,
+///    our span), entered on every poll;
+/// 3. [`observe`]: JSON error bodies for bare errors, the one log line of a failure, the span's
+///    status, per-route metrics; outside the next two, so it sees their answers;
+/// 4. panic catching (500 `internal`, the panic's message logged as the cause, tower-http);
+/// 5. the body limit, `MALL_BODY_LIMIT`: 413 at once for a `Content-Length` over it, and a
+///    streamed body fails as it crosses it (axum's extractors answer 413) (tower-http);
+/// 6. the request timeout, `MALL_REQUEST_TIMEOUT` (504 `timeout`, tower-http).
 pub fn standard_stack(router: Router, settings: &StackSettings) -> Router {
+    let observer = Arc::new(observe::Observer {
+        service: settings.service,
+        metrics: Timed::default(),
+    });
+    let service = settings.service;
+    let stack = ServiceBuilder::new()
+        .map_request(request_id::drop_unusable)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(move |req: &Request<_>| server_span(service, req))
+                .on_request(())
+                .on_response(())
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
+        )
+        .layer(axum::middleware::from_fn_with_state(observer, observe::observe))
+        .map_response(IntoResponse::into_response)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(RequestBodyLimitLayer::new(settings.body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            settings.request_timeout,
+        ));
     router
         .fallback(not_found)
         // The stack's own limit is the one that counts; axum's 2 MB default would otherwise
         // disagree with MALL_BODY_LIMIT.
         .layer(DefaultBodyLimit::disable())
-        .layer(stack::StandardLayer::new(settings))
+        .layer(stack)
 }
 
 /// The route template of a request (`/api/skus/{sku_id}`), or `unmatched`; never the raw path,
@@ -70,7 +110,7 @@ pub fn route_of<B>(req: &Request<B>) -> &str {
 /// The route label of a request no route matched (the JSON 404 fallback).
 pub const UNMATCHED: &str = "unmatched";
 
-fn server_span(service: &'static str, req: &Request<Body>) -> Span {
+fn server_span<B>(service: &'static str, req: &Request<B>) -> Span {
     let route = route_of(req);
     let request_id = req
         .headers()

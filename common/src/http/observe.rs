@@ -1,0 +1,215 @@
+//! What the standard stack does with every answer, as one `from_fn` middleware: the JSON error
+//! body for a bare error (axum's rejections, the timeout's and body limit's answers, an
+//! upstream's plain-text error), the one log line of a failure (inside the request's span, with
+//! its cause), the span's status, and the per-route request metrics.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::header::CONTENT_TYPE;
+use http::{Method, StatusCode};
+use metrics::SharedString;
+use tracing::Span;
+
+use super::Timed;
+use crate::error::{ApiError, ErrorBody, ErrorCause, code_for_status};
+
+/// Longest plain-text error body turned into a JSON message.
+const MAX_TEXT_ERROR: usize = 4096;
+
+/// One service's request metrics (handles by route, method and status).
+pub(super) struct Observer {
+    pub(super) service: &'static str,
+    pub(super) metrics: Timed<(Box<str>, Method, StatusCode)>,
+}
+
+/// The middleware; see the module docs.
+pub(super) async fn observe(State(observer): State<Arc<Observer>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
+    let mut res = next.run(req).await;
+    let status = res.status();
+    if status.is_client_error() || status.is_server_error() {
+        res = with_json_error_body(res).await;
+        if status.is_server_error() {
+            // The only place a failure is logged, inside the request span. A failure with a
+            // cause is a fault of ours; a bare 5xx (timeout, an unready dependency) is a
+            // condition the service reports by design.
+            match res.extensions().get::<ErrorCause>() {
+                Some(cause) => tracing::error!(status = status.as_u16(), cause = %cause.0, "request failed"),
+                None => tracing::warn!(status = status.as_u16(), "request failed"),
+            }
+        }
+    }
+    let span = Span::current();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    let route = route.as_ref().map_or(super::UNMATCHED, MatchedPath::as_str);
+    observer.record(route, &method, status, start.elapsed().as_secs_f64());
+    res
+}
+
+impl Observer {
+    fn record(&self, route: &str, method: &Method, status: StatusCode, seconds: f64) {
+        self.metrics.record(
+            |(r, m, s)| *s == status && m == method && &**r == route,
+            || {
+                let labels = [
+                    ("service", SharedString::const_str(self.service)),
+                    ("method", static_method(method)),
+                    ("route", SharedString::from(route.to_owned())),
+                    ("status", status_label(status)),
+                ];
+                (
+                    (route.into(), method.clone(), status),
+                    metrics::counter!("http_server_requests_total", &labels),
+                    metrics::histogram!("http_server_request_duration_seconds", &labels),
+                )
+            },
+            seconds,
+        );
+    }
+}
+
+/// The 500 `internal` answer of a handler that panicked (its message goes to the log as the
+/// cause, never to the client): tower-http's catch-panic layer answers with it.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    ApiError::internal(format!("handler panicked: {msg}")).into_response()
+}
+
+/// Metric labels without a per-request allocation for the common cases.
+fn static_method(method: &Method) -> SharedString {
+    SharedString::const_str(method_label(method))
+}
+
+/// The method as a metric label or span attribute: the usual methods by name, any other as
+/// `other` (a label set per invented method would be unbounded).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The status code as a label; the codes mall answers with need no allocation.
+pub fn status_label(status: StatusCode) -> SharedString {
+    const CODES: [(u16, &str); 20] = [
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (301, "301"),
+        (302, "302"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (409, "409"),
+        (413, "413"),
+        (422, "422"),
+        (429, "429"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    match CODES.iter().find(|(c, _)| *c == status.as_u16()) {
+        Some((_, s)) => SharedString::const_str(s),
+        None => SharedString::from(status.as_u16().to_string()),
+    }
+}
+
+fn is_json(res: &Response) -> bool {
+    res.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"))
+}
+
+/// Gives an error response that is not JSON (one of axum's rejections, a 405, an upstream's
+/// plain-text error) the standard body; any other response is returned as it is.
+pub async fn with_json_error_body(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&res) {
+        return res;
+    }
+    to_json_error(res).await
+}
+
+async fn to_json_error(res: Response) -> Response {
+    let (parts, body) = res.into_parts();
+    let text = to_bytes(body, MAX_TEXT_ERROR)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| parts.status.canonical_reason().unwrap_or("error").to_owned());
+    let body = ErrorBody {
+        code: code_for_status(parts.status).to_owned(),
+        message: text,
+    };
+    let mut new = (parts.status, axum::Json(body)).into_response();
+    // Keep headers such as Retry-After and Allow, and extensions such as the error cause.
+    // Appended, not inserted: a repeated field (Set-Cookie) keeps every value, and the new
+    // answer has none of them but its type.
+    for (name, value) in parts.headers.iter() {
+        if name != CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+            new.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    let (mut new_parts, new_body) = new.into_parts();
+    new_parts.extensions = parts.extensions;
+    Response::from_parts(new_parts, Body::new(new_body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_are_the_numbers() {
+        assert_eq!(&*status_label(StatusCode::NOT_FOUND), "404");
+        assert_eq!(&*status_label(StatusCode::IM_A_TEAPOT), "418");
+    }
+
+    #[tokio::test]
+    async fn a_bare_error_gets_the_json_body_keeping_its_fields() {
+        let res = (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "7"), ("set-cookie", "a=1")],
+            "slow down",
+        )
+            .into_response();
+        let res = with_json_error_body(res).await;
+        assert_eq!(res.headers()["retry-after"], "7");
+        assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
+        let body = to_bytes(res.into_body(), 1024).await.unwrap();
+        let err: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (err["code"].as_str(), err["message"].as_str()),
+            (Some("rate_limited"), Some("slow down"))
+        );
+    }
+}
