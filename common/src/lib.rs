@@ -23,7 +23,6 @@
 //! - [`platform`]: wires the dependencies a service declares into one handle.
 //! - [`server`]: binds, serves and stops a service within a bounded time.
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
-//! - [`text`]: numbers and addresses written into text without the formatter (hot paths).
 
 pub mod amqp;
 pub mod config;
@@ -40,4 +39,3 @@ pub mod redis;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
-pub mod text;

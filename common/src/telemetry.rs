@@ -1,20 +1,17 @@
 //! Logs and traces, configured once per process.
 //!
 //! [`init`] installs a `tracing` subscriber with independently filtered layers: the log layer
-//! (compact or JSON, filtered by `RUST_LOG`/`MALL_LOG`; compact lines leave the request span's
-//! trace-only fields to the trace, see `fields`), the access-line layer (the same format
-//! and filter, for events whose target ends in `::access`; see `access`) and the OpenTelemetry
-//! layer (always at INFO, so a quiet log level never silences traces; see DEPENDENCIES.md
-//! gotcha 7).
+//! (tracing-subscriber's compact or JSON format, filtered by `RUST_LOG`/`MALL_LOG`, written to
+//! stdout by tracing-appender's non-blocking writer; compact lines leave the request span's
+//! trace-only fields to the trace, see `fields`) and the OpenTelemetry layer (always at INFO, so
+//! a quiet log level never silences traces; see DEPENDENCIES.md gotcha 7).
 //! Spans are exported over OTLP/HTTP (Jaeger) and/or to Zipkin only when configured, so tests
 //! and a plain local start never wait on a collector. Propagation reads W3C `traceparent` and
 //! B3 and writes what `OTEL_PROPAGATORS` names, W3C and B3's single header by default
 //! ([`propagation`]).
 
-pub mod access;
 mod b3;
 mod fields;
-mod log_writer;
 pub mod propagation;
 
 use std::time::Duration;
@@ -23,7 +20,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
@@ -258,7 +255,7 @@ impl TelemetrySettings {
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
-    _log_writer: log_writer::FlushGuard,
+    _log_writer: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl TelemetryGuard {
@@ -284,9 +281,6 @@ pub enum TelemetryError {
     /// An exporter could not be built.
     #[error("building the {0} exporter: {1}")]
     Exporter(&'static str, String),
-    /// The log writer thread could not be started.
-    #[error("starting the log writer: {0}")]
-    LogWriter(String),
     /// A global subscriber was already installed in this process.
     #[error("a tracing subscriber is already installed: {0}")]
     AlreadyInstalled(String),
@@ -321,15 +315,12 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
 
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    // Lines are written in batches by a background thread, so a request never waits on a write
-    // syscall nor wakes a thread; lossless (see `log_writer`).
-    let (writer, log_writer) = log_writer::batch_writer(std::io::stdout(), "mall-log-writer")
-        .map_err(|e| TelemetryError::LogWriter(e.to_string()))?;
-    // Access lines have their own writer (`access`); both obey MALL_LOG.
-    let not_access = filter_fn(|meta| !access::is_access(meta));
-    access::install(writer.clone(), settings.log_format);
-    let access_layer = access::AccessLayer::new(writer.clone(), settings.log_format)
-        .with_filter(log_filter(&settings.log_filter).and(filter_fn(access::is_access)));
+    // A line is handed to a writer thread, so a request never waits on a write syscall;
+    // lossless: when its queue is full the logging thread waits.
+    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("mall-log-writer")
+        .finish(std::io::stdout());
     let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match settings.log_format {
         LogFormat::Compact => tracing_subscriber::fmt::layer()
             .with_writer(writer)
@@ -337,7 +328,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             .compact()
             .with_ansi(ansi)
             .with_target(true)
-            .with_filter(log_filter(&settings.log_filter).and(not_access))
+            .with_filter(log_filter(&settings.log_filter))
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(writer)
@@ -345,7 +336,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
-            .with_filter(log_filter(&settings.log_filter).and(not_access))
+            .with_filter(log_filter(&settings.log_filter))
             .boxed(),
     };
     // Only what a trace viewer shows: source locations, thread names, busy/idle timings and the
@@ -362,7 +353,6 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
 
     tracing_subscriber::registry()
         .with(fmt_layer)
-        .with(access_layer)
         .with(otel_layer)
         .try_init()
         .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;

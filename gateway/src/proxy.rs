@@ -18,9 +18,7 @@ use http::{Request, StatusCode, Version};
 use mall_common::error::ApiError;
 use mall_common::http::{MAX_CLIENT_FIELDS, REQUEST_ID};
 use mall_common::identity;
-use mall_common::telemetry::access::{self, Field};
 use mall_common::telemetry::propagation;
-use opentelemetry::trace::TraceContextExt as _;
 use tower::BoxError;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -193,27 +191,22 @@ pub(crate) struct AccessLine<'a> {
 }
 
 impl AccessLine<'_> {
+    /// One event per request, target `mall_gateway::access`, formatted by the log layer like
+    /// any other (a JSON object with `MALL_LOG_FORMAT=json`), naming the trace it belongs to.
     pub(crate) fn write(&self, status: StatusCode, cx: &opentelemetry::Context) {
-        if !tracing::enabled!(target: "mall_gateway::access", tracing::Level::INFO) {
-            return;
-        }
-        let span = cx.span();
-        let sc = span.span_context();
-        let trace_id = sc.trace_id().to_bytes();
-        let trace_id = if sc.is_valid() { &trace_id[..] } else { &[] };
-        access::write(
-            "mall_gateway::access",
-            &[
-                Field::Plain("method", self.method.as_str()),
-                Field::Plain("route", self.route),
-                Field::Plain("pool", self.pool),
-                Field::U64("status", u64::from(status.as_u16())),
-                Field::Plain("upstream", self.upstream),
-                Field::F64("latency_ms", self.started.elapsed().as_secs_f64() * 1e3),
-                Field::Str("request_id", self.request_id),
-                Field::Hex("trace_id", trace_id),
-                Field::Plain("client", self.client),
-            ],
+        let trace_id = propagation::trace_id_of(cx).unwrap_or_default();
+        tracing::info!(
+            target: "mall_gateway::access",
+            method = self.method.as_str(),
+            route = self.route,
+            pool = self.pool,
+            status = status.as_u16(),
+            upstream = self.upstream,
+            latency_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            request_id = self.request_id,
+            trace_id = trace_id.as_str(),
+            client = self.client,
+            "access"
         );
     }
 }

@@ -1,14 +1,60 @@
-//! Reading B3 (Zipkin's trace headers): the single `b3` header, else the `x-b3-*` headers, as
-//! the B3 spec recommends. Writing is [`super::propagation`]'s, with the other formats.
-//! (The only published B3 propagator lives in the deprecated `opentelemetry-zipkin` crate.)
+//! B3 (Zipkin's trace headers) as a `TextMapPropagator`: reads the single `b3` header, else the
+//! `x-b3-*` headers, as the B3 spec recommends; writes either or both. Our own because the only
+//! published B3 propagator lives in the deprecated `opentelemetry-zipkin` crate.
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry::Context;
+use opentelemetry::propagation::text_map_propagator::FieldIter;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
-pub(super) const B3_SINGLE: &str = "b3";
-pub(super) const B3_TRACE_ID: &str = "x-b3-traceid";
-pub(super) const B3_SPAN_ID: &str = "x-b3-spanid";
-pub(super) const B3_SAMPLED: &str = "x-b3-sampled";
-pub(super) const B3_FLAGS: &str = "x-b3-flags";
+const B3_SINGLE: &str = "b3";
+const B3_TRACE_ID: &str = "x-b3-traceid";
+const B3_SPAN_ID: &str = "x-b3-spanid";
+const B3_SAMPLED: &str = "x-b3-sampled";
+const B3_FLAGS: &str = "x-b3-flags";
+
+/// The headers B3 is read from.
+pub(super) const FIELDS: [&str; 5] = [B3_SINGLE, B3_TRACE_ID, B3_SPAN_ID, B3_SAMPLED, B3_FLAGS];
+
+/// B3: reads both forms; writes the single header, the multiple ones, or both.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct B3Propagator {
+    pub(super) single: bool,
+    pub(super) multi: bool,
+}
+
+impl TextMapPropagator for B3Propagator {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return;
+        }
+        let (trace, span) = (sc.trace_id().to_string(), sc.span_id().to_string());
+        let sampled = if sc.is_sampled() { "1" } else { "0" };
+        if self.single {
+            injector.set(B3_SINGLE, format!("{trace}-{span}-{sampled}"));
+        }
+        if self.multi {
+            injector.set(B3_TRACE_ID, trace);
+            injector.set(B3_SPAN_ID, span);
+            injector.set(B3_SAMPLED, sampled.to_owned());
+        }
+    }
+
+    fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
+        match extract(|name| extractor.get(name)) {
+            Some(sc) => cx.with_remote_span_context(sc),
+            None => cx.clone(),
+        }
+    }
+
+    fn fields(&self) -> FieldIter<'_> {
+        static NAMES: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| FIELDS.iter().map(|&f| f.to_owned()).collect());
+        FieldIter::new(&NAMES)
+    }
+}
 
 fn trace_id(hex: &str) -> Option<TraceId> {
     // 64-bit trace ids are left-padded to 128 bits, as Zipkin does.
@@ -66,7 +112,7 @@ fn extract_multi<'a>(get: &impl Fn(&'static str) -> Option<&'a str>) -> Option<S
 }
 
 /// The B3 context `get` (a carrier's value by header name) holds, if any valid one.
-pub(super) fn extract<'a>(get: impl Fn(&'static str) -> Option<&'a str>) -> Option<SpanContext> {
+fn extract<'a>(get: impl Fn(&'static str) -> Option<&'a str>) -> Option<SpanContext> {
     get(B3_SINGLE)
         .and_then(extract_single)
         .or_else(|| extract_multi(&get))
