@@ -332,7 +332,7 @@ fn sign_in_first() -> crate::error::ApiError {
     crate::error::ApiError::new(http::StatusCode::UNAUTHORIZED, "unauthorized", "sign in first")
 }
 
-/// The signed-in user of a request served outside axum (on the edge), as [`RequireUser`]
+/// The signed-in user of a request whose handler reads the headers itself, as [`RequireUser`]
 /// finds it: 401 `unauthorized` without a valid gateway-asserted identity.
 pub fn require_user(key: &IdentityKey, headers: &HeaderMap) -> Result<Identity, crate::error::ApiError> {
     verified(key, headers)?.ok_or_else(sign_in_first)

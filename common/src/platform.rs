@@ -51,8 +51,8 @@ pub struct HttpSettings {
     pub addr: SocketAddr,
     /// `MALL_REQUEST_TIMEOUT`.
     pub request_timeout: Duration,
-    /// `MALL_IDLE_TIMEOUT`: a keep-alive connection that brings no request for this long is
-    /// closed (on the edge; hyper closes the axum-served ones after its own 30 s).
+    /// `MALL_IDLE_TIMEOUT`: a connection that starts no request head for this long is closed
+    /// (hyper's header read timeout).
     pub idle_timeout: Duration,
     /// `MALL_BODY_LIMIT` (bytes).
     pub body_limit: usize,

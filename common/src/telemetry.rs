@@ -316,11 +316,12 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     // A line is handed to a writer thread, so a request never waits on a write syscall;
-    // lossless: when its queue is full the logging thread waits.
+    // lossless: when its queue is full the logging thread waits. The thread writes through a
+    // buffer it flushes whenever its queue runs empty: under load, many lines per syscall.
     let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("mall-log-writer")
-        .finish(std::io::stdout());
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match settings.log_format {
         LogFormat::Compact => tracing_subscriber::fmt::layer()
             .with_writer(writer)

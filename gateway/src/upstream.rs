@@ -75,9 +75,12 @@ type Balancer = balancer::Shared<Balance<health::DiscoverStream, Request<Body>>>
 /// cloned for every request.
 type Stack = LoadShed<ConcurrencyLimit<CircuitBreaker<Timeout<Retry<RetryPolicy, Timeout<Balancer>>>>>>;
 
-/// One upstream pool (a handle: clones share it).
+/// One upstream pool (a handle: clones share it, one reference count each; the stack itself is
+/// cloned once per request, by [`Pool::send`]).
 #[derive(Clone)]
-pub struct Pool {
+pub struct Pool(Arc<Inner>);
+
+struct Inner {
     name: PoolName,
     stack: Stack,
     upstream_timeout: Duration,
@@ -107,40 +110,41 @@ impl Pool {
             .timeout(r.try_timeout)
             .service(balancer::Shared::new(Balance::new(discover)));
         (
-            Self {
+            Self(Arc::new(Inner {
                 name,
                 stack,
                 upstream_timeout: r.upstream_timeout,
                 registry,
                 breaker,
-            },
+            })),
             health,
         )
     }
 
     /// The pool's name.
     pub fn name(&self) -> PoolName {
-        self.name
+        self.0.name
     }
 
     /// Instances in rotation right now.
     pub fn healthy(&self) -> usize {
-        self.registry.in_rotation()
+        self.0.registry.in_rotation()
     }
 
     /// The breaker's state.
     pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
+        self.0.breaker.state()
     }
 
     /// Sends `req` (its URI a path; the endpoint names the instance) through the pool's stack.
     pub fn send(&self, mut req: Request<Body>) -> BoxFuture<'static, Result<Response<Body>, BoxError>> {
-        if self.registry.in_rotation() == 0 {
+        let pool = &*self.0;
+        if pool.registry.in_rotation() == 0 {
             return Box::pin(std::future::ready(Err(NoHealthyInstance.into())));
         }
         req.extensions_mut()
-            .insert(Deadline(Instant::now() + self.upstream_timeout));
-        Box::pin(self.stack.clone().oneshot(req))
+            .insert(Deadline(Instant::now() + pool.upstream_timeout));
+        Box::pin(pool.stack.clone().oneshot(req))
     }
 }
 

@@ -1,8 +1,9 @@
 //! Small HTTP upstreams for gateway tests that answer, delay, fail, or die on command.
 //!
-//! Each answers `/healthz` (200, or 503 when marked unhealthy, late when told to) and every other path with 200 and
-//! a JSON echo `{instance, method, path}`, after an optional delay or with a forced status. It
-//! records every request's headers. [`FakeUpstream::kill`] drops the listener and every open
+//! Each answers `/healthz` (200, or 503 when marked unhealthy, late when told to) and every
+//! other path with 200 and a JSON echo `{instance, method, path, body_bytes}`, after
+//! an optional delay or with a forced status. It reads as many header fields as a mall service
+//! does, and records every request's headers. [`FakeUpstream::kill`] drops the listener and every open
 //! connection at once, like a crashed process; [`FakeUpstream::restart`] binds the same port again.
 
 use std::net::SocketAddr;
@@ -151,9 +152,9 @@ fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> JoinHandle<(
                     let Ok((stream, _)) = accepted else { continue };
                     let service = TowerToHyperService::new(app.clone());
                     connections.spawn(async move {
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        builder.http1().max_headers(mall_common::server::MAX_HEADER_FIELDS);
+                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                     });
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -30,7 +30,7 @@ impl TextMapPropagator for B3Propagator {
         if !sc.is_valid() {
             return;
         }
-        let (trace, span) = (sc.trace_id().to_string(), sc.span_id().to_string());
+        let (trace, span) = (hex(&sc.trace_id().to_bytes()), hex(&sc.span_id().to_bytes()));
         let sampled = if sc.is_sampled() { "1" } else { "0" };
         if self.single {
             injector.set(B3_SINGLE, format!("{trace}-{span}-{sampled}"));
@@ -54,6 +54,17 @@ impl TextMapPropagator for B3Propagator {
             std::sync::LazyLock::new(|| FIELDS.iter().map(|&f| f.to_owned()).collect());
         FieldIter::new(&NAMES)
     }
+}
+
+/// Lowercase hex digits of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 fn trace_id(hex: &str) -> Option<TraceId> {

@@ -702,7 +702,7 @@ async fn the_purchase_route_on_the_edge_keeps_the_contract_of_the_standard_stack
     assert!(count("POST", "409").await >= sold_out_before + 2);
     assert_eq!(count("GET", "405").await, 1);
 
-    // A request the edge leaves to the router still meets the body limit, streamed or not.
+    // Another route meets the body limit too, streamed or not.
     let filler = vec![b' '; 700 * 1024];
     let (status, answer) = raw_post(
         fs,

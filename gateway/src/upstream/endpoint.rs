@@ -276,14 +276,17 @@ impl Service<Request<Body>> for Endpoint {
                     let source: BoxError = Box::new(e);
                     // A body the client broke off (or sent too much of) says nothing of the
                     // instance.
-                    if client_fault(&source, progress.as_ref()).is_none() {
+                    let status = if client_fault(&source, progress.as_ref()).is_none() {
                         this.passive
                             .failure(|| format!("{source} ({:?})", std::error::Error::source(&*source)));
-                    }
+                        "error"
+                    } else {
+                        "client_aborted"
+                    };
                     let instance = this.instance.clone();
                     metrics::counter!(
                         "gateway_upstream_requests_total",
-                        "pool" => this.pool, "instance" => instance.to_string(), "status" => "error"
+                        "pool" => this.pool, "instance" => instance.to_string(), "status" => status
                     )
                     .increment(1);
                     Err(Box::new(EndpointError {

@@ -4,6 +4,7 @@
 mod access_log;
 mod auth;
 mod balancing;
+mod blame;
 mod connections;
 mod helpers;
 mod limits;

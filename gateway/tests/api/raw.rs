@@ -31,6 +31,19 @@ impl Answer {
 /// Reads one answer (a `Content-Length` body, or a body until close) from `stream`, whose
 /// bytes read so far sit in `buf`; `head_only` for an answer to HEAD.
 pub(crate) async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Answer {
+    read_answer_of(stream, buf, head_only).await
+}
+
+/// [`read_answer`] from the read half of a split connection.
+pub(crate) async fn read_answer_from(stream: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> Answer {
+    read_answer_of(stream, buf, false).await
+}
+
+async fn read_answer_of(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut Vec<u8>,
+    head_only: bool,
+) -> Answer {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut closed = false;
     loop {

@@ -373,9 +373,7 @@ async fn an_upstream_answer_with_both_framings_is_not_followed_by_reuse_of_its_c
         let err: serde_json::Value = res.json().await.unwrap();
         assert_eq!(err["code"], "bad_gateway");
     }
-    assert_eq!(
-        accepted.load(Ordering::SeqCst) - before,
-        3,
-        "each request on a connection of its own"
-    );
+    // Reuse would need fewer; a health check may add one of its own.
+    let opened = accepted.load(Ordering::SeqCst) - before;
+    assert!(opened >= 3, "each request on a connection of its own: {opened}");
 }
