@@ -7,7 +7,7 @@ use mall_testkit::upstream::FakeUpstream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::helpers::{metric, settings, spawn, token};
+use crate::helpers::{gateway_with_fakes, metric, settings, spawn, token};
 use crate::raw::{closes, read_answer};
 
 /// The head of an anonymous payment callback (public route to the order pool) with `framing`.
@@ -138,12 +138,7 @@ async fn clients_that_abort_trickle_or_send_too_much_never_count_against_the_poo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_as_many_fields_as_the_gateway_takes_is_read_by_the_instance() {
-    let env = TestEnv::new().await;
-    let (product, other) = (
-        FakeUpstream::start("product").await,
-        FakeUpstream::start("other").await,
-    );
-    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
+    let (_env, product, _other, gw) = gateway_with_fakes().await;
     // 100 fields with Host: the gateway's limit; it adds its own on the way.
     let fields: String = (0..99).map(|i| format!("x-f{i}: {i}\r\n")).collect();
     let mut stream = TcpStream::connect(gw.addr()).await.unwrap();

@@ -4,28 +4,17 @@
 
 use std::time::Duration;
 
+use mall_testkit::TestEnv;
 use mall_testkit::upstream::FakeUpstream;
-use mall_testkit::{TestEnv, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{settings, spawn, token};
+use crate::helpers::{gateway_with_fakes, settings, spawn, token};
 use crate::raw::{closes, read_answer};
-
-/// A gateway in front of a product upstream and one for the other pools.
-async fn gateway() -> (TestEnv, FakeUpstream, FakeUpstream, TestServer) {
-    let env = TestEnv::new().await;
-    let (product, other) = (
-        FakeUpstream::start("product").await,
-        FakeUpstream::start("other").await,
-    );
-    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
-    (env, product, other, gw)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_and_pipelined_requests_are_answered_in_order() {
-    let (_env, product, _other, gw) = gateway().await;
+    let (_env, product, _other, gw) = gateway_with_fakes().await;
 
     let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
     // Two requests in one write, then a HEAD (an answer without a body) and one more: each
@@ -108,7 +97,7 @@ async fn a_connection_idle_for_the_idle_timeout_is_closed_and_a_busy_one_is_not(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_reach_the_upstream_in_every_framing() {
-    let (_env, product, _other, gw) = gateway().await;
+    let (_env, product, _other, gw) = gateway_with_fakes().await;
     let admin = token("1", &["admin"]);
 
     // Chunked: decoded on the way in and passed on; the connection stays open.
@@ -173,7 +162,7 @@ async fn bodies_reach_the_upstream_in_every_framing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_with_prior_knowledge_is_served_on_the_same_port() {
     use http_body_util::BodyExt as _;
-    let (_env, product, _other, gw) = gateway().await;
+    let (_env, product, _other, gw) = gateway_with_fakes().await;
     let stream = TcpStream::connect(gw.addr()).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),

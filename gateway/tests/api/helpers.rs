@@ -49,6 +49,17 @@ pub(crate) async fn spawn(env: &TestEnv, settings: Settings) -> TestServer {
     env.start(app.into_server()).await
 }
 
+/// A gateway in front of a product upstream and one upstream for the other pools.
+pub(crate) async fn gateway_with_fakes() -> (TestEnv, FakeUpstream, FakeUpstream, TestServer) {
+    let env = TestEnv::new().await;
+    let (product, other) = (
+        FakeUpstream::start("product").await,
+        FakeUpstream::start("other").await,
+    );
+    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
+    (env, product, other, gw)
+}
+
 /// A token for `user` with `roles`, signed with the development secret.
 pub(crate) fn token(user: &str, roles: &[&str]) -> String {
     let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();

@@ -12,7 +12,7 @@ use mall_testkit::upstream::FakeUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{settings, spawn, token};
+use crate::helpers::{gateway_with_fakes, settings, spawn, token};
 use crate::raw::{closes, read_answer};
 
 /// One hostile request: what it is, its bytes, the status it must get, and our error code when
@@ -190,12 +190,7 @@ fn cases(admin: &str) -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_and_hostile_heads_get_a_4xx_a_closed_connection_and_reach_no_instance() {
-    let env = TestEnv::new().await;
-    let (product, other) = (
-        FakeUpstream::start("product").await,
-        FakeUpstream::start("other").await,
-    );
-    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
+    let (_env, product, other, gw) = gateway_with_fakes().await;
     let admin = token("1", &["admin"]);
     let mut wrong = Vec::new();
     for case in cases(&admin) {
@@ -230,12 +225,7 @@ async fn ambiguous_and_hostile_heads_get_a_4xx_a_closed_connection_and_reach_no_
 /// body is never read as a request, and the instance sees one plainly framed request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heads_hyper_reads_leniently_reach_the_instance_re_framed_and_smuggle_nothing() {
-    let env = TestEnv::new().await;
-    let (product, other) = (
-        FakeUpstream::start("product").await,
-        FakeUpstream::start("other").await,
-    );
-    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
+    let (_env, product, _other, gw) = gateway_with_fakes().await;
     let admin = token("1", &["admin"]);
 
     let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
@@ -282,12 +272,7 @@ async fn heads_hyper_reads_leniently_reach_the_instance_re_framed_and_smuggle_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_inside_a_body_stays_body_bytes() {
-    let env = TestEnv::new().await;
-    let (product, other) = (
-        FakeUpstream::start("product").await,
-        FakeUpstream::start("other").await,
-    );
-    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
+    let (_env, product, _other, gw) = gateway_with_fakes().await;
     let admin = token("1", &["admin"]);
     let inner = "GET /internal/prices HTTP/1.1\r\nhost: x\r\n\r\n";
     for framing in [
