@@ -1,6 +1,8 @@
 //! Speaking raw HTTP/1.1 over TCP, to the gateway and as an upstream: what a client library
 //! would refuse to send or would tidy up is exactly what these tests need.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -120,16 +122,22 @@ pub(crate) async fn head_only(addr: std::net::SocketAddr, head: &str) -> (u16, S
     (status, text)
 }
 
-/// An upstream that answers from a table of raw answers by path (`/healthz` 200), keeping
-/// each connection alive; returns its URL.
-pub(crate) async fn raw_upstream(answers: &'static [(&'static str, &'static str)]) -> String {
+/// An upstream that answers from a table of raw answers by path (any other path, `/healthz`
+/// too, gets an empty 200), keeping each connection alive; returns its URL and the count of
+/// connections it accepted.
+pub(crate) async fn raw_upstream(
+    answers: &'static [(&'static str, &'static str)],
+) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
+            counted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -162,5 +170,5 @@ pub(crate) async fn raw_upstream(answers: &'static [(&'static str, &'static str)
             });
         }
     });
-    url
+    (url, accepted)
 }

@@ -202,7 +202,7 @@ async fn an_answer_keeps_the_upstreams_fields_but_its_connections_own() {
     ];
     let env = TestEnv::new().await;
     let other = FakeUpstream::start("other").await;
-    let product = raw_upstream(&ANSWERS).await;
+    let (product, _) = raw_upstream(&ANSWERS).await;
     let gw = spawn(
         &env,
         settings(&env, &[], &other, &[("MALL_UPSTREAM_PRODUCT", product.as_str())]),

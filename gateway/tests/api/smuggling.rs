@@ -3,17 +3,15 @@
 //! Where the gateway writes the answer itself it is the JSON error contract; where hyper
 //! refuses to parse, the status is hyper's.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use mall_testkit::TestEnv;
 use mall_testkit::upstream::FakeUpstream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::helpers::{gateway_with_fakes, settings, spawn, token};
-use crate::raw::{closes, read_answer};
+use crate::raw::{closes, raw_upstream, read_answer};
 
 /// One hostile request: what it is, its bytes, the status it must get, and our error code when
 /// the gateway writes the answer (`None`: hyper's own).
@@ -294,50 +292,16 @@ async fn a_request_inside_a_body_stays_body_bytes() {
     assert_eq!(paths, ["/admin/products", "/admin/products"]);
 }
 
-/// An upstream whose every answer carries both `Transfer-Encoding` and `Content-Length`;
-/// counts the connections it accepts.
-async fn ambiguous_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let healthz = buf.starts_with(b"GET /healthz");
-                    buf.drain(..end + 4);
-                    let answer: &[u8] = if healthz {
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-                    };
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_answer_with_both_framings_is_not_followed_by_reuse_of_its_connection() {
     let env = TestEnv::new().await;
     let other = FakeUpstream::start("other").await;
-    let (addr, accepted) = ambiguous_upstream().await;
-    let url = format!("http://{addr}");
+    // Every answer carries both `Transfer-Encoding` and `Content-Length`.
+    static ANSWERS: [(&str, &str); 1] = [(
+        "/api/products/1",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )];
+    let (url, accepted) = raw_upstream(&ANSWERS).await;
     // No retries: each request is one upstream exchange.
     let mut s = settings(
         &env,
