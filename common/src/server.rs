@@ -8,7 +8,8 @@
 //! Connections are served on the process's runtime, or with `MALL_HTTP_THREADS` > 0 on that many
 //! threads with a single-threaded runtime each (the gateway's default; see `serve_per_thread`).
 //! Every connection is hyper's: hyper-util's auto builder reads HTTP/1.1, or HTTP/2 when the
-//! client opens with its preface (h2c, prior knowledge), and hands each request to the router.
+//! client opens with its preface (h2c, prior knowledge), and hands each request to the router;
+//! a connection it closes lingers (see `linger`) so an early answer is not lost to a reset.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
+
+mod linger;
+pub use linger::Lingering;
 
 use crate::health;
 use crate::http::standard_stack;
@@ -387,8 +391,10 @@ async fn serve_connection(
         req.extensions_mut().insert(ConnectInfo(peer));
         req.map(axum::body::Body::new)
     });
-    let conn =
-        builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    let conn = builder.serve_connection_with_upgrades(
+        TokioIo::new(Lingering::new(stream)),
+        TowerToHyperService::new(service),
+    );
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         served = conn.as_mut() => {

@@ -2,7 +2,7 @@
 //!
 //! Each answers `/healthz` (200, or 503 when marked unhealthy, late when told to) and every
 //! other path with 200 and a JSON echo `{instance, method, path, body_bytes}`, after
-//! an optional delay or with a forced status. It reads as many header fields as a mall service
+//! an optional delay or with a forced status, or at once without reading the body. It reads as many header fields as a mall service
 //! does, and records every request's headers. [`FakeUpstream::kill`] drops the listener and every open
 //! connection at once, like a crashed process; [`FakeUpstream::restart`] binds the same port again.
 
@@ -37,6 +37,7 @@ struct Shared {
     delay_ms: AtomicU64,
     health_delay_ms: AtomicU64,
     fail_status: AtomicU16,
+    early_status: AtomicU16,
     healthy: AtomicBool,
     seen: Mutex<Vec<Seen>>,
 }
@@ -61,6 +62,7 @@ impl FakeUpstream {
             delay_ms: AtomicU64::new(0),
             health_delay_ms: AtomicU64::new(0),
             fail_status: AtomicU16::new(0),
+            early_status: AtomicU16::new(0),
             healthy: AtomicBool::new(true),
             seen: Mutex::new(Vec::new()),
         });
@@ -110,6 +112,14 @@ impl FakeUpstream {
             .store(status.unwrap_or(0), Ordering::SeqCst);
     }
 
+    /// Answers every request (health checks excluded) with `status` at once, without reading
+    /// its body, as a handler refusing an upload does; `None` reads bodies again.
+    pub fn set_early_answer(&self, status: Option<u16>) {
+        self.shared
+            .early_status
+            .store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
     /// Makes `/healthz` answer 503 (`false`) or 200 (`true`).
     pub fn set_healthy(&self, healthy: bool) {
         self.shared.healthy.store(healthy, Ordering::SeqCst);
@@ -154,7 +164,7 @@ fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> JoinHandle<(
                     connections.spawn(async move {
                         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                         builder.http1().max_headers(mall_common::server::MAX_HEADER_FIELDS);
-                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        let _ = builder.serve_connection(TokioIo::new(mall_common::server::Lingering::new(stream)), service).await;
                     });
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -189,6 +199,12 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Respon
     let delay = shared.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let early = shared.early_status.load(Ordering::SeqCst);
+    if early != 0 {
+        let status = StatusCode::from_u16(early).unwrap_or(StatusCode::PAYLOAD_TOO_LARGE);
+        let body = serde_json::json!({"code": "payload_too_large", "message": "refused unread"});
+        return (status, axum::Json(body)).into_response();
     }
     let method = req.method().to_string();
     let body = axum::body::to_bytes(req.into_body(), 16 * 1024 * 1024)

@@ -150,3 +150,44 @@ async fn a_request_with_as_many_fields_as_the_gateway_takes_is_read_by_the_insta
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(product.seen()[0].headers["x-f98"], "98");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instances_early_answer_to_a_streamed_body_reaches_the_client() {
+    let (_env, _product, order, gw) = gateway_with_fakes().await;
+    order.set_early_answer(Some(413));
+    // Over 64 KiB the gateway streams the body on; the instance answers after the head, never
+    // reading it. Its answer must reach the client every time, not a 502 for a reset connection.
+    for round in 0..20 {
+        let framing = if round % 2 == 0 {
+            "content-length: 300000\r\n"
+        } else {
+            "transfer-encoding: chunked\r\n"
+        };
+        let stream = TcpStream::connect(gw.addr()).await.unwrap();
+        let (mut read, mut write) = stream.into_split();
+        let chunked = round % 2 == 1;
+        let writer = tokio::spawn(async move {
+            write.write_all(callback_head(framing).as_bytes()).await?;
+            for _ in 0..3 {
+                if chunked {
+                    write.write_all(b"186a0\r\n").await?;
+                }
+                write.write_all(&[b'x'; 100_000]).await?;
+                if chunked {
+                    write.write_all(b"\r\n").await?;
+                }
+            }
+            if chunked {
+                write.write_all(b"0\r\n\r\n").await?;
+            }
+            Ok::<_, std::io::Error>(write)
+        });
+        let answer = crate::raw::read_answer_from(&mut read, &mut Vec::new()).await;
+        assert_eq!(
+            (answer.status, answer.json()["message"].as_str()),
+            (413, Some("refused unread")),
+            "round {round}: {answer:?}"
+        );
+        writer.abort();
+    }
+}
