@@ -13,6 +13,7 @@
 mod b3;
 mod fields;
 pub mod propagation;
+mod timestamp;
 
 use std::time::Duration;
 
@@ -327,6 +328,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             .with_writer(writer)
             .fmt_fields(fields::LogFields)
             .compact()
+            .with_timer(timestamp::CachedUtc)
             .with_ansi(ansi)
             .with_target(true)
             .with_filter(log_filter(&settings.log_filter))
@@ -334,6 +336,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .json()
+            .with_timer(timestamp::CachedUtc)
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)

@@ -224,20 +224,13 @@ const MAX_TARGET: usize = 8 * 1024;
 /// another host than `Host`; a dot segment or encoded slash), 414 for a target over 8 KiB,
 /// 431 for more fields or bytes than the gateway passes on. hyper refused what it could not
 /// parse before this.
-pub async fn edge_checks(
-    axum::extract::State(max_header_bytes): axum::extract::State<usize>,
-    req: Request<Body>,
-    next: axum::middleware::Next,
-) -> Response {
-    match check_head(&req, max_header_bytes) {
-        Ok(()) => next.run(req).await,
-        Err(e) => {
-            let mut res = e.into_response();
-            res.headers_mut()
-                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-            res
-        }
-    }
+pub fn edge_checks(req: &Request<Body>, max_header_bytes: usize) -> Result<(), Response> {
+    check_head(req, max_header_bytes).map_err(|e| {
+        let mut res = e.into_response();
+        res.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        res
+    })
 }
 
 fn check_head(req: &Request<Body>, max_header_bytes: usize) -> Result<(), ApiError> {

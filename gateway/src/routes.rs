@@ -108,8 +108,9 @@ pub const ROUTES: &[Route] = &[
 
 /// The gateway's router: every route of the table (a prefix also matches everything below it,
 /// `{prefix}/{*rest}`, as its metrics and spans are labelled) forwarding to its pool, and a
-/// catch-all answering 404 with an access line, all behind the edge checks
-/// ([`proxy::edge_checks`]). The health routes are added by the server.
+/// catch-all answering 404 with an access line, each handler first running the edge checks
+/// ([`proxy::edge_checks`]; in the handler, not a `from_fn` layer, which clones the boxed
+/// route on every request). The health routes are added by the server.
 pub fn router(proxy: Arc<Proxy>, pool_of: impl Fn(PoolName) -> Pool) -> Router {
     let max_header_bytes = proxy.max_header_bytes;
     let mut router = Router::new();
@@ -117,9 +118,13 @@ pub fn router(proxy: Arc<Proxy>, pool_of: impl Fn(PoolName) -> Pool) -> Router {
         let pool = pool_of(route.pool);
         let proxy = proxy.clone();
         let forward = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| {
-            let (proxy, pool) = (proxy.clone(), pool.clone());
-            let forwarded: BoxFuture<'static, Response> =
-                Box::pin(async move { proxy::forward(&proxy, &pool, route, peer, req).await });
+            let forwarded: BoxFuture<'static, Response> = match proxy::edge_checks(&req, max_header_bytes) {
+                Ok(()) => {
+                    let (proxy, pool) = (proxy.clone(), pool.clone());
+                    Box::pin(async move { proxy::forward(&proxy, &pool, route, peer, req).await })
+                }
+                Err(refused) => Box::pin(std::future::ready(refused)),
+            };
             forwarded
         };
         router = router.route(route.path, any(forward.clone()));
@@ -127,14 +132,11 @@ pub fn router(proxy: Arc<Proxy>, pool_of: impl Fn(PoolName) -> Pool) -> Router {
             router = router.route(&format!("{}/{{*rest}}", route.path), any(forward));
         }
     }
-    let unrouted = |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| async move {
-        proxy::unrouted(peer, &req)
+    let unrouted = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| async move {
+        match proxy::edge_checks(&req, max_header_bytes) {
+            Ok(()) => proxy::unrouted(peer, &req),
+            Err(refused) => refused,
+        }
     };
-    router
-        .route("/", any(unrouted))
-        .route("/{*rest}", any(unrouted))
-        .layer(axum::middleware::from_fn_with_state(
-            max_header_bytes,
-            proxy::edge_checks,
-        ))
+    router.route("/", any(unrouted)).route("/{*rest}", any(unrouted))
 }

@@ -91,9 +91,15 @@ impl Visitor<'_> {
         self.result = if name == "message" {
             write!(self.writer, "{value:?}")
         } else {
-            write!(self.writer, "{}={value:?}", name.trim_start_matches("r#"))
+            write!(self.writer, "{}={value:?}", bare(name))
         };
     }
+}
+
+/// A field name without the `r#` of a raw identifier (`r#type`). `strip_prefix`, not
+/// `trim_start_matches`: the latter builds a substring searcher for every field of every line.
+fn bare(name: &str) -> &str {
+    name.strip_prefix("r#").unwrap_or(name)
 }
 
 impl Visit for Visitor<'_> {
@@ -104,7 +110,7 @@ impl Visit for Visitor<'_> {
         } else if self.start(name) {
             // The common case (request and trace ids) without the formatter.
             self.result = (|| {
-                self.writer.write_str(name.trim_start_matches("r#"))?;
+                self.writer.write_str(bare(name))?;
                 self.writer.write_char('=')?;
                 super::write_debug_str(&mut self.writer, value)
             })();

@@ -155,7 +155,14 @@ static PROPAGATOR: Propagator = Propagator { fixed: None };
 /// Whether the headers carry any of the propagators' fields. Most requests at the edge carry
 /// none, and for them extraction and setting an empty context as a parent are pure cost.
 pub fn carries_http_context(headers: &http::HeaderMap) -> bool {
-    headers.contains_key("traceparent") || B3_FIELDS.iter().any(|f| headers.contains_key(*f))
+    // Names made once: a look-up by `&str` parses and validates the name on every call.
+    static NAMES: LazyLock<Vec<http::HeaderName>> = LazyLock::new(|| {
+        std::iter::once("traceparent")
+            .chain(B3_FIELDS)
+            .map(http::HeaderName::from_static)
+            .collect()
+    });
+    NAMES.iter().any(|name| headers.contains_key(name))
 }
 
 /// The context a caller sent in HTTP headers (empty if none).
