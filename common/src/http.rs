@@ -82,7 +82,7 @@ pub fn standard_stack(router: Router, settings: &StackSettings) -> Router {
                 .on_eos(())
                 .on_failure(()),
         )
-        .layer(axum::middleware::from_fn_with_state(observer, observe::observe))
+        .layer(observe::ObserveLayer(observer))
         .map_response(IntoResponse::into_response)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(RequestBodyLimitLayer::new(settings.body_limit))

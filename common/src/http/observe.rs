@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 use http::{Method, StatusCode};
@@ -28,33 +27,80 @@ pub(super) struct Observer {
     pub(super) metrics: Timed<(Box<str>, Method, StatusCode)>,
 }
 
-/// The middleware; see the module docs.
-pub(super) async fn observe(State(observer): State<Arc<Observer>>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
-    let mut res = next.run(req).await;
-    let status = res.status();
-    if status.is_client_error() || status.is_server_error() {
-        res = with_json_error_body(res).await;
-        if status.is_server_error() {
-            // The only place a failure is logged, inside the request span. A failure with a
-            // cause is a fault of ours; a bare 5xx (timeout, an unready dependency) is a
-            // condition the service reports by design.
-            match res.extensions().get::<ErrorCause>() {
-                Some(cause) => tracing::error!(status = status.as_u16(), cause = %cause.0, "request failed"),
-                None => tracing::warn!(status = status.as_u16(), "request failed"),
-            }
+/// The middleware as a tower layer; see the module docs. A `Layer`, not axum's `from_fn`,
+/// which clones the boxed inner route on every request.
+#[derive(Clone)]
+pub(super) struct ObserveLayer(pub(super) Arc<Observer>);
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            observer: self.0.clone(),
         }
     }
-    let span = Span::current();
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
+}
+
+/// See [`ObserveLayer`].
+#[derive(Clone)]
+pub(super) struct Observe<S> {
+    inner: S,
+    observer: Arc<Observer>,
+}
+
+impl<S> tower::Service<Request> for Observe<S>
+where
+    S: tower::Service<Request, Response = Response> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
-    let route = route.as_ref().map_or(super::UNMATCHED, MatchedPath::as_str);
-    observer.record(route, &method, status, start.elapsed().as_secs_f64());
-    res
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let start = Instant::now();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let method = req.method().clone();
+        let answer = self.inner.call(req);
+        let observer = self.observer.clone();
+        Box::pin(async move {
+            let res = answer.await?;
+            Ok(observer.answered(res, route, &method, start).await)
+        })
+    }
+}
+
+impl Observer {
+    /// What happens to every answer: see the module docs.
+    async fn answered(&self, mut res: Response, route: Option<MatchedPath>, method: &Method, start: Instant) -> Response {
+        let status = res.status();
+        if status.is_client_error() || status.is_server_error() {
+            res = with_json_error_body(res).await;
+            if status.is_server_error() {
+                // The only place a failure is logged, inside the request span. A failure with a
+                // cause is a fault of ours; a bare 5xx (timeout, an unready dependency) is a
+                // condition the service reports by design.
+                match res.extensions().get::<ErrorCause>() {
+                    Some(cause) => tracing::error!(status = status.as_u16(), cause = %cause.0, "request failed"),
+                    None => tracing::warn!(status = status.as_u16(), "request failed"),
+                }
+            }
+        }
+        let span = Span::current();
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+        let route = route.as_ref().map_or(super::UNMATCHED, MatchedPath::as_str);
+        self.record(route, method, status, start.elapsed().as_secs_f64());
+        res
+    }
 }
 
 impl Observer {
