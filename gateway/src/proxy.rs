@@ -224,8 +224,9 @@ const MAX_TARGET: usize = 8 * 1024;
 /// another host than `Host`; a dot segment or encoded slash), 414 for a target over 8 KiB,
 /// 431 for more fields or bytes than the gateway passes on. hyper refused what it could not
 /// parse before this.
-pub fn edge_checks(req: &Request<Body>, max_header_bytes: usize) -> Result<(), Response> {
-    check_head(req, max_header_bytes).map_err(|e| {
+/// Returns the refusal, if any.
+pub fn edge_checks(req: &Request<Body>, max_header_bytes: usize) -> Option<Response> {
+    check_head(req, max_header_bytes).err().map(|e| {
         let mut res = e.into_response();
         res.headers_mut()
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));

@@ -119,11 +119,11 @@ pub fn router(proxy: Arc<Proxy>, pool_of: impl Fn(PoolName) -> Pool) -> Router {
         let proxy = proxy.clone();
         let forward = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| {
             let forwarded: BoxFuture<'static, Response> = match proxy::edge_checks(&req, max_header_bytes) {
-                Ok(()) => {
+                None => {
                     let (proxy, pool) = (proxy.clone(), pool.clone());
                     Box::pin(async move { proxy::forward(&proxy, &pool, route, peer, req).await })
                 }
-                Err(refused) => Box::pin(std::future::ready(refused)),
+                Some(refused) => Box::pin(std::future::ready(refused)),
             };
             forwarded
         };
@@ -134,8 +134,8 @@ pub fn router(proxy: Arc<Proxy>, pool_of: impl Fn(PoolName) -> Pool) -> Router {
     }
     let unrouted = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| async move {
         match proxy::edge_checks(&req, max_header_bytes) {
-            Ok(()) => proxy::unrouted(peer, &req),
-            Err(refused) => refused,
+            None => proxy::unrouted(peer, &req),
+            Some(refused) => refused,
         }
     };
     router.route("/", any(unrouted)).route("/{*rest}", any(unrouted))

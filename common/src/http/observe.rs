@@ -78,7 +78,13 @@ where
 
 impl Observer {
     /// What happens to every answer: see the module docs.
-    async fn answered(&self, mut res: Response, route: Option<MatchedPath>, method: &Method, start: Instant) -> Response {
+    async fn answered(
+        &self,
+        mut res: Response,
+        route: Option<MatchedPath>,
+        method: &Method,
+        start: Instant,
+    ) -> Response {
         let status = res.status();
         if status.is_client_error() || status.is_server_error() {
             res = with_json_error_body(res).await;
@@ -87,7 +93,9 @@ impl Observer {
                 // cause is a fault of ours; a bare 5xx (timeout, an unready dependency) is a
                 // condition the service reports by design.
                 match res.extensions().get::<ErrorCause>() {
-                    Some(cause) => tracing::error!(status = status.as_u16(), cause = %cause.0, "request failed"),
+                    Some(cause) => {
+                        tracing::error!(status = status.as_u16(), cause = %cause.0, "request failed")
+                    }
                     None => tracing::warn!(status = status.as_u16(), "request failed"),
                 }
             }

@@ -291,3 +291,43 @@ async fn expired_reservations_are_released_exactly_once_by_competing_sweepers() 
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(ledger_sum(&db, 9, "release").await, 20, "each unit released once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_a_text_field_is_a_422_naming_it_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env, settings(&env, &[])).await;
+    let db = db(&env);
+    receive(&app, 611, 5).await;
+    let before = numbers(&db, 611).await;
+
+    let res = as_admin(app.client().post(app.url("/admin/stock/611/receive")))
+        .json(&json!({ "quantity": 3, "reason": "delivery\u{0}" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "validation_failed", "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("reason:"), "{body}");
+
+    let id = Uuid::new_v4();
+    let res = app
+        .client()
+        .post(app.url("/internal/reservations"))
+        .json(&json!({ "reservation_id": id, "owner": "order", "reference": "order\u{0}", "items": [{"sku_id": 611, "quantity": 1}], "ttl_secs": 600 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().starts_with("reference:"),
+        "{body}"
+    );
+
+    assert_eq!(
+        numbers(&db, 611).await,
+        before,
+        "nothing received, nothing reserved"
+    );
+}
