@@ -1,7 +1,7 @@
 //! The log lines' timestamp: tracing-subscriber's RFC 3339 UTC format with microseconds, with
 //! the date and time up to the second formatted by tracing-subscriber once per second per
-//! thread and reused; only the microseconds are written per line. Formatting the whole date on
-//! every line was about a fifth of the cost of the gateway's access line.
+//! thread and reused; only the microseconds are written per line (the calendar arithmetic was a
+//! large share of every access line; see docs/performance.md).
 
 use std::cell::RefCell;
 use std::fmt;
