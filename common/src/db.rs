@@ -29,6 +29,18 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// `MALL_DATABASE_ACQUIRE_TIMEOUT`: how long a query waits for a connection.
     pub acquire_timeout: Duration,
+    /// `MALL_DATABASE_IDLE_TIMEOUT`: how long an unused connection is kept open.
+    pub idle_timeout: Duration,
+}
+
+/// Whether a database error means Postgres cannot be had right now (no free connection within
+/// the acquire timeout, or the server unreachable): a 503 `unavailable` with `Retry-After`,
+/// the real reason, rather than a 500 for a fault of the service.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
+    )
 }
 
 /// Checks that a schema name is a plain lowercase identifier (it is interpolated into DDL).
@@ -76,6 +88,9 @@ impl Db {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
+            // No connection held open for nothing: an idle stack holds none.
+            .min_connections(0)
+            .idle_timeout(settings.idle_timeout)
             .connect_lazy_with(options);
         Ok(Self {
             pool,

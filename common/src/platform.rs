@@ -22,6 +22,9 @@ use crate::health::Readiness;
 use crate::http::StackSettings;
 use crate::redis::{LuaScript, Redis, RedisSettings, ScriptLoadError};
 
+/// `MALL_DATABASE_MAX_CONNECTIONS` when unset.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 6;
+
 /// Per-service defaults: its name, port and schema (DESIGN.md, "Services, ports, owned state").
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceDefaults {
@@ -101,7 +104,9 @@ impl PlatformSettings {
                 "must be at least 1",
             ));
         }
-        let max_connections: u32 = vars.parse("MALL_DATABASE_MAX_CONNECTIONS", 16)?;
+        // Six per process: the local stack (four services, two instances each) then holds at most
+        // 48 of a stock PostgreSQL's 100 connections, leaving room for tools and migrations.
+        let max_connections: u32 = vars.parse("MALL_DATABASE_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)?;
         if max_connections == 0 {
             return Err(ConfigError::new(
                 "MALL_DATABASE_MAX_CONNECTIONS",
@@ -145,7 +150,10 @@ impl PlatformSettings {
                 )?,
                 schema,
                 max_connections,
-                acquire_timeout: vars.duration("MALL_DATABASE_ACQUIRE_TIMEOUT", Duration::from_secs(3))?,
+                // Well inside the gateway's per-try timeout (3 s), so the client is told 503
+                // `unavailable` by the service rather than 504 by the gateway.
+                acquire_timeout: vars.duration("MALL_DATABASE_ACQUIRE_TIMEOUT", Duration::from_secs(1))?,
+                idle_timeout: vars.duration("MALL_DATABASE_IDLE_TIMEOUT", Duration::from_secs(60))?,
             },
             redis: RedisSettings {
                 url: vars.url("MALL_REDIS_URL", DEFAULT_REDIS_URL, &["redis", "rediss"])?,

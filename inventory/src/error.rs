@@ -28,6 +28,9 @@ pub enum InventoryError {
     /// A dependency failed.
     #[error("{0}")]
     Internal(String),
+    /// Postgres cannot be had right now (see `mall_common::db::is_unavailable`).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl InventoryError {
@@ -38,6 +41,7 @@ impl InventoryError {
             Self::Validation(_) | Self::UnknownSkus(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::OutOfStock(_) | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -50,6 +54,7 @@ impl InventoryError {
             Self::UnknownSkus(_) => "unknown_sku",
             Self::Conflict(_) => "conflict",
             Self::Internal(_) => "internal",
+            Self::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -66,14 +71,18 @@ impl From<StockError> for InventoryError {
             StockError::WrongState(s) => {
                 Self::Conflict(format!("the reservation is already {s:?}").to_lowercase())
             }
-            StockError::Db(e) => Self::Internal(e.to_string()),
+            StockError::Db(e) => e.into(),
         }
     }
 }
 
 impl From<sqlx::Error> for InventoryError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(e.to_string())
+        if mall_common::db::is_unavailable(&e) {
+            Self::Unavailable(e.to_string())
+        } else {
+            Self::Internal(e.to_string())
+        }
     }
 }
 
@@ -81,6 +90,7 @@ impl IntoResponse for InventoryError {
     fn into_response(self) -> Response {
         match &self {
             Self::Internal(cause) => ApiError::internal(cause).into_response(),
+            Self::Unavailable(cause) => ApiError::unavailable(cause).into_response(),
             // Clients need the SKUs that are short, not just the code.
             Self::OutOfStock(skus) | Self::UnknownSkus(skus) => {
                 let body = serde_json::json!({

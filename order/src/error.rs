@@ -91,7 +91,14 @@ impl OrderError {
 
 impl From<sqlx::Error> for OrderError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(e.to_string())
+        if mall_common::db::is_unavailable(&e) {
+            Self::Unavailable(Unreachable {
+                service: "postgres",
+                reason: e.to_string(),
+            })
+        } else {
+            Self::Internal(e.to_string())
+        }
     }
 }
 

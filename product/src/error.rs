@@ -36,6 +36,9 @@ pub enum ProductError {
     /// A dependency failed.
     #[error("{0}")]
     Internal(String),
+    /// Postgres cannot be had right now (see `mall_common::db::is_unavailable`).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ProductError {
@@ -48,6 +51,7 @@ impl ProductError {
             Self::UnknownCategory(_) | Self::UnknownBrand(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Saturated => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -62,6 +66,7 @@ impl ProductError {
             Self::UnknownBrand(_) => "unknown_brand",
             Self::Saturated => "overloaded",
             Self::Internal(_) => "internal",
+            Self::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -80,6 +85,7 @@ impl From<ReadError> for ProductError {
         match e {
             ReadError::Saturated => Self::Saturated,
             ReadError::Db(e) => Self::Internal(e),
+            ReadError::Unavailable(e) => Self::Unavailable(e),
         }
     }
 }
@@ -90,14 +96,18 @@ impl From<WriteError> for ProductError {
             WriteError::UnknownCategory(id) => Self::UnknownCategory(id),
             WriteError::UnknownBrand(id) => Self::UnknownBrand(id),
             WriteError::NotFound => Self::NotFound,
-            WriteError::Db(e) => Self::Internal(e.to_string()),
+            WriteError::Db(e) => e.into(),
         }
     }
 }
 
 impl From<sqlx::Error> for ProductError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(e.to_string())
+        if mall_common::db::is_unavailable(&e) {
+            Self::Unavailable(e.to_string())
+        } else {
+            Self::Internal(e.to_string())
+        }
     }
 }
 
@@ -105,6 +115,7 @@ impl IntoResponse for ProductError {
     fn into_response(self) -> Response {
         let err = match &self {
             Self::Internal(cause) => ApiError::internal(cause),
+            Self::Unavailable(cause) => ApiError::unavailable(cause),
             Self::Saturated => {
                 ApiError::new(self.status(), self.code(), self.to_string()).with_retry_after(1)
             }

@@ -331,3 +331,54 @@ async fn a_nul_in_a_text_field_is_a_422_naming_it_and_changes_nothing() {
         "nothing received, nothing reserved"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_cannot_get_a_database_connection_is_told_503_unavailable_with_retry_after() {
+    let env = TestEnv::new().await;
+    let mut one_connection = settings(&env, &[]);
+    one_connection.platform.database.max_connections = 1;
+    one_connection.platform.database.acquire_timeout = std::time::Duration::from_millis(200);
+    let app = spawn(&env, one_connection).await;
+    receive(&app, 612, 5).await;
+
+    // The stock table locked from outside: the request that takes the service's only
+    // connection waits on the lock; the others wait for a connection and are told to retry.
+    let db = db(&env);
+    let mut lock = db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE stock IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let asks: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url) = (app.client().clone(), app.url("/api/stock/612"));
+            tokio::spawn(async move { client.get(url).send().await.unwrap() })
+        })
+        .collect();
+    mall_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "two of three requests answered while the table is locked",
+        || {
+            let done = asks.iter().filter(|a| a.is_finished()).count();
+            async move { if done >= 2 { Ok(()) } else { Err(done) } }
+        },
+    )
+    .await;
+    lock.rollback().await.unwrap();
+    let mut answers = Vec::new();
+    for ask in asks {
+        answers.push(ask.await.unwrap());
+    }
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 503, 503],
+        "one served once the lock went, two told to retry"
+    );
+    for res in answers.into_iter().filter(|r| r.status() == 503) {
+        assert_eq!(res.headers()["retry-after"], "1");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "unavailable", "{body}");
+    }
+}

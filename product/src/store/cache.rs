@@ -108,6 +108,9 @@ pub enum ReadError {
     /// Postgres failed.
     #[error("database: {0}")]
     Db(String),
+    /// No database connection could be had in time, or Postgres is unreachable.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// Redis is down and the database fallback is saturated.
     #[error("the database fallback is saturated")]
     Saturated,
@@ -403,7 +406,13 @@ impl Catalog {
                 .map(|v| Some(to_json(&v))),
         };
         self.inner.db_inflight.fetch_sub(1, Ordering::AcqRel);
-        result.map_err(|e| ReadError::Db(e.to_string()))
+        result.map_err(|e| {
+            if mall_common::db::is_unavailable(&e) {
+                ReadError::Unavailable(e.to_string())
+            } else {
+                ReadError::Db(e.to_string())
+            }
+        })
     }
 
     /// The listing (not cached).
