@@ -90,11 +90,15 @@ impl Observer {
             res = with_json_error_body(res).await;
             if status.is_server_error() {
                 // The only place a failure is logged, inside the request span. A failure with a
-                // cause is a fault of ours; a bare 5xx (timeout, an unready dependency) is a
-                // condition the service reports by design.
+                // cause is a fault of ours (ERROR), unless it is a 503: a dependency that cannot
+                // be had now is a condition the service reports by design (WARN), as is a bare
+                // 5xx (a timeout).
                 match res.extensions().get::<ErrorCause>() {
-                    Some(cause) => {
+                    Some(cause) if status != StatusCode::SERVICE_UNAVAILABLE => {
                         tracing::error!(status = status.as_u16(), cause = %cause.0, "request failed")
+                    }
+                    Some(cause) => {
+                        tracing::warn!(status = status.as_u16(), cause = %cause.0, "request failed")
                     }
                     None => tracing::warn!(status = status.as_u16(), "request failed"),
                 }
@@ -246,6 +250,47 @@ mod tests {
     fn status_labels_are_the_numbers() {
         assert_eq!(&*status_label(StatusCode::NOT_FOUND), "404");
         assert_eq!(&*status_label(StatusCode::IM_A_TEAPOT), "418");
+    }
+
+    /// The level of the failure line `answered` logs for `err`.
+    async fn failure_level(err: ApiError) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let observer = Observer {
+            service: "test",
+            metrics: Timed::default(),
+        };
+        observer
+            .answered(err.into_response(), None, &Method::GET, Instant::now())
+            .await;
+        let line = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(line.contains("request failed"), "{line}");
+        line.split_whitespace().nth(1).unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_fault_is_an_error_and_an_unavailable_dependency_a_warning() {
+        assert_eq!(failure_level(ApiError::internal("a bug")).await, "ERROR");
+        assert_eq!(
+            failure_level(ApiError::unavailable("pool timed out")).await,
+            "WARN"
+        );
     }
 
     #[tokio::test]
