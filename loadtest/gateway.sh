@@ -46,12 +46,8 @@ redis-cli --scan --pattern 'bench:*' | xargs -r redis-cli del >/dev/null
 say "starting the upstream (mall-product on :$PRODUCT_PORT) and mall-gateway on :$GATEWAY_PORT"
 start product mall-product MALL_HTTP_ADDR=127.0.0.1:$PRODUCT_PORT
 PRODUCT_PID=${PIDS[-1]}
-# The gateway's full default stack: tracing at the default sampler, metrics, access log, auth;
-# only the rate limit is raised so that it cannot trigger.
-start gateway mall-gateway MALL_HTTP_ADDR=127.0.0.1:$GATEWAY_PORT \
-  MALL_UPSTREAM_PRODUCT=http://127.0.0.1:$PRODUCT_PORT MALL_UPSTREAM_INVENTORY=http://127.0.0.1:$PRODUCT_PORT \
-  MALL_UPSTREAM_ORDER=http://127.0.0.1:$PRODUCT_PORT MALL_UPSTREAM_FLASHSALE=http://127.0.0.1:$PRODUCT_PORT \
-  'MALL_GW_RATE_LIMITS=*:client:100000000/s' MALL_GW_MAX_CONCURRENCY=4096
+one_upstream_gateway $GATEWAY_PORT $PRODUCT_PORT
+start gateway mall-gateway "${GATEWAY_VARS[@]}"
 GATEWAY_PID=${PIDS[-1]}
 
 say "starting nginx on :$NGINX_PORT (keep-alive upstream, access log on)"

@@ -94,10 +94,8 @@ count() { # name url status [wrk script] : one path's instructions per request i
 
 # The gateway as gateway.sh runs it (full default stack, rate limit raised), on one serving
 # thread so that one connection task's work is not split across threads.
-gateway_env=(MALL_HTTP_THREADS=1 MALL_HTTP_ADDR=127.0.0.1:$GATEWAY_PORT
-  MALL_UPSTREAM_PRODUCT=http://127.0.0.1:$PRODUCT_PORT MALL_UPSTREAM_INVENTORY=http://127.0.0.1:$PRODUCT_PORT
-  MALL_UPSTREAM_ORDER=http://127.0.0.1:$PRODUCT_PORT MALL_UPSTREAM_FLASHSALE=http://127.0.0.1:$PRODUCT_PORT
-  'MALL_GW_RATE_LIMITS=*:client:100000000/s' MALL_GW_MAX_CONCURRENCY=4096)
+one_upstream_gateway $GATEWAY_PORT $PRODUCT_PORT
+gateway_env=(MALL_HTTP_THREADS=1 "${GATEWAY_VARS[@]}")
 
 under_callgrind direct MALL_HTTP_THREADS=1 MALL_HTTP_ADDR=127.0.0.1:$DIRECT_PORT "$ROOT/target/release/mall-product"
 count direct "http://127.0.0.1:$DIRECT_PORT$TARGET_PATH" 404

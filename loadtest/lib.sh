@@ -69,6 +69,15 @@ start() { # name binary env... : runs a mall binary in the background, logging t
   PIDS+=($!)
 }
 
+one_upstream_gateway() { # listen-port upstream-port : sets GATEWAY_VARS, the gateway as the
+  # proxy benchmarks run it: every pool on one upstream, its full default stack (tracing, metrics,
+  # access log, auth), only the rate and concurrency limits raised so that neither can trigger
+  local upstream=http://127.0.0.1:$2
+  GATEWAY_VARS=(MALL_HTTP_ADDR=127.0.0.1:$1 MALL_UPSTREAM_PRODUCT=$upstream MALL_UPSTREAM_INVENTORY=$upstream
+    MALL_UPSTREAM_ORDER=$upstream MALL_UPSTREAM_FLASHSALE=$upstream
+    'MALL_GW_RATE_LIMITS=*:client:100000000/s' MALL_GW_MAX_CONCURRENCY=4096)
+}
+
 write_nginx_conf() { # file listen-port upstream-port top-level-directive... : nginx as an
   # equivalent keep-alive reverse proxy in front of one upstream, access log on
   local file=$1 port=$2 upstream=$3

@@ -25,28 +25,24 @@ export MALL_REDIS_PREFIX=bench: MALL_AMQP_PREFIX=bench. MALL_DATABASE_SCHEMA=ben
 start product mall-product MALL_HTTP_ADDR=127.0.0.1:$PRODUCT_PORT
 wait_ready "http://127.0.0.1:$PRODUCT_PORT/readyz"
 
+one_upstream_gateway $GATEWAY_PORT $PRODUCT_PORT
 CONFIGS=("default" "MALL_LOG=warn" "OTEL_TRACES_SAMPLER=always_off" "MALL_LOG=warn OTEL_TRACES_SAMPLER=always_off")
 
 measure() { # round config : one gateway with `config`, warmed up, then DURATION under oha
   local round=$1 config=$2 vars=() pid
   [ "$config" != default ] && read -r -a vars <<<"$config"
-  start gateway mall-gateway "${vars[@]}" MALL_HTTP_ADDR=127.0.0.1:$GATEWAY_PORT \
-    MALL_UPSTREAM_PRODUCT=http://127.0.0.1:$PRODUCT_PORT MALL_UPSTREAM_INVENTORY=http://127.0.0.1:$PRODUCT_PORT \
-    MALL_UPSTREAM_ORDER=http://127.0.0.1:$PRODUCT_PORT MALL_UPSTREAM_FLASHSALE=http://127.0.0.1:$PRODUCT_PORT \
-    'MALL_GW_RATE_LIMITS=*:client:100000000/s' MALL_GW_MAX_CONCURRENCY=4096
+  start gateway mall-gateway "${vars[@]}" "${GATEWAY_VARS[@]}"
   pid=${PIDS[-1]}
   for ((i = 0; i < 120; i++)); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL")" = 404 ] && break
     sleep 0.25
   done
   oha -z "$WARMUP" -c 50 --no-tui "$URL" >/dev/null
-  local before after
+  local before after out="$RUN/oha-${#PIDS[@]}.json"
   before=$(awk '{print $14, $15}' "/proc/$pid/stat")
-  oha -z "$DURATION" -c 50 --no-tui --output-format json "$URL" >"$RUN/oha.json"
+  oha -z "$DURATION" -c 50 --no-tui --output-format json "$URL" >"$out"
   after=$(awk '{print $14, $15}' "/proc/$pid/stat")
-  echo "$round|$config|$before|$after|$(getconf CLK_TCK)" >>"$RUN/rows"
-  cp "$RUN/oha.json" "$RUN/oha-$round-${#PIDS[@]}.json"
-  echo "$RUN/oha-$round-${#PIDS[@]}.json" >>"$RUN/files"
+  echo "$round|$config|$before|$after|$(getconf CLK_TCK)|$out" >>"$RUN/rows"
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
 }
@@ -65,15 +61,14 @@ python3 - "$RUN" "$DURATION" >"$report" <<'PY'
 import json, statistics, sys
 run, duration = sys.argv[1], sys.argv[2]
 rows = open(f"{run}/rows").read().split("\n")[:-1]
-files = open(f"{run}/files").read().split("\n")[:-1]
 by = {}
 print("# What the gateway's telemetry costs\n")
 print(f"`GET /api/products/0` through mall-gateway in front of one mall-product, oha at 50 connections for {duration} "
       "per measurement; the gateway's user and system CPU per answered request (all threads, `/proc/<pid>/stat`).\n")
 print("| round | configuration | requests/s | user us/req | system us/req |")
 print("|---:|---|---:|---:|---:|")
-for row, path in zip(rows, files):
-    rnd, config, before, after, tck = row.split("|")
+for row in rows:
+    rnd, config, before, after, tck, path = row.split("|")
     u1, s1 = map(int, before.split()); u2, s2 = map(int, after.split()); tck = int(tck)
     d = json.load(open(path))
     n = sum(d["statusCodeDistribution"].values())

@@ -7,7 +7,7 @@
 //! `invalid_path` in the URL, naming the field): PostgreSQL cannot store it in text, so it
 //! would otherwise reach a query and come back as a 500, counted against a healthy service.
 
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, MissingJsonContentType, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -33,14 +33,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // axum's own rejections, so they map to our codes in one place (`From<JsonRejection>`).
         if !json_content_type(req.headers()) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "expected Content-Type: application/json",
-            ));
+            return Err(JsonRejection::from(MissingJsonContentType::default()).into());
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(body_unreadable)?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(JsonRejection::from)?;
         let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
         // Only a body that spells `\u0000` somewhere is read again, as a tree, to be sure.
         if memchr::memmem::find(&bytes, br"\u0000").is_some()
@@ -67,15 +66,6 @@ fn json_content_type(headers: &HeaderMap) -> bool {
         .is_some_and(|m| {
             m.type_() == "application" && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
         })
-}
-
-fn body_unreadable(rejection: BytesRejection) -> ApiError {
-    let text = rejection.body_text();
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", text)
-    } else {
-        ApiError::bad_request("bad_request", text)
-    }
 }
 
 /// The path (`items[2].title`) of the first string or key in `value` holding a NUL.

@@ -7,6 +7,8 @@ use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
+use crate::identity::to_hex;
+
 const B3_SINGLE: &str = "b3";
 const B3_TRACE_ID: &str = "x-b3-traceid";
 const B3_SPAN_ID: &str = "x-b3-spanid";
@@ -30,7 +32,10 @@ impl TextMapPropagator for B3Propagator {
         if !sc.is_valid() {
             return;
         }
-        let (trace, span) = (hex(&sc.trace_id().to_bytes()), hex(&sc.span_id().to_bytes()));
+        let (trace, span) = (
+            to_hex(&sc.trace_id().to_bytes()),
+            to_hex(&sc.span_id().to_bytes()),
+        );
         let sampled = if sc.is_sampled() { "1" } else { "0" };
         if self.single {
             injector.set(B3_SINGLE, format!("{trace}-{span}-{sampled}"));
@@ -54,17 +59,6 @@ impl TextMapPropagator for B3Propagator {
             std::sync::LazyLock::new(|| FIELDS.iter().map(|&f| f.to_owned()).collect());
         FieldIter::new(&NAMES)
     }
-}
-
-/// Lowercase hex digits of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
 }
 
 fn trace_id(hex: &str) -> Option<TraceId> {

@@ -37,13 +37,7 @@ impl FormatTime for CachedUtc {
                 *cached = this_second();
             }
         })?;
-        let mut digits = *b".000000Z";
-        let mut rest = micros;
-        for d in digits[1..7].iter_mut().rev() {
-            *d = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
-        w.write_str(std::str::from_utf8(&digits).expect("ASCII"))
+        write!(w, ".{micros:06}Z")
     }
 }
 
