@@ -5,6 +5,7 @@
 
 mod extract;
 mod observe;
+pub mod openapi;
 mod request_id;
 mod timed;
 

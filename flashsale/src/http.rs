@@ -229,7 +229,7 @@ fn running_item(session: Option<&Session>, sku: i64, now_ms: i64) -> Result<&Ses
 }
 
 /// A purchase token for the caller, only while the session runs.
-#[utoipa::path(post, path = "/api/flashsale/sessions/{session_id}/items/{sku_id}/token", tag = "flashsale",
+#[utoipa::path(post, path = "/api/flashsale/sessions/{session_id}/items/{sku_id}/token", tag = "flashsale", security(("bearer" = [])),
     params(("session_id" = i64, Path, description = "session id"), ("sku_id" = i64, Path, description = "SKU id")),
     responses((status = 200, description = "`{token, expires_at}`"), (status = 401, description = "unauthorized"),
               (status = 404, description = "not_found"), (status = 409, description = "not_started, ended")))]
@@ -294,7 +294,7 @@ async fn purchase_route(State(shared): State<Arc<Shared>>, req: axum::extract::R
 }
 
 /// Buy: one Lua script decides. 202 `{order_id}`; poll `GET /api/orders/{order_id}`.
-#[utoipa::path(post, path = "/api/flashsale/purchase", tag = "flashsale", request_body = Purchase,
+#[utoipa::path(post, path = "/api/flashsale/purchase", tag = "flashsale", security(("bearer" = [])), request_body = Purchase,
     responses((status = 202, description = "`{order_id}`: admitted; the order is created asynchronously"),
               (status = 400, description = "malformed_json, invalid_body, validation_failed"),
               (status = 401, description = "unauthorized"), (status = 403, description = "invalid_token"),
@@ -557,10 +557,11 @@ async fn recheck(shared: Arc<Shared>, session: i64, sku: i64) {
 )]
 struct ApiDoc;
 
-/// `GET /openapi.json`: generated from the handlers.
-async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+/// `GET /openapi.json`: generated from the handlers, completed with the answers every route
+/// shares.
+async fn openapi() -> axum::Json<serde_json::Value> {
     use utoipa::OpenApi;
-    axum::Json(ApiDoc::openapi())
+    axum::Json(mall_common::http::openapi::complete(&ApiDoc::openapi()))
 }
 
 #[cfg(test)]

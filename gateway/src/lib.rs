@@ -17,12 +17,14 @@
 //! - [`layers`]: the gateway's own tower layers (circuit breaker, retry policy).
 //! - [`client_body`]: the client's request body, watched so its failures are blamed on it.
 //! - [`proxy`]: forwarding one request.
+//! - [`openapi`]: the public API as one document (`/openapi.json`) and its page (`/docs`).
 //! - [`startup`]: building and running the [`Application`].
 
 pub mod auth;
 pub mod client_body;
 pub mod config;
 pub mod layers;
+pub mod openapi;
 pub mod proxy;
 pub mod rate_limit;
 pub mod routes;

@@ -1,7 +1,8 @@
 //! The route table: path prefix -> upstream pool and who may call it (DESIGN.md, "Gateway"),
 //! and the axum router made of it.
 //!
-//! `/internal/...` is never routed. Anything not listed is a JSON 404 from the gateway itself.
+//! `/internal/...` is never routed. Anything not listed is a JSON 404 from the gateway itself;
+//! `/openapi.json` and `/docs` are the gateway's own ([`crate::openapi`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,9 +114,13 @@ pub const ROUTES: &[Route] = &[
 /// route on every request). The health routes are added by the server.
 pub fn router(proxy: Arc<Proxy>, pool_of: impl Fn(PoolName) -> Pool) -> Router {
     let max_header_bytes = proxy.max_header_bytes;
-    let mut router = Router::new();
+    let pools = PoolName::ALL.map(|name| (name, pool_of(name)));
+    let mut router = crate::openapi::router(pools.iter().cloned().collect());
     for route in ROUTES {
-        let pool = pool_of(route.pool);
+        let pool = pools
+            .iter()
+            .find_map(|(name, pool)| (*name == route.pool).then(|| pool.clone()))
+            .expect("every pool is built");
         let proxy = proxy.clone();
         let forward = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| {
             let forwarded: BoxFuture<'static, Response> = match proxy::edge_checks(&req, max_header_bytes) {

@@ -71,7 +71,7 @@ struct Receive {
 /// Receive units into stock (admin).
 #[utoipa::path(post, path = "/admin/stock/{sku_id}/receive", tag = "admin", request_body = Receive,
     params(("sku_id" = i64, Path, description = "SKU id")),
-    responses((status = 200, body = Stock), (status = 422, description = "validation_failed")))]
+    responses((status = 200, body = Stock), (status = 404, description = "not_found: not a SKU id")))]
 async fn receive(
     State(db): State<Db>,
     RequireAdmin(who): RequireAdmin,
@@ -135,7 +135,8 @@ async fn settle(
 /// Reserved -> sold, once.
 #[utoipa::path(post, path = "/internal/reservations/{id}/confirm", tag = "internal",
     params(("id" = Uuid, Path, description = "reservation id")),
-    responses((status = 200, description = "`{reservation_id, status, changed}`"), (status = 409, description = "conflict: already released")))]
+    responses((status = 200, description = "`{reservation_id, status, changed}`"), (status = 404, description = "not_found"),
+              (status = 409, description = "conflict: already released")))]
 async fn confirm(State(db): State<Db>, Path(id): Path<Uuid>) -> Result<Json<Value>, InventoryError> {
     settle(&db, id, ReservationStatus::Confirmed, "confirmed by caller").await
 }
@@ -143,7 +144,8 @@ async fn confirm(State(db): State<Db>, Path(id): Path<Uuid>) -> Result<Json<Valu
 /// Reserved -> available, once.
 #[utoipa::path(post, path = "/internal/reservations/{id}/release", tag = "internal",
     params(("id" = Uuid, Path, description = "reservation id")),
-    responses((status = 200, description = "`{reservation_id, status, changed}`"), (status = 409, description = "conflict: already sold")))]
+    responses((status = 200, description = "`{reservation_id, status, changed}`"), (status = 404, description = "not_found"),
+              (status = 409, description = "conflict: already sold")))]
 async fn release(State(db): State<Db>, Path(id): Path<Uuid>) -> Result<Json<Value>, InventoryError> {
     settle(&db, id, ReservationStatus::Released, "released by caller").await
 }
@@ -154,7 +156,7 @@ async fn release(State(db): State<Db>, Path(id): Path<Uuid>) -> Result<Json<Valu
     params(("id" = Uuid, Path, description = "the session item's (parent) reservation id")),
     responses((status = 201, body = Reservation), (status = 200, body = Reservation, description = "a repeat"),
               (status = 404, description = "not_found: no such parent"),
-              (status = 409, description = "out_of_stock: the parent holds fewer units; conflict: the parent is settled, or the id was used for other units"),
+              (status = 409, description = "out_of_stock, conflict: the parent holds fewer units (out_of_stock), is settled, or the id was used for other units"),
               (status = 422, description = "validation_failed")))]
 async fn carve(
     State(db): State<Db>,
@@ -183,7 +185,10 @@ async fn carve(
 )]
 struct ApiDoc;
 
-/// `GET /openapi.json`: generated from the handlers.
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(<ApiDoc as utoipa::OpenApi>::openapi())
+/// `GET /openapi.json`: generated from the handlers, completed with the answers every route
+/// shares.
+async fn openapi() -> Json<Value> {
+    Json(mall_common::http::openapi::complete(
+        &<ApiDoc as utoipa::OpenApi>::openapi(),
+    ))
 }

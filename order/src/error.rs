@@ -17,6 +17,9 @@ pub enum OrderError {
     /// The input broke a rule.
     #[error(transparent)]
     Validation(#[from] ValidationError),
+    /// A query parameter broke a rule (400, like every query-string error).
+    #[error(transparent)]
+    InvalidQuery(ValidationError),
     /// `Idempotency-Key` missing or malformed.
     #[error("send an Idempotency-Key header (1 to 200 characters) with every checkout")]
     MissingIdempotencyKey,
@@ -54,7 +57,7 @@ impl OrderError {
             Self::Validation(_) | Self::IdempotencyKeyReused | Self::UnknownSkus(_) | Self::EmptyCart => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::MissingIdempotencyKey => StatusCode::BAD_REQUEST,
+            Self::MissingIdempotencyKey | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Self::OutOfStock(_) | Self::NotPending => StatusCode::CONFLICT,
             Self::InvalidSignature => StatusCode::UNAUTHORIZED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -67,6 +70,7 @@ impl OrderError {
         match self {
             Self::NotFound => "not_found",
             Self::Validation(_) => "validation_failed",
+            Self::InvalidQuery(_) => "invalid_query",
             Self::MissingIdempotencyKey => "missing_idempotency_key",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::UnknownSkus(_) => "unknown_sku",

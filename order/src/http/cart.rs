@@ -48,14 +48,14 @@ pub(super) async fn clear(state: &AppState, user: &str) {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Quantity {
     quantity: i64,
 }
 
 /// Set a cart line.
-#[utoipa::path(put, path = "/api/cart/items/{sku_id}", tag = "cart",
+#[utoipa::path(put, path = "/api/cart/items/{sku_id}", tag = "cart", security(("bearer" = [])), request_body = Quantity,
     params(("sku_id" = i64, Path, description = "SKU id")),
     responses((status = 204), (status = 422, description = "validation_failed")))]
 /// `PUT /api/cart/items/{sku_id}` `{quantity}`: sets the line (1 to 99 units).
@@ -91,7 +91,7 @@ pub(super) async fn put(
 }
 
 /// Remove a cart line.
-#[utoipa::path(delete, path = "/api/cart/items/{sku_id}", tag = "cart",
+#[utoipa::path(delete, path = "/api/cart/items/{sku_id}", tag = "cart", security(("bearer" = [])),
     params(("sku_id" = i64, Path, description = "SKU id")), responses((status = 204)))]
 /// `DELETE /api/cart/items/{sku_id}`.
 pub(super) async fn remove(
@@ -114,7 +114,7 @@ pub(super) async fn remove(
 }
 
 /// My cart with current prices and availability.
-#[utoipa::path(get, path = "/api/cart", tag = "cart",
+#[utoipa::path(get, path = "/api/cart", tag = "cart", security(("bearer" = [])),
     responses((status = 200, description = "`{items: [{sku_id, quantity, price_cents, on_sale, available}], total_cents}`")))]
 /// `GET /api/cart`: lines with current prices and availability.
 pub(super) async fn show(

@@ -19,7 +19,7 @@ use utoipa::OpenApi;
 )]
 struct ApiDoc;
 
-/// `GET /openapi.json`.
-pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// `GET /openapi.json`, completed with the answers every route shares.
+pub(super) async fn document() -> Json<serde_json::Value> {
+    Json(mall_common::http::openapi::complete(&ApiDoc::openapi()))
 }

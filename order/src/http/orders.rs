@@ -29,7 +29,7 @@ fn summary(order: &Order) -> Value {
 }
 
 /// Place an order.
-#[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = CheckoutRequest,
+#[utoipa::path(post, path = "/api/orders", tag = "orders", security(("bearer" = [])), request_body = CheckoutRequest,
     params(("Idempotency-Key" = String, Header, description = "required; the same key and body return the same order")),
     responses((status = 201, description = "`{order_id, status, total_cents, expires_at}`"), (status = 200, description = "a repeat of the same key"),
               (status = 400, description = "missing_idempotency_key, malformed_json"), (status = 409, description = "out_of_stock (with `skus`)"),
@@ -175,7 +175,7 @@ async fn answer(state: &AppState, user: &str, id: Uuid, status: StatusCode) -> R
 }
 
 /// One of my orders.
-#[utoipa::path(get, path = "/api/orders/{order_id}", tag = "orders",
+#[utoipa::path(get, path = "/api/orders/{order_id}", tag = "orders", security(("bearer" = [])),
     params(("order_id" = Uuid, Path, description = "order id")),
     responses((status = 200, body = Order), (status = 404, description = "not_found (also another user's order)")))]
 /// `GET /api/orders/{order_id}`: owner only (another user's order is 404).
@@ -199,9 +199,10 @@ pub(super) struct ListParams {
 }
 
 /// My orders, newest first.
-#[utoipa::path(get, path = "/api/orders", tag = "orders",
+#[utoipa::path(get, path = "/api/orders", tag = "orders", security(("bearer" = [])),
     params(("limit" = Option<i64>, Query, description = "1..=100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
-    responses((status = 200, description = "`{items: [Order], next_cursor}`")))]
+    responses((status = 200, description = "`{items: [Order], next_cursor}`"),
+              (status = 400, description = "invalid_query: `limit` outside 1..=100, or a `cursor` not from a previous page")))]
 /// `GET /api/orders?limit=&cursor=`: newest first.
 pub(super) async fn list(
     State(state): State<AppState>,
@@ -210,18 +211,19 @@ pub(super) async fn list(
 ) -> Result<Response, OrderError> {
     let limit = p.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(domain::ValidationError {
+        return Err(OrderError::InvalidQuery(domain::ValidationError {
             field: "limit",
             reason: "between 1 and 100",
-        }
-        .into());
+        }));
     }
     let before = match p.cursor {
         None => None,
-        Some(c) => Some(decode_cursor(&c).ok_or(domain::ValidationError {
-            field: "cursor",
-            reason: "not a valid cursor",
-        })?),
+        Some(c) => Some(
+            decode_cursor(&c).ok_or(OrderError::InvalidQuery(domain::ValidationError {
+                field: "cursor",
+                reason: "not a valid cursor",
+            }))?,
+        ),
     };
     let orders = store::orders(&state.db, &who.user_id, limit + 1, before).await?;
     let more = orders.len() as i64 > limit;
@@ -246,7 +248,7 @@ fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
 }
 
 /// Cancel my pending order.
-#[utoipa::path(post, path = "/api/orders/{order_id}/cancel", tag = "orders",
+#[utoipa::path(post, path = "/api/orders/{order_id}/cancel", tag = "orders", security(("bearer" = [])),
     params(("order_id" = Uuid, Path, description = "order id")),
     responses((status = 200, body = Order), (status = 404, description = "not_found"), (status = 409, description = "not_pending")))]
 /// `POST /api/orders/{order_id}/cancel`: only while pending.

@@ -33,6 +33,15 @@ pub(super) async fn callback(
         field: "body",
         reason: "not a payment callback",
     })?;
+    // Read from the raw body (the signature covers its bytes), so the Json extractor's NUL
+    // check is done here: PostgreSQL refuses NUL in text.
+    if cb.payment_id.contains('\0') {
+        return Err(domain::ValidationError {
+            field: "payment_id",
+            reason: "must not contain the NUL character",
+        }
+        .into());
+    }
     if cb.payment_id.is_empty() || cb.payment_id.len() > 200 || cb.amount_cents <= 0 {
         return Err(domain::ValidationError {
             field: "body",

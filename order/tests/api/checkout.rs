@@ -214,6 +214,13 @@ async fn bad_checkouts_get_clear_errors_and_change_nothing() {
     assert_eq!(forged.status(), 401);
     let (s, body) = pay(&m.order, &json!({ "payment_id": "p-2", "order_id": id, "amount_cents": b["total_cents"], "status": "succeeded" }), "wrong-secret").await;
     assert_eq!((s, body["code"].as_str()), (401, Some("invalid_signature")));
+    // Signed, but a NUL PostgreSQL cannot store: refused by the handler, not a 500.
+    let (s, body) = pay(&m.order, &json!({ "payment_id": "p-\u{0}", "order_id": id, "amount_cents": b["total_cents"], "status": "succeeded" }), SECRET).await;
+    assert_eq!((s, body["code"].as_str()), (422, Some("validation_failed")));
+    assert!(
+        body["message"].as_str().unwrap().starts_with("payment_id:"),
+        "{body}"
+    );
 
     let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(order_db(&env).pool())

@@ -33,7 +33,7 @@ pub(super) async fn categories(State(catalog): State<Catalog>) -> Result<Respons
 /// One SKU (the hottest read).
 #[utoipa::path(get, path = "/api/skus/{sku_id}", tag = "catalog",
     params(("sku_id" = i64, Path, description = "SKU id")),
-    responses((status = 200, body = crate::store::SkuView), (status = 404, description = "unknown or delisted: not_found")))]
+    responses((status = 200, body = crate::store::SkuView), (status = 404, description = "not_found: unknown or delisted")))]
 pub(super) async fn sku(
     State(catalog): State<Catalog>,
     Path(sku_id): Path<i64>,
@@ -54,6 +54,7 @@ pub(super) async fn spu(
 
 /// Listing parameters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListParams {
     /// Full-text search (English stemming).

@@ -18,11 +18,12 @@ use utoipa::OpenApi;
         super::admin::patch,
         super::admin::delist,
         super::internal::prices,
-    )
+    ),
+    components(schemas(crate::domain::Sort))
 )]
 struct ApiDoc;
 
-/// `GET /openapi.json`.
-pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// `GET /openapi.json`, completed with the answers every route shares.
+pub(super) async fn document() -> Json<serde_json::Value> {
+    Json(mall_common::http::openapi::complete(&ApiDoc::openapi()))
 }
