@@ -30,7 +30,8 @@ MALL_DATABASE_SCHEMA=${PREFIX}_product "$ROOT/target/release/mall-product" seed 
 start product mall-product MALL_HTTP_ADDR=127.0.0.1:$PRODUCT_PORT MALL_DATABASE_SCHEMA=${PREFIX}_product
 inventory_urls="" order_urls=""
 for port in "${INVENTORY_PORTS[@]}"; do
-  start "inventory-$port" mall-inventory MALL_HTTP_ADDR=127.0.0.1:$port MALL_DATABASE_SCHEMA=${PREFIX}_inventory
+  start "inventory-$port" mall-inventory MALL_HTTP_ADDR=127.0.0.1:$port MALL_DATABASE_SCHEMA=${PREFIX}_inventory \
+    MALL_PRODUCT_URLS=http://127.0.0.1:$PRODUCT_PORT
   inventory_urls="${inventory_urls:+$inventory_urls,}http://127.0.0.1:$port"
 done
 wait_ready "http://127.0.0.1:${INVENTORY_PORTS[0]}/readyz"

@@ -25,6 +25,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 GATEWAY_PORT=18080
+PRODUCT_PORT=18081
 INVENTORY_PORT=18082
 ORDER_PORT=18083
 FLASH_PORTS=(18084 18094)
@@ -37,13 +38,17 @@ SECRET=mall-dev-internal-secret-change-me
 
 ensure_tools wrk
 command -v redis-benchmark >/dev/null 2>&1 || { echo "redis-benchmark is needed (apt-get install redis-tools)" >&2; exit 1; }
-ensure_ports_free $GATEWAY_PORT $INVENTORY_PORT $ORDER_PORT "${FLASH_PORTS[@]}"
+ensure_ports_free $GATEWAY_PORT $PRODUCT_PORT $INVENTORY_PORT $ORDER_PORT "${FLASH_PORTS[@]}"
 build_and_deps
 
-fresh_prefix "$PREFIX" ${PREFIX}_inventory ${PREFIX}_orders ${PREFIX}_flashsale
+fresh_prefix "$PREFIX" ${PREFIX}_product ${PREFIX}_inventory ${PREFIX}_orders ${PREFIX}_flashsale
 export MALL_REDIS_PREFIX=$PREFIX: MALL_AMQP_PREFIX=$PREFIX. RUST_LOG=warn
 
-start inventory mall-inventory MALL_HTTP_ADDR=127.0.0.1:$INVENTORY_PORT MALL_DATABASE_SCHEMA=${PREFIX}_inventory
+# The catalog inventory asks before stocking SKUs 1 and 2.
+MALL_DATABASE_SCHEMA=${PREFIX}_product "$ROOT/target/release/mall-product" seed --skus 2 >/dev/null
+start product mall-product MALL_HTTP_ADDR=127.0.0.1:$PRODUCT_PORT MALL_DATABASE_SCHEMA=${PREFIX}_product
+start inventory mall-inventory MALL_HTTP_ADDR=127.0.0.1:$INVENTORY_PORT MALL_DATABASE_SCHEMA=${PREFIX}_inventory \
+  MALL_PRODUCT_URLS=http://127.0.0.1:$PRODUCT_PORT
 start order mall-order MALL_HTTP_ADDR=127.0.0.1:$ORDER_PORT MALL_DATABASE_SCHEMA=${PREFIX}_orders \
   MALL_INVENTORY_URLS=http://127.0.0.1:$INVENTORY_PORT
 flash_urls=""
@@ -61,7 +66,7 @@ start gateway mall-gateway MALL_HTTP_ADDR=127.0.0.1:$GATEWAY_PORT \
   MALL_UPSTREAM_ORDER=http://127.0.0.1:$ORDER_PORT MALL_UPSTREAM_FLASHSALE="$flash_urls" \
   'MALL_GW_RATE_LIMITS=*:client:100000000/s,/api/flashsale/purchase:cluster:100000000/s' MALL_GW_MAX_CONCURRENCY=4096
 GATEWAY_PID=${PIDS[-1]}
-for port in $INVENTORY_PORT $ORDER_PORT "${FLASH_PORTS[@]}" $GATEWAY_PORT; do
+for port in $PRODUCT_PORT $INVENTORY_PORT $ORDER_PORT "${FLASH_PORTS[@]}" $GATEWAY_PORT; do
   wait_ready "http://127.0.0.1:$port/readyz"
 done
 

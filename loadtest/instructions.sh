@@ -42,6 +42,8 @@ build_and_deps
 
 export MALL_REDIS_PREFIX=bench: MALL_AMQP_PREFIX=bench. MALL_DATABASE_SCHEMA=bench_product
 say "starting the upstream (mall-product on :$PRODUCT_PORT, not under valgrind)"
+# A small catalog: inventory asks it whether SKU 1 exists before stocking it below.
+"$ROOT/target/release/mall-product" seed --skus 10 >/dev/null
 start product mall-product MALL_HTTP_ADDR=127.0.0.1:$PRODUCT_PORT
 wait_ready "http://127.0.0.1:$PRODUCT_PORT/readyz"
 
@@ -111,7 +113,8 @@ say "starting mall-inventory on :$INVENTORY_PORT and mall-flashsale under callgr
 PG="postgres://postgres:postgres@127.0.0.1:5432/mall?sslmode=disable"
 for schema in bench_inventory bench_flashsale; do psql "$PG" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1; done
 redis-cli --scan --pattern "bench:fs:*" | xargs -r redis-cli del >/dev/null
-start inventory mall-inventory MALL_HTTP_ADDR=127.0.0.1:$INVENTORY_PORT MALL_DATABASE_SCHEMA=bench_inventory
+start inventory mall-inventory MALL_HTTP_ADDR=127.0.0.1:$INVENTORY_PORT MALL_DATABASE_SCHEMA=bench_inventory \
+  MALL_PRODUCT_URLS=http://127.0.0.1:$PRODUCT_PORT
 under_callgrind soldout MALL_HTTP_THREADS=1 MALL_HTTP_ADDR=127.0.0.1:$FLASH_PORT MALL_DATABASE_SCHEMA=bench_flashsale \
   MALL_INVENTORY_URLS=http://127.0.0.1:$INVENTORY_PORT "$ROOT/target/release/mall-flashsale"
 wait_ready "http://127.0.0.1:$INVENTORY_PORT/readyz"

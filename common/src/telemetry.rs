@@ -50,6 +50,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogOutput {
+    /// Standard output, through a writer thread (services).
+    #[default]
+    Stdout,
+    /// The test harness's captured output (tests): shown only for a test that fails.
+    TestCapture,
+}
+
 /// Where finished spans go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TraceExporter {
@@ -92,6 +102,8 @@ pub struct TelemetrySettings {
     /// `OTEL_PROPAGATORS`: the trace-context formats written on outgoing requests and messages
     /// (default `tracecontext,b3`); every format is read whatever this says.
     pub propagators: propagation::Formats,
+    /// Where log lines go (not a variable: tests choose it).
+    pub log_output: LogOutput,
 }
 
 const OTLP_DEFAULT_BASE: &str = "http://localhost:4318";
@@ -107,6 +119,7 @@ impl TelemetrySettings {
             exporters: Vec::new(),
             sampler: SamplerSetting::ParentBasedAlwaysOn,
             propagators: propagation::Formats::DEFAULT,
+            log_output: LogOutput::Stdout,
         }
     }
 
@@ -235,6 +248,7 @@ impl TelemetrySettings {
             exporters,
             sampler,
             propagators,
+            log_output: LogOutput::Stdout,
         })
     }
 
@@ -256,7 +270,7 @@ impl TelemetrySettings {
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
-    _log_writer: tracing_appender::non_blocking::WorkerGuard,
+    _log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl TelemetryGuard {
@@ -305,25 +319,12 @@ fn write_debug_str(out: &mut impl std::fmt::Write, s: &str) -> std::fmt::Result 
     }
 }
 
-/// Installs logging, tracing, export and propagation for this process. Call once, early.
-pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
-    opentelemetry::global::set_text_map_propagator(propagation::Propagator::default());
-    propagation::set_formats(settings.propagators);
-
-    let provider = build_provider(settings)?;
-    opentelemetry::global::set_tracer_provider(provider.clone());
-    let tracer = provider.tracer("mall");
-
-    // Colours only on a terminal: log files and collectors get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    // A line is handed to a writer thread, so a request never waits on a write syscall;
-    // lossless: when its queue is full the logging thread waits. The thread writes through a
-    // buffer it flushes whenever its queue runs empty: under load, many lines per syscall.
-    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("mall-log-writer")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
-    let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match settings.log_format {
+/// The log layer in the configured format, writing through `writer`.
+fn fmt_layer<W>(settings: &TelemetrySettings, writer: W, ansi: bool) -> Box<dyn Layer<Registry> + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    match settings.log_format {
         LogFormat::Compact => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .fmt_fields(fields::LogFields)
@@ -342,6 +343,37 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             .flatten_event(true)
             .with_filter(log_filter(&settings.log_filter))
             .boxed(),
+    }
+}
+
+/// Installs logging, tracing, export and propagation for this process. Call once, early.
+pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(propagation::Propagator::default());
+    propagation::set_formats(settings.propagators);
+
+    let provider = build_provider(settings)?;
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let tracer = provider.tracer("mall");
+
+    // Colours only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (fmt_layer, log_writer) = match settings.log_output {
+        LogOutput::Stdout => {
+            // A line is handed to a writer thread, so a request never waits on a write syscall;
+            // lossless: when its queue is full the logging thread waits. The thread writes
+            // through a buffer it flushes whenever its queue runs empty: under load, many lines
+            // per syscall.
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(false)
+                .thread_name("mall-log-writer")
+                .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+            (fmt_layer(settings, writer, ansi), Some(guard))
+        }
+        // `print!` per line: the harness keeps it with the test whose threads wrote it.
+        LogOutput::TestCapture => (
+            fmt_layer(settings, tracing_subscriber::fmt::TestWriter::new(), false),
+            None,
+        ),
     };
     // Only what a trace viewer shows: source locations, thread names, busy/idle timings and the
     // target were extra attributes and clock reads on every span of every request, and nothing

@@ -3,13 +3,16 @@
 //! Every variable of [`PlatformSettings`] and [`TelemetrySettings`] applies (see the README's
 //! configuration table); the defaults are port 8082 and schema `inventory`. Its own variables:
 //! `MALL_INVENTORY_SWEEP_INTERVAL` (10s), `MALL_INVENTORY_SWEEP_BATCH` (100) and
-//! `MALL_INVENTORY_DELIVERY_LIMIT` (5 deliveries of an order event before it is dead-lettered).
+//! `MALL_INVENTORY_DELIVERY_LIMIT` (5 deliveries of an order event before it is dead-lettered),
+//! `MALL_PRODUCT_URLS` (`http://127.0.0.1:8081`: product instances, asked whether a SKU exists
+//! before its first stock is received) and `MALL_PEER_TIMEOUT` (2s: one such call).
 
 use std::time::Duration;
 
 use mall_common::config::{ConfigError, Vars};
 use mall_common::platform::{HttpThreads, PlatformSettings, ServiceDefaults};
 use mall_common::telemetry::TelemetrySettings;
+use url::Url;
 
 /// Name, port and schema of this service.
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
@@ -32,6 +35,10 @@ pub struct Settings {
     pub sweep_batch: i64,
     /// Deliveries of one order event before it goes to the dead-letter queue.
     pub delivery_limit: u32,
+    /// Product instances.
+    pub product_urls: Vec<Url>,
+    /// One call to product; inside the gateway's 3 s per-try timeout.
+    pub peer_timeout: Duration,
 }
 
 impl Settings {
@@ -58,12 +65,22 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        let product_urls = vars.url_list("MALL_PRODUCT_URLS", "http://127.0.0.1:8081", &["http", "https"])?;
+        if product_urls.is_empty() {
+            return Err(ConfigError::new(
+                "MALL_PRODUCT_URLS",
+                "",
+                "at least one instance URL is needed",
+            ));
+        }
         Ok(Self {
             platform: PlatformSettings::from_vars(vars, &DEFAULTS)?,
             telemetry: TelemetrySettings::from_vars(vars, "mall-inventory")?,
             sweep_interval: vars.duration("MALL_INVENTORY_SWEEP_INTERVAL", Duration::from_secs(10))?,
             sweep_batch,
             delivery_limit,
+            product_urls,
+            peer_timeout: vars.duration("MALL_PEER_TIMEOUT", Duration::from_secs(2))?,
         })
     }
 }

@@ -22,6 +22,9 @@ pub enum InventoryError {
     /// SKUs without any stock record.
     #[error("unknown SKUs {0:?}")]
     UnknownSkus(Vec<i64>),
+    /// Stock received for a SKU the catalog does not have.
+    #[error("the catalog has no SKU {0}")]
+    UnknownSku(i64),
     /// A reservation id reused for a different request, or a transition not allowed now.
     #[error("{0}")]
     Conflict(String),
@@ -37,7 +40,7 @@ impl InventoryError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::UnknownSku(_) => StatusCode::NOT_FOUND,
             Self::Validation(_) | Self::UnknownSkus(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::OutOfStock(_) | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -51,7 +54,7 @@ impl InventoryError {
             Self::NotFound(_) => "not_found",
             Self::Validation(_) => "validation_failed",
             Self::OutOfStock(_) => "out_of_stock",
-            Self::UnknownSkus(_) => "unknown_sku",
+            Self::UnknownSkus(_) | Self::UnknownSku(_) => "unknown_sku",
             Self::Conflict(_) => "conflict",
             Self::Internal(_) => "internal",
             Self::Unavailable(_) => "unavailable",

@@ -2,8 +2,10 @@
 //! internal reservation endpoints for the order and flash-sale services (never routed by the
 //! gateway). Health, readiness, metrics and the middleware stack come from `mall-common`.
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::routing::{get, post};
 use http::StatusCode;
 use mall_common::db::Db;
@@ -13,12 +15,26 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::catalog::Catalog;
 use crate::domain::{self, Carve, NewReservation, ReservationStatus};
 use crate::error::InventoryError;
 use crate::store::{self, Reservation, Stock};
 
+/// What the handlers share; most need only the database.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) db: Db,
+    pub(crate) catalog: Arc<Catalog>,
+}
+
+impl FromRef<AppState> for Db {
+    fn from_ref(state: &AppState) -> Db {
+        state.db.clone()
+    }
+}
+
 /// The service's own routes.
-pub(crate) fn router(db: Db) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/stock/{sku_id}", get(public_stock))
         .route("/admin/stock/{sku_id}", get(admin_stock))
@@ -29,7 +45,7 @@ pub(crate) fn router(db: Db) -> Router {
         .route("/internal/reservations/{id}/release", post(release))
         .route("/internal/reservations/{id}/carve", post(carve))
         .route("/openapi.json", get(openapi))
-        .with_state(db)
+        .with_state(state)
 }
 
 /// A SKU's available units.
@@ -71,21 +87,32 @@ struct Receive {
 /// Receive units into stock (admin).
 #[utoipa::path(post, path = "/admin/stock/{sku_id}/receive", tag = "admin", request_body = Receive,
     params(("sku_id" = i64, Path, description = "SKU id")),
-    responses((status = 200, body = Stock), (status = 404, description = "not_found: not a SKU id")))]
+    responses((status = 200, body = Stock),
+              (status = 404, description = "unknown_sku: the catalog has no such SKU; nothing is written"),
+              (status = 503, description = "unavailable: the product service or Postgres cannot be asked now; nothing is written")))]
 async fn receive(
-    State(db): State<Db>,
+    State(state): State<AppState>,
     RequireAdmin(who): RequireAdmin,
     Path(sku_id): Path<i64>,
     Json(body): Json<Receive>,
 ) -> Result<Json<Stock>, InventoryError> {
-    if sku_id <= 0 {
-        return Err(InventoryError::NotFound("no such SKU"));
-    }
     let quantity = domain::quantity("quantity", body.quantity)?;
+    let db = &state.db;
+    // A SKU with a stock row was asked about before; only a first delivery asks the catalog.
+    let known = sku_id > 0
+        && (store::stock(db, sku_id).await?.is_some()
+            || state
+                .catalog
+                .knows(sku_id)
+                .await
+                .map_err(|e| InventoryError::Unavailable(e.to_string()))?);
+    if !known {
+        return Err(InventoryError::UnknownSku(sku_id));
+    }
     let reason = body
         .reason
         .unwrap_or_else(|| format!("received by user {}", who.user_id));
-    Ok(Json(store::receive(&db, sku_id, quantity, &reason).await?))
+    Ok(Json(store::receive(db, sku_id, quantity, &reason).await?))
 }
 
 /// Reserve all items or none; idempotent by `reservation_id`.

@@ -12,10 +12,12 @@
 //! - [`domain`]: quantities, reservation requests and states.
 //! - [`store`]: the stock SQL (receive, reserve, settle, sweep, events with the inbox).
 //! - [`mq`]: the order-event consumer.
+//! - [`catalog`]: asking the product service whether a SKU exists.
 //! - [`error`]: [`error::InventoryError`], status and stable code.
 //! - `http`: public, admin and internal routes.
 //! - [`startup`]: building and running the [`Application`].
 
+pub mod catalog;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -1,6 +1,7 @@
 //! Building and running mall-inventory.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mall_common::amqp::Topology;
@@ -12,6 +13,7 @@ use mall_common::server::Server;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::Catalog;
 use crate::config::{DEFAULTS, Settings};
 use crate::mq::{self, ORDER_EVENTS_QUEUE};
 
@@ -73,7 +75,9 @@ impl Application {
             settings.sweep_batch,
             cancel,
         ));
-        let server = Server::bind(platform, crate::http::router(db)).await?;
+        let catalog = Arc::new(Catalog::new(settings.product_urls.clone(), settings.peer_timeout));
+        let state = crate::http::AppState { db, catalog };
+        let server = Server::bind(platform, crate::http::router(state)).await?;
         Ok(Self { server })
     }
 

@@ -17,6 +17,7 @@
 //! - [`upstream`]: fake HTTP upstreams that delay, fail or die on command.
 //! - [`checks`]: assertions every mall process must pass (health, readiness, metrics, traces).
 
+pub mod catalog;
 pub mod checks;
 pub mod env;
 pub mod proxy;

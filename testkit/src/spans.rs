@@ -17,7 +17,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
 use http::StatusCode;
-use mall_common::telemetry::{self, SamplerSetting, TelemetryGuard, TelemetrySettings, TraceExporter};
+use mall_common::telemetry::{
+    self, LogOutput, SamplerSetting, TelemetryGuard, TelemetrySettings, TraceExporter,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use prost::Message;
@@ -101,6 +103,8 @@ pub fn collector() -> &'static Collector {
                 TraceExporter::Zipkin(url("/api/v2/spans")),
             ],
             sampler: SamplerSetting::AlwaysOn,
+            // A test that injects faults logs them; a passing test's lines stay out of sight.
+            log_output: LogOutput::TestCapture,
             ..TelemetrySettings::local("mall-test")
         };
         let guard = telemetry::init(&settings).expect("test telemetry installs once per process");

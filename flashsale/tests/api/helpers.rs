@@ -42,7 +42,8 @@ pub(crate) struct Options<'a> {
 /// Starts inventory with `skus` (each with `stock` units), order, and two flashsale instances.
 pub(crate) async fn sale(env: &TestEnv, skus: &[i64], stock: i64, opts: Options<'_>) -> Sale {
     let inventory_settings = {
-        let mut s = mall_inventory::Settings::from_vars(&Vars::default()).unwrap();
+        let catalog = [("MALL_PRODUCT_URLS", mall_testkit::catalog::catalog_url())];
+        let mut s = mall_inventory::Settings::from_vars(&Vars::from_pairs(catalog)).unwrap();
         s.platform = env.platform_settings(&mall_inventory::config::DEFAULTS);
         s.telemetry = TelemetrySettings::local("mall-inventory");
         s

@@ -9,9 +9,14 @@ use mall_testkit::{TestEnv, TestServer};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Settings for this env plus `extra` variables.
+/// Settings for this env plus `extra` variables; the catalog is testkit's, which knows SKUs
+/// below [`mall_testkit::catalog::UNKNOWN_SKUS_FROM`].
 pub(crate) fn settings(env: &TestEnv, extra: &[(&str, &str)]) -> Settings {
-    let mut s = Settings::from_vars(&Vars::from_pairs(extra.iter().copied())).expect("valid settings");
+    let catalog = mall_testkit::catalog::catalog_url();
+    let pairs = [("MALL_PRODUCT_URLS", catalog.as_str())]
+        .into_iter()
+        .chain(extra.iter().copied());
+    let mut s = Settings::from_vars(&Vars::from_pairs(pairs)).expect("valid settings");
     s.platform = env.platform_settings(&DEFAULTS);
     s.telemetry = TelemetrySettings::local("mall-inventory");
     s

@@ -382,3 +382,63 @@ async fn a_request_that_cannot_get_a_database_connection_is_told_503_unavailable
         assert_eq!(body["code"], "unavailable", "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_for_a_sku_the_catalog_does_not_know_is_a_404_unknown_sku_and_writes_nothing() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env, settings(&env, &[])).await;
+    let db = db(&env);
+    let unknown = mall_testkit::catalog::UNKNOWN_SKUS_FROM + 7;
+    for sku in [unknown, 0, -3] {
+        let res = as_admin(app.client().post(app.url(&format!("/admin/stock/{sku}/receive"))))
+            .json(&json!({ "quantity": 5 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "SKU {sku}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "unknown_sku", "{body}");
+    }
+    assert_eq!(app.get(&format!("/api/stock/{unknown}")).await.status(), 404);
+    let rows: (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM stock), (SELECT count(*) FROM ledger)")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows, (0, 0), "no stock row, no ledger row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_catalog_unreachable_a_new_sku_is_a_503_and_a_stocked_one_still_receives() {
+    let env = TestEnv::new().await;
+    let db = db(&env);
+    let stocked = spawn(&env, settings(&env, &[])).await;
+    receive(&stocked, 41, 5).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let app = spawn(&env, settings(&env, &[("MALL_PRODUCT_URLS", closed.as_str())])).await;
+
+    let res = as_admin(app.client().post(app.url("/admin/stock/42/receive")))
+        .json(&json!({ "quantity": 5 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "unavailable", "{body}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM stock WHERE sku_id = 42")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "nothing written");
+
+    receive(&app, 41, 3).await;
+    assert_eq!(
+        numbers(&db, 41).await,
+        (8, 0, 0, 8),
+        "a SKU with stock is known without asking"
+    );
+}

@@ -48,7 +48,8 @@ pub(crate) async fn mall_with(
         .await;
 
     let inventory_settings = {
-        let mut s = mall_inventory::Settings::from_vars(&Vars::default()).unwrap();
+        let catalog = [("MALL_PRODUCT_URLS", product.url(""))];
+        let mut s = mall_inventory::Settings::from_vars(&Vars::from_pairs(catalog)).unwrap();
         s.platform = env.platform_settings(&mall_inventory::config::DEFAULTS);
         s.telemetry = TelemetrySettings::local("mall-inventory");
         s
