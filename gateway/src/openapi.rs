@@ -49,7 +49,13 @@ async fn document(pools: HashMap<PoolName, Pool>) -> Response {
 
 async fn fetch(name: PoolName, pool: Pool) -> Result<(PoolName, Value), ApiError> {
     let unavailable = |cause: String| {
-        ApiError::unavailable(format!("{}'s /openapi.json: {cause}", name.as_str())).with_retry_after(1)
+        let message = format!(
+            "the {} service's document cannot be had now; retry",
+            name.as_str()
+        );
+        ApiError::new(http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            .with_cause(cause)
+            .with_retry_after(1)
     };
     let req = Request::get("/openapi.json")
         .body(Body::empty())

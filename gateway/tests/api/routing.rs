@@ -250,3 +250,41 @@ async fn an_answer_keeps_the_upstreams_fields_but_its_connections_own() {
     assert_eq!(err["code"], "rate_limited");
     assert_eq!(err["message"], "slow down");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_document_is_asked_of_every_pool_and_a_missing_one_is_a_503_naming_it() {
+    let env = TestEnv::new().await;
+    let (product, other) = (
+        FakeUpstream::start("product").await,
+        FakeUpstream::start("other").await,
+    );
+    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
+
+    let (status, doc) = get(&gw, "/openapi.json").await;
+    assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.1.0")), "{doc}");
+    assert_eq!(doc["info"]["title"], "mall");
+    let asked = |u: &FakeUpstream| u.seen().iter().filter(|s| s.path == "/openapi.json").count();
+    assert_eq!(
+        (asked(&product), asked(&other)),
+        (1, 3),
+        "product once, the three other pools once each"
+    );
+
+    let page = gw.client().get(gw.url("/docs")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains(r#"<redoc spec-url="/openapi.json">"#)
+    );
+
+    product.set_failing(Some(500));
+    let (status, body) = get(&gw, "/openapi.json").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains("product"), "{body}");
+}
