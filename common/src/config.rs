@@ -111,6 +111,20 @@ impl Vars {
             .collect()
     }
 
+    /// A peer's or pool's instances: [`Vars::url_list`], at least one.
+    pub fn instance_urls(
+        &self,
+        name: &str,
+        default: &str,
+        schemes: &[&str],
+    ) -> Result<Vec<Url>, ConfigError> {
+        let urls = self.url_list(name, default, schemes)?;
+        if urls.is_empty() {
+            return Err(ConfigError::new(name, "", "at least one instance URL is needed"));
+        }
+        Ok(urls)
+    }
+
     /// A duration written as `250ms`, `10s`, `5m` or `1h`.
     pub fn duration(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
         match self.get(name) {

@@ -87,14 +87,7 @@ impl Settings {
     /// Reads `vars` over the defaults.
     pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
         let inventory_urls =
-            vars.url_list("MALL_INVENTORY_URLS", "http://127.0.0.1:8082", &["http", "https"])?;
-        if inventory_urls.is_empty() {
-            return Err(ConfigError::new(
-                "MALL_INVENTORY_URLS",
-                "",
-                "at least one instance URL is needed",
-            ));
-        }
+            vars.instance_urls("MALL_INVENTORY_URLS", "http://127.0.0.1:8082", &["http", "https"])?;
         let positive = |name: &str, d: Duration| -> Result<Duration, ConfigError> {
             if d.is_zero() {
                 return Err(ConfigError::new(name, "0s", "must be more than zero"));

@@ -160,13 +160,7 @@ fn at_least_one<T: PartialOrd + From<u8> + ToString>(name: &str, v: T) -> Result
 impl GatewaySettings {
     /// Reads the gateway's variables.
     pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
-        let pool = |name: &str, default: &str| -> Result<Vec<Url>, ConfigError> {
-            let urls = vars.url_list(name, default, &["http"])?;
-            if urls.is_empty() {
-                return Err(ConfigError::new(name, "", "at least one instance URL is needed"));
-            }
-            Ok(urls)
-        };
+        let pool = |name: &str, default: &str| vars.instance_urls(name, default, &["http"]);
         let d = |name: &str, default: Duration| vars.duration(name, default);
         let jwt_public_key_pem = match vars.get("MALL_JWT_PUBLIC_KEY") {
             None => None,

@@ -13,7 +13,7 @@ use futures_util::future::try_join_all;
 use http::Request;
 use http_body_util::{BodyExt, Limited};
 use mall_common::error::ApiError;
-use mall_common::http::openapi::BEARER;
+use mall_common::http::openapi::{self, BEARER};
 use serde_json::{Map, Value, json};
 
 use crate::routes::{Access, PoolName, ROUTES, Route};
@@ -163,26 +163,7 @@ fn add_gateway_answers(op: &mut Value, access: Access) {
     }
     let responses = op["responses"].as_object_mut().expect("checked by the caller");
     for (status, code) in answers {
-        let response = responses.entry(status.to_string()).or_insert_with(|| {
-            json!({
-                "description": code,
-                "content": { "application/json": { "schema": {
-                    "allOf": [{ "$ref": "#/components/schemas/Error" }],
-                    "properties": { "code": { "enum": [] } }
-                } } }
-            })
-        });
-        let codes = &mut response["content"]["application/json"]["schema"]["properties"]["code"]["enum"];
-        if let Some(codes) = codes.as_array_mut()
-            && !codes.iter().any(|c| c == code)
-        {
-            codes.push(code.into());
-        }
-        if matches!(status, 429 | 503) {
-            response["headers"] = json!({
-                "Retry-After": { "description": "seconds to wait before retrying", "schema": { "type": "integer" } }
-            });
-        }
+        openapi::add_error(responses, status, code);
     }
 }
 

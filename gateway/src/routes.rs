@@ -4,6 +4,7 @@
 //! `/internal/...` is never routed. Anything not listed is a JSON 404 from the gateway itself;
 //! `/openapi.json` and `/docs` are the gateway's own ([`crate::openapi`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -114,13 +115,13 @@ pub const ROUTES: &[Route] = &[
 /// route on every request). The health routes are added by the server.
 pub fn router(proxy: Arc<Proxy>, pool_of: impl Fn(PoolName) -> Pool) -> Router {
     let max_header_bytes = proxy.max_header_bytes;
-    let pools = PoolName::ALL.map(|name| (name, pool_of(name)));
-    let mut router = crate::openapi::router(pools.iter().cloned().collect());
+    let pools: HashMap<PoolName, Pool> = PoolName::ALL
+        .into_iter()
+        .map(|name| (name, pool_of(name)))
+        .collect();
+    let mut router = crate::openapi::router(pools.clone());
     for route in ROUTES {
-        let pool = pools
-            .iter()
-            .find_map(|(name, pool)| (*name == route.pool).then(|| pool.clone()))
-            .expect("every pool is built");
+        let pool = pools[&route.pool].clone();
         let proxy = proxy.clone();
         let forward = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| {
             let forwarded: BoxFuture<'static, Response> = match proxy::edge_checks(&req, max_header_bytes) {

@@ -65,14 +65,8 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        let product_urls = vars.url_list("MALL_PRODUCT_URLS", "http://127.0.0.1:8081", &["http", "https"])?;
-        if product_urls.is_empty() {
-            return Err(ConfigError::new(
-                "MALL_PRODUCT_URLS",
-                "",
-                "at least one instance URL is needed",
-            ));
-        }
+        let product_urls =
+            vars.instance_urls("MALL_PRODUCT_URLS", "http://127.0.0.1:8081", &["http", "https"])?;
         Ok(Self {
             platform: PlatformSettings::from_vars(vars, &DEFAULTS)?,
             telemetry: TelemetrySettings::from_vars(vars, "mall-inventory")?,

@@ -31,8 +31,9 @@ pub enum InventoryError {
     /// A dependency failed.
     #[error("{0}")]
     Internal(String),
-    /// Postgres cannot be had right now (see `mall_common::db::is_unavailable`).
-    #[error("the database is unavailable: {0}")]
+    /// Postgres (see `mall_common::db::is_unavailable`) or the product service cannot be had
+    /// right now.
+    #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
 }
 

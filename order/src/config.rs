@@ -64,13 +64,7 @@ impl Settings {
 
     /// Reads `vars` over the defaults.
     pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
-        let urls = |name: &str, default: &str| -> Result<Vec<Url>, ConfigError> {
-            let list = vars.url_list(name, default, &["http", "https"])?;
-            if list.is_empty() {
-                return Err(ConfigError::new(name, "", "at least one instance URL is needed"));
-            }
-            Ok(list)
-        };
+        let urls = |name: &str, default: &str| vars.instance_urls(name, default, &["http", "https"]);
         let order_ttl = vars.duration("MALL_ORDER_TTL", Duration::from_secs(15 * 60))?;
         if order_ttl.as_secs() == 0 {
             return Err(ConfigError::new("MALL_ORDER_TTL", "0s", "at least one second"));

@@ -2,8 +2,7 @@
 //! to know whether a SKU exists (inventory's stock intake) without starting and seeding the
 //! catalog. The order tests use the real product service instead.
 //!
-//! One per test process, on a thread of its own (tests each have their own runtime, and a
-//! server spawned on one would die with its test). It knows every SKU id from 1 to
+//! One per test process, on a thread of its own. It knows every SKU id from 1 to
 //! [`UNKNOWN_SKUS_FROM`] - 1.
 
 use std::sync::OnceLock;
@@ -19,21 +18,8 @@ pub const UNKNOWN_SKUS_FROM: i64 = 900_000_000;
 pub fn catalog_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the catalog");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let url = format!("http://{}", listener.local_addr().expect("catalog addr"));
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("catalog runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("catalog listener");
-                let app = Router::new().route("/internal/prices", post(prices));
-                axum::serve(listener, app).await.expect("catalog serves");
-            });
-        });
-        url
+        let app = Router::new().route("/internal/prices", post(prices));
+        format!("http://{}", crate::server::serve_for_the_process("catalog", app))
     })
     .clone()
 }

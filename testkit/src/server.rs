@@ -110,3 +110,26 @@ impl Drop for TestServer {
         self.begin_shutdown();
     }
 }
+
+/// Serves `app` for the rest of the process on a thread and runtime of its own (each test has
+/// its own runtime, and a server spawned on one would die with its test); its address.
+pub(crate) fn serve_for_the_process(name: &str, app: axum::Router) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let addr = listener.local_addr().expect("local addr");
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                axum::serve(listener, app).await.expect("serve");
+            });
+        })
+        .expect("spawn the server thread");
+    addr
+}

@@ -69,31 +69,11 @@ pub fn collector() -> &'static Collector {
     static COLLECTOR: OnceLock<Collector> = OnceLock::new();
     COLLECTOR.get_or_init(|| {
         let spans = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let state = spans.clone();
-        std::thread::Builder::new()
-            .name("span-collector".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()
-                    .expect("collector runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("bind collector");
-                    tx.send(listener.local_addr().expect("collector addr"))
-                        .expect("send addr");
-                    let app = Router::new()
-                        .route("/v1/traces", post(otlp))
-                        .route("/api/v2/spans", post(zipkin))
-                        .with_state(state);
-                    axum::serve(listener, app).await.expect("collector serve");
-                });
-            })
-            .expect("spawn collector");
-        let addr = rx.recv().expect("collector address");
+        let app = Router::new()
+            .route("/v1/traces", post(otlp))
+            .route("/api/v2/spans", post(zipkin))
+            .with_state(spans.clone());
+        let addr = crate::server::serve_for_the_process("span-collector", app);
         let url = |path: &str| Url::parse(&format!("http://{addr}{path}")).expect("collector url");
         let settings = TelemetrySettings {
             service_name: "mall-test".into(),

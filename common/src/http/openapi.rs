@@ -49,7 +49,7 @@ fn is_admin(path: &str) -> bool {
 
 /// The codes an error response's description starts with: comma-separated, each optionally
 /// followed by a parenthesised note, up to the first `:`. `None` when a token is not a code.
-pub fn codes_of(description: &str) -> Option<Vec<String>> {
+fn codes_of(description: &str) -> Option<Vec<String>> {
     let head = description.split(':').next().unwrap_or_default();
     let mut codes = Vec::new();
     for token in head.split(',') {
@@ -155,20 +155,39 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
     }
     for (status, (listed, description)) in codes {
         let description = description.unwrap_or_else(|| listed.join(", "));
-        let mut response = json!({
-            "description": description,
-            "content": { "application/json": { "schema": {
-                "allOf": [{ "$ref": "#/components/schemas/Error" }],
-                "properties": { "code": { "enum": listed } }
-            } } }
-        });
-        if status == 503 || status == 429 {
-            response["headers"] = json!({
-                "Retry-After": { "description": "seconds to wait before retrying", "schema": { "type": "integer" } }
-            });
-        }
-        responses.insert(status.to_string(), response);
+        responses.insert(status.to_string(), error_response(status, description, listed));
     }
+}
+
+/// Adds `code` to the `status` answer of an operation's `responses`, making that answer when
+/// it has none (the gateway adds its own answers to the services' operations this way).
+pub fn add_error(responses: &mut Map<String, Value>, status: u16, code: &str) {
+    let response = responses
+        .entry(status.to_string())
+        .or_insert_with(|| error_response(status, code.to_owned(), Vec::new()));
+    let codes = &mut response["content"]["application/json"]["schema"]["properties"]["code"]["enum"];
+    if let Some(codes) = codes.as_array_mut()
+        && !codes.iter().any(|c| c == code)
+    {
+        codes.push(code.into());
+    }
+}
+
+/// An error answer: the Error schema with `codes` as the enum of its `code`.
+fn error_response(status: u16, description: String, codes: Vec<String>) -> Value {
+    let mut response = json!({
+        "description": description,
+        "content": { "application/json": { "schema": {
+            "allOf": [{ "$ref": "#/components/schemas/Error" }],
+            "properties": { "code": { "enum": codes } }
+        } } }
+    });
+    if status == 503 || status == 429 {
+        response["headers"] = json!({
+            "Retry-After": { "description": "seconds to wait before retrying", "schema": { "type": "integer" } }
+        });
+    }
+    response
 }
 
 /// [`ErrorBody`](crate::error::ErrorBody) as a schema; other fields (e.g. `skus`) may follow.

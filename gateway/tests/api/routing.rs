@@ -4,7 +4,7 @@ use mall_common::identity;
 use mall_testkit::TestEnv;
 use mall_testkit::upstream::FakeUpstream;
 
-use crate::helpers::{get, settings, spawn, token};
+use crate::helpers::{gateway_with_fakes, get, settings, spawn, token};
 use crate::raw::{head_only, raw_upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,12 +253,7 @@ async fn an_answer_keeps_the_upstreams_fields_but_its_connections_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_public_document_is_asked_of_every_pool_and_a_missing_one_is_a_503_naming_it() {
-    let env = TestEnv::new().await;
-    let (product, other) = (
-        FakeUpstream::start("product").await,
-        FakeUpstream::start("other").await,
-    );
-    let gw = spawn(&env, settings(&env, &[&product], &other, &[])).await;
+    let (_env, product, other, gw) = gateway_with_fakes().await;
 
     let (status, doc) = get(&gw, "/openapi.json").await;
     assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.1.0")), "{doc}");
