@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::watch;
@@ -26,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 pub use topology::{DelayQueue, Exchange, Queue, Topology};
+
+/// How often each dead-letter queue's depth is read.
+pub const DEAD_LETTER_POLL: Duration = Duration::from_secs(15);
 
 /// RabbitMQ settings (`MALL_AMQP_*`).
 #[derive(Debug, Clone)]
@@ -247,6 +252,7 @@ impl Amqp {
                         "connection closed".to_owned()
                     };
                     tokio::select! {
+                        () = self.watch_dead_letters(&conn) => {}
                         () = cancel.cancelled() => {
                             if let Some(link) = self.inner.link.send_replace(None) {
                                 let _ = link.publisher.close(200, "shutting down".into()).await;
@@ -269,6 +275,45 @@ impl Amqp {
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(3));
+        }
+    }
+
+    /// Exports each dead-letter queue's depth (`amqp_dead_letter_messages{queue}`) every
+    /// [`DEAD_LETTER_POLL`] while connected: a message there needs a person, so it pages.
+    async fn watch_dead_letters(&self, conn: &Connection) {
+        let queues: Vec<String> = self
+            .inner
+            .topology
+            .queue_names()
+            .into_iter()
+            .filter(|q| q.ends_with(".dlq"))
+            .collect();
+        loop {
+            // A channel of its own: a failed passive declare closes the channel it ran on.
+            match conn.create_channel().await {
+                Ok(channel) => {
+                    for queue in &queues {
+                        let passive = QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        };
+                        match channel
+                            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                            .await
+                        {
+                            Ok(q) => metrics::gauge!("amqp_dead_letter_messages", "queue" => queue.clone())
+                                .set(f64::from(q.message_count())),
+                            Err(e) => {
+                                tracing::debug!(%queue, error = %e, "cannot read the dead-letter queue's depth");
+                                break;
+                            }
+                        }
+                    }
+                    let _ = channel.close(200, "done".into()).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "no channel for the dead-letter depths"),
+            }
+            tokio::time::sleep(DEAD_LETTER_POLL).await;
         }
     }
 

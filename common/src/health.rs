@@ -97,6 +97,23 @@ impl Readiness {
     }
 }
 
+/// A counter a service exports from its start: name, labels, help text.
+pub type CounterSpec = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+/// Exports each counter at zero with its help text. An alert on `increase()` sees a series'
+/// first event only if the series existed before it, and a dashboard shows 0 rather than
+/// "no data".
+pub fn declare_counters(counters: &[CounterSpec]) {
+    for &(name, labels, help) in counters {
+        metrics::describe_counter!(name, help);
+        metrics::counter!(name, labels).increment(0);
+    }
+}
+
 /// The process-wide Prometheus recorder, installed on first use.
 ///
 /// One per process: in tests several services share it, so every metric carries a `service`

@@ -71,12 +71,17 @@ pub async fn load(redis: &Redis) -> Result<Snapshot, RedisError> {
     let mut left = admission::stock_left(redis, &keys).await?.into_iter();
     let now = Utc::now();
     let mut public = Vec::new();
+    let mut running_left = 0;
     for s in &sessions {
+        let running = s.status == "active" && s.starts_at <= now && now < s.ends_at;
         let items: Vec<_> = s
             .items
             .iter()
             .map(|i| {
                 let remaining = left.next().flatten().unwrap_or(i.quantity);
+                if running {
+                    running_left += remaining.max(0);
+                }
                 json!({
                     "sku_id": i.sku_id,
                     "price_cents": i.price_cents,
@@ -97,6 +102,7 @@ pub async fn load(redis: &Redis) -> Result<Snapshot, RedisError> {
             "items": items,
         }));
     }
+    metrics::gauge!("flashsale_remaining_units").set(running_left as f64);
     let body = serde_json::to_vec(&json!({ "sessions": public })).expect("json");
     let ids = sessions
         .iter()

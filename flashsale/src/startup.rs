@@ -63,6 +63,34 @@ impl Application {
         let identity = IdentityKey::new(settings.platform.internal_secret.expose().as_bytes());
         let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
         let cancel = platform.cancel_token();
+        mall_common::health::declare_counters(&[
+            (
+                "flashsale_admissions_total",
+                &[],
+                "Purchases admitted (answered 202).",
+            ),
+            (
+                "flashsale_handoffs_total",
+                &[],
+                "Admissions handed to order (broker-confirmed).",
+            ),
+            (
+                "flashsale_sold_out_answers_total",
+                &[],
+                "Purchases answered sold out by the in-memory flag.",
+            ),
+            (
+                "flashsale_restocks_total",
+                &[],
+                "Units returned to a running session.",
+            ),
+            (
+                "flashsale_sessions_created_total",
+                &[],
+                "Flash-sale sessions created.",
+            ),
+        ]);
+        metrics::gauge!("flashsale_redis_breaker_open").set(0.0);
         let shared = Arc::new(Shared {
             db: platform.db().expect("declared").clone(),
             redis: platform.redis().expect("declared").clone(),

@@ -39,6 +39,30 @@ impl Application {
         };
         let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
         let redis = platform.redis().expect("declared above").clone();
+        mall_common::health::declare_counters(&[
+            (
+                "gateway_rate_limited_total",
+                &[("scope", "client")],
+                "Requests refused 429, by limit.",
+            ),
+            (
+                "gateway_rate_limited_total",
+                &[("scope", "route")],
+                "Requests refused 429, by limit.",
+            ),
+            (
+                "gateway_rate_limited_total",
+                &[("scope", "cluster")],
+                "Requests refused 429, by limit.",
+            ),
+        ]);
+        for name in PoolName::ALL {
+            // Per pool at zero from the start, for the dashboards and the alerts' increase().
+            let pool = name.as_str();
+            metrics::counter!("gateway_shed_total", "pool" => pool).increment(0);
+            metrics::counter!("gateway_retries_total", "pool" => pool).increment(0);
+            metrics::counter!("gateway_retry_budget_exhausted_total", "pool" => pool).increment(0);
+        }
 
         let client = http_client();
         let mut pools = HashMap::new();

@@ -51,6 +51,24 @@ impl Application {
             amqp: Some(topology(settings.delivery_limit)),
         };
         let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
+        mall_common::health::declare_counters(&[
+            (
+                "inventory_reservations_total",
+                &[("outcome", "created")],
+                "Reservations, by outcome.",
+            ),
+            (
+                "inventory_reservations_expired_total",
+                &[],
+                "Expired reservations released by the sweeper.",
+            ),
+            // Paged on: the flash sale admitted more units than its session holds.
+            (
+                "inventory_oversell_refused_total",
+                &[],
+                "Carves refused because the session had no unit left.",
+            ),
+        ]);
         let db = platform.db().expect("declared").clone();
         let amqp = platform.amqp().expect("declared").clone();
         let cancel = platform.cancel_token();

@@ -416,6 +416,9 @@ pub async fn carve(db: &Db, parent: Uuid, req: &Carve) -> Result<(Reservation, b
     .rows_affected();
     if taken == 0 {
         tx.rollback().await?;
+        // Redis admitted a buyer the session holds no unit for: the last guard held, but
+        // someone was told 202 in vain.
+        metrics::counter!("inventory_oversell_refused_total").increment(1);
         return Err(StockError::OutOfStock(vec![req.sku_id]));
     }
     record_lines(tx, req.reservation_id, &want, "carve", &req.reference).await

@@ -66,6 +66,45 @@ impl Application {
         let db = platform.db().expect("declared").clone();
         let amqp = platform.amqp().expect("declared").clone();
         let cancel = platform.cancel_token();
+        mall_common::health::declare_counters(&[
+            ("orders_placed_total", &[], "Orders placed through the API."),
+            (
+                "orders_cancelled_total",
+                &[("reason", "buyer")],
+                "Orders cancelled, by reason.",
+            ),
+            (
+                "orders_cancelled_total",
+                &[("reason", "timeout")],
+                "Orders cancelled, by reason.",
+            ),
+            (
+                "payments_total",
+                &[("outcome", "applied")],
+                "Payment callbacks, by outcome.",
+            ),
+            (
+                "payments_total",
+                &[("outcome", "late")],
+                "Payment callbacks, by outcome.",
+            ),
+            (
+                "payments_total",
+                &[("outcome", "mismatch")],
+                "Payment callbacks, by outcome.",
+            ),
+            (
+                "flash_orders_created_total",
+                &[],
+                "Orders created from flash-sale admissions.",
+            ),
+            // An admission answered 202 that became no order: paged on.
+            (
+                "flash_orders_failed_total",
+                &[],
+                "Flash-sale admissions that could not become an order.",
+            ),
+        ]);
 
         platform.tasks().spawn(mall_common::outbox::relay(
             db.clone(),

@@ -67,6 +67,10 @@ pub async fn consume_parallel<H, Fut>(
 {
     let parallel = parallel.max(1);
     let queue = amqp.name(queue);
+    // At zero from the start, so a dashboard and an alert's increase() see the first one.
+    let labels = [("queue", queue.clone())];
+    metrics::counter!("amqp_redeliveries_total", &labels).increment(0);
+    metrics::counter!("amqp_dead_lettered_total", &labels).increment(0);
     loop {
         if !amqp.wait_connected(Duration::from_secs(1)).await {
             if cancel.is_cancelled() {

@@ -125,3 +125,51 @@ async fn publishing_fails_fast_while_unreachable_and_works_again_after_reconnect
     cancel.cancel();
     amqp.delete_topology(&env.infra().amqp_url).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_dead_letter_queue_s_depth_is_exported() {
+    // The recorder first, as Platform::start does: a gauge set before it counts into nothing.
+    mall_common::health::prometheus();
+    let env = TestEnv::new().await;
+    let settings = env.platform_settings(&crate::DEFAULTS);
+    let first = Amqp::new(settings.amqp.clone(), "platformtest", topology());
+    let cancel = CancellationToken::new();
+    tokio::spawn(first.clone().run(cancel.clone()));
+    assert!(first.wait_connected(Duration::from_secs(10)).await);
+    let dlq = first.name("test.events.dlq");
+    let exported = |n: u32| {
+        let line = format!("amqp_dead_letter_messages{{queue=\"{dlq}\"}} {n}");
+        async move {
+            let text = mall_common::health::prometheus().render();
+            if text.lines().any(|l| l == line) {
+                Ok(())
+            } else {
+                Err(format!("no line {line}"))
+            }
+        }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "an empty dead-letter queue exported as 0",
+        || exported(0),
+    )
+    .await;
+
+    first
+        .publish_to_queue("test.events.dlq", "dead-1", br#"{"id":1}"#, FieldTable::default())
+        .await
+        .expect("confirmed");
+    // A second process connecting reads the depth at once (the first reads it again within
+    // DEAD_LETTER_POLL).
+    let second = Amqp::new(settings.amqp.clone(), "platformtest-2", topology());
+    tokio::spawn(second.clone().run(cancel.clone()));
+    eventually(
+        Duration::from_secs(10),
+        "the dead-lettered message counted",
+        || exported(1),
+    )
+    .await;
+
+    cancel.cancel();
+    first.delete_topology(&env.infra().amqp_url).await.unwrap();
+}

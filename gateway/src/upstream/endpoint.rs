@@ -213,7 +213,7 @@ impl Instance {
             || {
                 let labels = [
                     ("pool", SharedString::const_str(self.pool)),
-                    ("instance", SharedString::from(self.instance.clone())),
+                    ("upstream", SharedString::from(self.instance.clone())),
                     ("status", mall_common::http::status_label(status)),
                 ];
                 (
@@ -286,7 +286,7 @@ impl Service<Request<Body>> for Endpoint {
                     let instance = this.instance.clone();
                     metrics::counter!(
                         "gateway_upstream_requests_total",
-                        "pool" => this.pool, "instance" => instance.to_string(), "status" => status
+                        "pool" => this.pool, "upstream" => instance.to_string(), "status" => status
                     )
                     .increment(1);
                     Err(Box::new(EndpointError {

@@ -178,7 +178,7 @@ fn failed(probe: &Probe, answered_meanwhile: bool) -> Option<bool> {
 fn gauge(pool: PoolName, endpoint: &Endpoint, up: bool) {
     metrics::gauge!(
         "gateway_upstream_in_rotation",
-        "pool" => pool.as_str(), "instance" => endpoint.instance().to_string()
+        "pool" => pool.as_str(), "upstream" => endpoint.instance().to_string()
     )
     .set(if up { 1.0 } else { 0.0 });
 }

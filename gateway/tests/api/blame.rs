@@ -117,7 +117,7 @@ async fn clients_that_abort_trickle_or_send_too_much_never_count_against_the_poo
     }
     for order in [&order_a, &order_b] {
         let instance = order.url().trim_start_matches("http://").to_owned();
-        let labels = [("pool", "order"), ("instance", instance.as_str())];
+        let labels = [("pool", "order"), ("upstream", instance.as_str())];
         assert_eq!(
             metric(&gw, "gateway_upstream_in_rotation", &labels).await,
             1.0,
@@ -125,7 +125,7 @@ async fn clients_that_abort_trickle_or_send_too_much_never_count_against_the_poo
         );
         let errors = [
             ("pool", "order"),
-            ("instance", instance.as_str()),
+            ("upstream", instance.as_str()),
             ("status", "error"),
         ];
         assert_eq!(

@@ -38,6 +38,8 @@ async fn forty_concurrent_carves_of_twenty_units_succeed_twenty_times_and_counte
     let parent = session(&app, 61, 20).await;
     let db = db(&env);
     assert_eq!(numbers(&db, 61).await, (10, 20, 0, 30));
+    let refused_before =
+        mall_testkit::checks::metric_sum(&app, "inventory_oversell_refused_total", &[]).await;
 
     let tasks: Vec<_> = (0..40)
         .map(|_| {
@@ -72,6 +74,12 @@ async fn forty_concurrent_carves_of_twenty_units_succeed_twenty_times_and_counte
         }
     }
     assert_eq!((created, refused), (20, 20));
+    // Each refusal is an admission the session held no unit for: counted, so it pages.
+    let refused_after = mall_testkit::checks::metric_sum(&app, "inventory_oversell_refused_total", &[]).await;
+    assert!(
+        refused_after - refused_before >= 20.0,
+        "{refused_before} -> {refused_after}"
+    );
     // Carving moves units between reservations, never between counters.
     assert_eq!(numbers(&db, 61).await, (10, 20, 0, 30));
     assert_eq!(ledger_sum(&db, 61, "carve").await, 20);

@@ -152,7 +152,7 @@ impl Catalog {
             .time_to_live(settings.l1_ttl)
             .build();
         let scope = SharedString::from(db.schema().to_owned());
-        Self {
+        let cache = Self {
             inner: Arc::new(Inner {
                 skus: Bloom::new(BloomKind::Sku, settings.bloom_capacity),
                 spus: Bloom::new(BloomKind::Spu, settings.bloom_capacity),
@@ -165,15 +165,44 @@ impl Catalog {
                 l1,
                 scope,
             }),
+        };
+        // Exported at zero from the start, so the dashboard's shares and the alerts see the
+        // first event.
+        for kind in ["sku", "spu"] {
+            cache
+                .counter("product_bloom_rejections_total", Some(("kind", kind)))
+                .increment(0);
+            cache
+                .counter("product_db_loads_total", Some(("kind", kind)))
+                .increment(0);
+        }
+        for layer in ["l1", "l2"] {
+            cache
+                .counter("product_cache_hits_total", Some(("layer", layer)))
+                .increment(0);
+        }
+        for name in [
+            "product_lock_waits_total",
+            "product_lock_wait_timeouts_total",
+            "product_redis_fallbacks_total",
+            "product_stale_served_total",
+        ] {
+            cache.counter(name, None).increment(0);
+        }
+        metrics::gauge!("product_db_inflight_peak", "scope" => cache.inner.scope.clone()).set(0.0);
+        cache
+    }
+
+    fn counter(&self, name: &'static str, label: Option<(&'static str, &'static str)>) -> metrics::Counter {
+        let scope = ("scope", self.inner.scope.clone());
+        match label {
+            Some((k, v)) => metrics::counter!(name, &[scope, (k, SharedString::const_str(v))]),
+            None => metrics::counter!(name, &[scope]),
         }
     }
 
     fn count(&self, name: &'static str, label: Option<(&'static str, &'static str)>) {
-        let scope = ("scope", self.inner.scope.clone());
-        match label {
-            Some((k, v)) => metrics::counter!(name, &[scope, (k, SharedString::const_str(v))]).increment(1),
-            None => metrics::counter!(name, &[scope]).increment(1),
-        }
+        self.counter(name, label).increment(1);
     }
 
     /// Whether both bloom filters are ready (readiness).
