@@ -26,6 +26,9 @@ pub enum OrderError {
     /// The key was used before with another request body.
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyKeyReused,
+    /// An earlier request with this key is still running; its answer comes to a retry.
+    #[error("an earlier request with this Idempotency-Key is still being placed; retry in a second")]
+    InProgress,
     /// Some SKUs are unknown or not on sale; nothing was reserved.
     #[error("unknown or unavailable SKUs: {0:?}")]
     UnknownSkus(Vec<i64>),
@@ -58,7 +61,7 @@ impl OrderError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Self::MissingIdempotencyKey | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
-            Self::OutOfStock(_) | Self::NotPending => StatusCode::CONFLICT,
+            Self::OutOfStock(_) | Self::NotPending | Self::InProgress => StatusCode::CONFLICT,
             Self::InvalidSignature => StatusCode::UNAUTHORIZED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -73,6 +76,7 @@ impl OrderError {
             Self::InvalidQuery(_) => "invalid_query",
             Self::MissingIdempotencyKey => "missing_idempotency_key",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::InProgress => "in_progress",
             Self::UnknownSkus(_) => "unknown_sku",
             Self::OutOfStock(_) => "out_of_stock",
             Self::NotPending => "not_pending",
@@ -111,6 +115,12 @@ impl IntoResponse for OrderError {
         match &self {
             Self::Internal(cause) => ApiError::internal(cause).into_response(),
             Self::Unavailable(cause) => ApiError::unavailable(cause).into_response(),
+            Self::InProgress => {
+                let mut res = (self.status(), axum::Json(self.body())).into_response();
+                res.headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                res
+            }
             _ => (self.status(), axum::Json(self.body())).into_response(),
         }
     }

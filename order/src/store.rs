@@ -101,7 +101,7 @@ pub async fn begin_checkout(db: &Db, user: &str, key: &str, hash: &str) -> Resul
         return Ok(Begin::Fresh(fresh_id));
     }
     let row = sqlx::query(
-        "SELECT request_hash, order_id, state, response_status, response_body, locked_until < now() AS lapsed
+        "SELECT request_hash, order_id, state, response_status, response_body, locked_until <= now() AS lapsed
            FROM idempotency_keys WHERE user_id = $1 AND key = $2 FOR UPDATE",
     )
     .bind(user)
@@ -137,6 +137,21 @@ pub async fn begin_checkout(db: &Db, user: &str, key: &str, hash: &str) -> Resul
     };
     tx.commit().await?;
     Ok(begin)
+}
+
+/// Ends an attempt that failed for a passing reason: the key's lease lapses now, so a retry
+/// takes over at once with the same order id.
+pub async fn release_checkout(db: &Db, user: &str, key: &str, order_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET locked_until = now()
+          WHERE user_id = $1 AND key = $2 AND order_id = $3 AND state = 'in_progress'",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(order_id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
 }
 
 /// Records a failed checkout's answer under its key, so repeats get the same answer.

@@ -1,7 +1,5 @@
 //! Checkout and the buyer's view of their orders.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -32,7 +30,7 @@ fn summary(order: &Order) -> Value {
 #[utoipa::path(post, path = "/api/orders", tag = "orders", security(("bearer" = [])), request_body = CheckoutRequest,
     params(("Idempotency-Key" = String, Header, description = "required; the same key and body return the same order")),
     responses((status = 201, description = "`{order_id, status, total_cents, expires_at}`"), (status = 200, description = "a repeat of the same key"),
-              (status = 400, description = "missing_idempotency_key, malformed_json"), (status = 409, description = "out_of_stock (with `skus`)"),
+              (status = 400, description = "missing_idempotency_key, malformed_json"), (status = 409, description = "out_of_stock, in_progress: out_of_stock with `skus`; in_progress (with `Retry-After`) while an earlier request with the key runs"),
               (status = 422, description = "validation_failed, unknown_sku, idempotency_key_reused, empty_cart")))]
 /// `POST /api/orders` with `Idempotency-Key`: the same key and body return the same order,
 /// never a second one; the same key with another body is 422.
@@ -65,29 +63,20 @@ pub(super) async fn checkout(
     let items = domain::normalize(items)?;
     let hash = domain::request_hash(&items);
 
-    // Concurrent repeats wait for the first attempt's answer.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let order_id = loop {
-        match store::begin_checkout(&state.db, &user, &key, &hash).await? {
-            Begin::Fresh(id) => break id,
-            Begin::Done(id) => return answer(&state, &user, id, StatusCode::OK).await,
-            Begin::Failed(status, body) => {
-                return Ok((
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT),
-                    axum::Json(body),
-                )
-                    .into_response());
-            }
-            Begin::Mismatch => return Err(OrderError::IdempotencyKeyReused),
-            Begin::InProgress if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            Begin::InProgress => {
-                return Err(OrderError::Internal(
-                    "an earlier attempt with this key is still running".into(),
-                ));
-            }
+    // A repeat while the first attempt runs is told so at once (409 in_progress, Retry-After),
+    // rather than held until a gateway timeout answers for it.
+    let order_id = match store::begin_checkout(&state.db, &user, &key, &hash).await? {
+        Begin::Fresh(id) => id,
+        Begin::Done(id) => return answer(&state, &user, id, StatusCode::OK).await,
+        Begin::Failed(status, body) => {
+            return Ok((
+                StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT),
+                axum::Json(body),
+            )
+                .into_response());
         }
+        Begin::Mismatch => return Err(OrderError::IdempotencyKeyReused),
+        Begin::InProgress => return Err(OrderError::InProgress),
     };
 
     // Once stock may be reserved, the checkout runs to its end even if the client goes away:
@@ -112,9 +101,14 @@ pub(super) async fn checkout(
             store::fail_checkout(&state.db, &user, &key, e.status().as_u16(), &e.body()).await?;
             Err(e)
         }
-        // Transient (a peer or the database): the key stays in progress and a repeat after its
-        // lease takes over with the same order id.
-        Err(e) => Err(e),
+        // Transient (a peer or the database): the key is freed at once and a repeat takes over
+        // with the same order id (the reservation and the order are idempotent by it).
+        Err(e) => {
+            if let Err(release) = store::release_checkout(&state.db, &user, &key, order_id).await {
+                tracing::warn!(error = %release, "could not free the idempotency key; its lease frees it");
+            }
+            Err(e)
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Checkout: never oversell, one order per idempotency key, clear refusals that change nothing,
 //! and orders that survive a RabbitMQ outage.
 
+use std::time::Duration;
+
 use mall_testkit::{ChaosProxy, TestEnv, eventually};
 use serde_json::json;
 
@@ -59,14 +61,28 @@ async fn one_idempotency_key_sent_twenty_times_at_once_creates_one_order() {
         .map(|_| {
             let (client, url) = (m.order.client().clone(), m.order.url("/api/orders"));
             tokio::spawn(async move {
-                let res = user(client.post(url), "alice")
-                    .header("idempotency-key", "same-key")
-                    .json(&json!({ "items": [{"sku_id": 1, "quantity": 2}] }))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = res.status().as_u16();
-                (status, res.json::<serde_json::Value>().await.unwrap())
+                // A client that honours 409 in_progress: retry until the first attempt answers.
+                eventually(
+                    Duration::from_secs(10),
+                    "an answer other than in_progress",
+                    || {
+                        let req = user(client.post(url.clone()), "alice")
+                            .header("idempotency-key", "same-key")
+                            .json(&json!({ "items": [{"sku_id": 1, "quantity": 2}] }));
+                        async move {
+                            let res = req.send().await.unwrap();
+                            let status = res.status().as_u16();
+                            let retry_after = res.headers().get("retry-after").cloned();
+                            let body = res.json::<serde_json::Value>().await.unwrap();
+                            if status == 409 && body["code"] == "in_progress" {
+                                assert_eq!(retry_after.as_ref().map(|v| v.to_str().unwrap()), Some("1"));
+                                return Err(body.to_string());
+                            }
+                            Ok((status, body))
+                        }
+                    },
+                )
+                .await
             })
         })
         .collect();
@@ -325,4 +341,72 @@ fn the_cli_signs_callbacks_the_service_accepts() {
         body.as_bytes(),
         sig.trim()
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_attempt_failed_is_free_at_once_and_a_live_one_answers_in_progress() {
+    let env = TestEnv::new().await;
+    // Inventory is a closed port: every checkout fails for a passing reason.
+    let m = mall(&env, 3, 10, &[("MALL_INVENTORY_URLS", "http://127.0.0.1:1")]).await;
+    let db = order_db(&env);
+    let body = json!({ "items": [{"sku_id": 1, "quantity": 1}] });
+    let key_row = || async {
+        sqlx::query_as::<_, (String, uuid::Uuid, String, bool)>(
+            "SELECT user_id, order_id, state, locked_until <= now() FROM idempotency_keys WHERE key = 'retry-me'",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+    };
+
+    let (status, first) = checkout(&m.order, "bob", "retry-me", body.clone()).await;
+    assert_eq!(
+        (status, first["code"].as_str()),
+        (503, Some("unavailable")),
+        "{first}"
+    );
+    let (user_id, order_id, state, lapsed) = key_row().await;
+    assert_eq!(state, "in_progress");
+    assert!(lapsed, "the failed attempt did not free its key");
+    // The retry is a new attempt at once, with the same order id (before: it waited out the
+    // first attempt's lease and answered 500).
+    let (status, second) = checkout(&m.order, "bob", "retry-me", body.clone()).await;
+    assert_eq!(
+        (status, second["code"].as_str()),
+        (503, Some("unavailable")),
+        "{second}"
+    );
+    assert_eq!(key_row().await.1, order_id);
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(orders, 0);
+
+    // A key held by a live attempt: the repeat is told so at once, with when to retry.
+    let items = mall_order::domain::normalize(vec![mall_order::domain::Item {
+        sku_id: 1,
+        quantity: 1,
+    }])
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash, order_id, state, locked_until)
+         VALUES ($1, 'held', $2, $3, 'in_progress', now() + interval '30 seconds')",
+    )
+    .bind(&user_id)
+    .bind(mall_order::domain::request_hash(&items))
+    .bind(uuid::Uuid::now_v7())
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let res = user(m.order.client().post(m.order.url("/api/orders")), "bob")
+        .header("idempotency-key", "held")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 409);
+    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
+    let answer: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(answer["code"], "in_progress", "{answer}");
 }
