@@ -274,7 +274,9 @@ impl Amqp {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(3));
+            // At most a second apart, so a returning broker is used within a second; the
+            // failures are logged once per outage (note_failure).
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 

@@ -32,6 +32,7 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod identity;
+pub mod outage;
 pub mod outbox;
 pub mod peer;
 pub mod platform;

@@ -75,6 +75,7 @@ pub async fn enqueue(
 /// Relays until `cancel`, polling every `idle` when there is nothing to send.
 pub async fn relay(db: Db, amqp: Amqp, idle: Duration, cancel: CancellationToken) {
     let mut backoff = idle;
+    let mut outage = crate::outage::Outage::new("outbox relay");
     loop {
         let sent = tokio::select! {
             () = cancel.cancelled() => return,
@@ -83,12 +84,17 @@ pub async fn relay(db: Db, amqp: Amqp, idle: Duration, cancel: CancellationToken
         report_lag(&db).await;
         let pause = match sent {
             Ok(n) if n > 0 => {
+                outage.succeeded();
                 backoff = idle;
                 continue;
             }
-            Ok(_) => idle,
+            Ok(_) => {
+                outage.succeeded();
+                idle
+            }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay: events wait in the outbox");
+                // The events wait in the outbox meanwhile; nothing is lost.
+                outage.failed(&e);
                 backoff = (backoff * 2).clamp(idle, Duration::from_secs(5));
                 backoff
             }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use lapin::types::FieldTable;
 use mall_common::events::{FLASHSALE_ADMITTED, FLASHSALE_EVENTS, FlashAdmitted};
+use mall_common::outage::Outage;
 use mall_common::redis::lock::{self, LockGuard};
 use mall_common::redis::{Redis, client};
 use tokio_util::sync::CancellationToken;
@@ -108,12 +109,14 @@ pub async fn refresh(shared: Arc<Shared>, cancel: CancellationToken) {
 pub async fn leader(shared: Arc<Shared>, cancel: CancellationToken) {
     let lease = (shared.flash.job_interval * 6).max(Duration::from_secs(3));
     let mut leadership = Leadership::new(shared.redis.clone(), "fs:lock:jobs", lease);
+    let mut outage = Outage::new("flash-sale jobs");
     while pause(&cancel, shared.flash.job_interval).await {
         if !leadership.hold().await {
             continue;
         }
-        if let Err(e) = run_jobs(&shared).await {
-            tracing::warn!(error = %e, "flash-sale job failed; retrying next round");
+        match run_jobs(&shared).await {
+            Ok(()) => outage.succeeded(),
+            Err(e) => outage.failed(&e),
         }
     }
     leadership.release().await;
@@ -208,12 +211,17 @@ async fn settle(shared: &Shared, s: &Session) -> anyhow::Result<()> {
 /// The hand-off loop, on one instance at a time.
 pub async fn handoff(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut leadership = Leadership::new(shared.redis.clone(), "fs:lock:handoff", Duration::from_secs(10));
+    // Admissions wait in Redis while it fails.
+    let mut outage = Outage::new("hand-off");
     loop {
         let mut idle = true;
         if leadership.hold().await {
             match handoff_round(&shared).await {
-                Ok(published) => idle = published == 0,
-                Err(e) => tracing::warn!(error = %e, "hand-off failed; admissions wait in Redis"),
+                Ok(published) => {
+                    outage.succeeded();
+                    idle = published == 0;
+                }
+                Err(e) => outage.failed(&e),
             }
         } else {
             metrics::gauge!("flashsale_handoff_backlog").set(0.0);
