@@ -225,7 +225,8 @@ impl Amqp {
     /// Connects, declares the topology, and reconnects after any failure, until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
-        let mut announced_failure = false;
+        // One warning when the broker goes, one line with the failed attempts when it is back.
+        let mut outage = crate::outage::Outage::new("rabbitmq connection");
         while !cancel.is_cancelled() {
             let attempt = tokio::time::timeout(Duration::from_secs(5), self.connect());
             let outcome = tokio::select! {
@@ -236,7 +237,7 @@ impl Amqp {
                 Ok(Ok(link)) => {
                     tracing::info!(url = %crate::config::redact_url(&self.inner.settings.url), "connected to RabbitMQ");
                     backoff = Duration::from_millis(100);
-                    announced_failure = false;
+                    outage.succeeded();
                     *self.inner.last_error.lock().expect("amqp error lock") = None;
                     let conn = link.conn.clone();
                     // Events after connect; an error in between surfaces as a failed publish
@@ -262,20 +263,20 @@ impl Amqp {
                         }
                         reason = lost => {
                             self.inner.link.send_replace(None);
-                            tracing::warn!(%reason, "RabbitMQ connection lost; reconnecting");
+                            outage.failed(&format_args!("connection lost: {reason}"));
                             *self.inner.last_error.lock().expect("amqp error lock") = Some(reason);
                         }
                     }
                 }
-                Ok(Err(e)) => self.note_failure(e.to_string(), &mut announced_failure),
-                Err(_) => self.note_failure("connect timed out".into(), &mut announced_failure),
+                Ok(Err(e)) => self.note_failure(e.to_string(), &mut outage),
+                Err(_) => self.note_failure("connect timed out".into(), &mut outage),
             }
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep(backoff) => {}
             }
             // At most a second apart, so a returning broker is used within a second; the
-            // failures are logged once per outage (note_failure).
+            // failures are logged once per outage.
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
@@ -319,14 +320,8 @@ impl Amqp {
         }
     }
 
-    fn note_failure(&self, reason: String, announced: &mut bool) {
-        // One warning per outage, not one per retry.
-        if !*announced {
-            tracing::warn!(%reason, "cannot connect to RabbitMQ; retrying in the background");
-            *announced = true;
-        } else {
-            tracing::debug!(%reason, "RabbitMQ still unreachable");
-        }
+    fn note_failure(&self, reason: String, outage: &mut crate::outage::Outage) {
+        outage.failed(&reason);
         *self.inner.last_error.lock().expect("amqp error lock") = Some(reason);
     }
 
