@@ -263,8 +263,7 @@ impl Amqp {
                         }
                         reason = lost => {
                             self.inner.link.send_replace(None);
-                            outage.failed(&format_args!("connection lost: {reason}"));
-                            *self.inner.last_error.lock().expect("amqp error lock") = Some(reason);
+                            self.note_failure(format!("connection lost: {reason}"), &mut outage);
                         }
                     }
                 }

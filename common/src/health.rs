@@ -97,20 +97,28 @@ impl Readiness {
     }
 }
 
-/// A counter a service exports from its start: name, labels, help text.
-pub type CounterSpec = (
+/// A counter a service exports from its start: its name, help text, and the label whose every
+/// value is exported (none for an unlabelled counter).
+pub type CounterSpec<'a> = (
     &'static str,
-    &'static [(&'static str, &'static str)],
     &'static str,
+    Option<(&'static str, &'a [&'static str])>,
 );
 
 /// Exports each counter at zero with its help text. An alert on `increase()` sees a series'
 /// first event only if the series existed before it, and a dashboard shows 0 rather than
 /// "no data".
-pub fn declare_counters(counters: &[CounterSpec]) {
-    for &(name, labels, help) in counters {
+pub fn declare_counters(counters: &[CounterSpec<'_>]) {
+    for &(name, help, label) in counters {
         metrics::describe_counter!(name, help);
-        metrics::counter!(name, labels).increment(0);
+        match label {
+            None => metrics::counter!(name).increment(0),
+            Some((key, values)) => {
+                for &value in values {
+                    metrics::counter!(name, key => value).increment(0);
+                }
+            }
+        }
     }
 }
 

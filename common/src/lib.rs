@@ -40,3 +40,5 @@ pub mod redis;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(test)]
+mod test_logs;

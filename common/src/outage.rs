@@ -47,44 +47,21 @@ impl Outage {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::Outage;
-
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn a_hundred_failures_are_two_lines_naming_the_count() {
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            let mut outage = Outage::new("hand-off");
-            outage.succeeded();
-            for _ in 0..100 {
-                outage.failed(&"connection refused");
-            }
-            assert!(outage.is_failing());
-            outage.succeeded();
-            outage.succeeded();
-            assert!(!outage.is_failing());
-        });
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let logs = crate::test_logs::CapturedLogs::start();
+        let mut outage = Outage::new("hand-off");
+        outage.succeeded();
+        for _ in 0..100 {
+            outage.failed(&"connection refused");
+        }
+        assert!(outage.is_failing());
+        outage.succeeded();
+        outage.succeeded();
+        assert!(!outage.is_failing());
+        let text = logs.text();
         let logged: Vec<&str> = text.lines().collect();
         assert_eq!(logged.len(), 2, "{text}");
         assert!(

@@ -66,28 +66,28 @@ impl Application {
         mall_common::health::declare_counters(&[
             (
                 "flashsale_admissions_total",
-                &[],
                 "Purchases admitted (answered 202).",
+                None,
             ),
             (
                 "flashsale_handoffs_total",
-                &[],
                 "Admissions handed to order (broker-confirmed).",
+                None,
             ),
             (
                 "flashsale_sold_out_answers_total",
-                &[],
                 "Purchases answered sold out by the in-memory flag.",
+                None,
             ),
             (
                 "flashsale_restocks_total",
-                &[],
                 "Units returned to a running session.",
+                None,
             ),
             (
                 "flashsale_sessions_created_total",
-                &[],
                 "Flash-sale sessions created.",
+                None,
             ),
         ]);
         metrics::gauge!("flashsale_redis_breaker_open").set(0.0);

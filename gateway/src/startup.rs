@@ -39,30 +39,29 @@ impl Application {
         };
         let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
         let redis = platform.redis().expect("declared above").clone();
+        let pools = PoolName::ALL.map(PoolName::as_str);
         mall_common::health::declare_counters(&[
             (
                 "gateway_rate_limited_total",
-                &[("scope", "client")],
                 "Requests refused 429, by limit.",
+                Some(("scope", &["client", "route", "cluster"])),
             ),
             (
-                "gateway_rate_limited_total",
-                &[("scope", "route")],
-                "Requests refused 429, by limit.",
+                "gateway_shed_total",
+                "Requests shed at a pool's concurrency limit.",
+                Some(("pool", &pools)),
             ),
             (
-                "gateway_rate_limited_total",
-                &[("scope", "cluster")],
-                "Requests refused 429, by limit.",
+                "gateway_retries_total",
+                "Retries, by pool.",
+                Some(("pool", &pools)),
+            ),
+            (
+                "gateway_retry_budget_exhausted_total",
+                "Retries refused because the pool's retry budget was spent.",
+                Some(("pool", &pools)),
             ),
         ]);
-        for name in PoolName::ALL {
-            // Per pool at zero from the start, for the dashboards and the alerts' increase().
-            let pool = name.as_str();
-            metrics::counter!("gateway_shed_total", "pool" => pool).increment(0);
-            metrics::counter!("gateway_retries_total", "pool" => pool).increment(0);
-            metrics::counter!("gateway_retry_budget_exhausted_total", "pool" => pool).increment(0);
-        }
 
         let client = http_client();
         let mut pools = HashMap::new();

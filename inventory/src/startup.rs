@@ -54,19 +54,19 @@ impl Application {
         mall_common::health::declare_counters(&[
             (
                 "inventory_reservations_total",
-                &[("outcome", "created")],
                 "Reservations, by outcome.",
+                Some(("outcome", &["created"])),
             ),
             (
                 "inventory_reservations_expired_total",
-                &[],
                 "Expired reservations released by the sweeper.",
+                None,
             ),
             // Paged on: the flash sale admitted more units than its session holds.
             (
                 "inventory_oversell_refused_total",
-                &[],
                 "Carves refused because the session had no unit left.",
+                None,
             ),
         ]);
         let db = platform.db().expect("declared").clone();

@@ -67,42 +67,27 @@ impl Application {
         let amqp = platform.amqp().expect("declared").clone();
         let cancel = platform.cancel_token();
         mall_common::health::declare_counters(&[
-            ("orders_placed_total", &[], "Orders placed through the API."),
+            ("orders_placed_total", "Orders placed through the API.", None),
             (
                 "orders_cancelled_total",
-                &[("reason", "buyer")],
                 "Orders cancelled, by reason.",
-            ),
-            (
-                "orders_cancelled_total",
-                &[("reason", "timeout")],
-                "Orders cancelled, by reason.",
+                Some(("reason", &["buyer", "timeout"])),
             ),
             (
                 "payments_total",
-                &[("outcome", "applied")],
                 "Payment callbacks, by outcome.",
-            ),
-            (
-                "payments_total",
-                &[("outcome", "late")],
-                "Payment callbacks, by outcome.",
-            ),
-            (
-                "payments_total",
-                &[("outcome", "mismatch")],
-                "Payment callbacks, by outcome.",
+                Some(("outcome", &["applied", "late", "mismatch"])),
             ),
             (
                 "flash_orders_created_total",
-                &[],
                 "Orders created from flash-sale admissions.",
+                None,
             ),
             // An admission answered 202 that became no order: paged on.
             (
                 "flash_orders_failed_total",
-                &[],
                 "Flash-sale admissions that could not become an order.",
+                None,
             ),
         ]);
 

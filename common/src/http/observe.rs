@@ -254,24 +254,7 @@ mod tests {
 
     /// The level of the failure line `answered` logs for `err`.
     async fn failure_level(err: ApiError) -> String {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let out = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || out.clone())
-            .with_ansi(false)
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
+        let logs = crate::test_logs::CapturedLogs::start();
         let observer = Observer {
             service: "test",
             metrics: Timed::default(),
@@ -279,7 +262,7 @@ mod tests {
         observer
             .answered(err.into_response(), None, &Method::GET, Instant::now())
             .await;
-        let line = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line = logs.text();
         assert!(line.contains("request failed"), "{line}");
         line.split_whitespace().nth(1).unwrap_or_default().to_owned()
     }
