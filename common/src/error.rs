@@ -34,6 +34,18 @@ pub fn invalid(field: &'static str, reason: &'static str) -> ValidationError {
     ValidationError { field, reason }
 }
 
+/// Set on every 503 `unavailable`: a dependency the instance shares with its peers (Postgres,
+/// Redis, RabbitMQ, another service) failed, not the instance. The gateway neither ejects the
+/// instance nor counts the answer against its pool's breaker for it (another instance would
+/// answer the same), and passes the 503 with its `Retry-After` on at once.
+pub const DEPENDENCY_UNAVAILABLE: http::HeaderName =
+    http::HeaderName::from_static("x-mall-dependency-unavailable");
+
+/// Whether an upstream answer says a shared dependency failed (see [`DEPENDENCY_UNAVAILABLE`]).
+pub fn is_dependency_outage<B>(res: &http::Response<B>) -> bool {
+    res.status() == StatusCode::SERVICE_UNAVAILABLE && res.headers().contains_key(DEPENDENCY_UNAVAILABLE)
+}
+
 /// The cause of a server error, kept out of the body and logged by middleware.
 #[derive(Debug, Clone)]
 pub struct ErrorCause(pub String);
@@ -46,6 +58,8 @@ pub struct ApiError {
     message: String,
     cause: Option<String>,
     retry_after_secs: Option<u64>,
+    /// Marked [`DEPENDENCY_UNAVAILABLE`] (always for 503 `unavailable`).
+    dependency_outage: bool,
 }
 
 impl ApiError {
@@ -57,6 +71,7 @@ impl ApiError {
             message: message.into(),
             cause: None,
             retry_after_secs: None,
+            dependency_outage: status == StatusCode::SERVICE_UNAVAILABLE && code == "unavailable",
         }
     }
 
@@ -97,7 +112,14 @@ impl ApiError {
         self
     }
 
-    /// Adds a `Retry-After` header (seconds).
+    /// Marks the answer as a shared dependency's outage ([`DEPENDENCY_UNAVAILABLE`]) for a 503
+    /// whose code is not `unavailable` (e.g. a flash-sale item being reloaded into Redis).
+    pub fn as_dependency_outage(mut self) -> Self {
+        self.dependency_outage = true;
+        self
+    }
+
+    /// Adds `Retry-After: secs`.
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
         self
@@ -134,6 +156,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if self.dependency_outage {
+            response
+                .headers_mut()
+                .insert(DEPENDENCY_UNAVAILABLE, HeaderValue::from_static("1"));
+        }
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(ErrorCause(cause));
         }
@@ -163,5 +190,25 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         504 => "timeout",
         s if s >= 500 => "internal",
         _ => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_dependency_outage_is_marked_as_one() {
+        let marked = |e: ApiError| is_dependency_outage(&e.into_response());
+        assert!(marked(ApiError::unavailable("redis: connection refused")));
+        assert!(marked(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "reloading").as_dependency_outage()
+        ));
+        assert!(!marked(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many in flight"
+        )));
+        assert!(!marked(ApiError::internal("a bug")));
     }
 }

@@ -59,6 +59,12 @@ pub enum RedisError {
     Reply(String),
 }
 
+/// Whether a command failed because its connection is dead (refused, reset, closed): the
+/// connection reconnects on its own, and the command may be sent again on it.
+pub fn is_dead_connection(e: &client::RedisError) -> bool {
+    e.is_connection_refusal() || e.is_connection_dropped() || e.is_io_error()
+}
+
 /// A service's Redis handle.
 #[derive(Clone)]
 pub struct Redis {
@@ -83,6 +89,7 @@ impl std::fmt::Debug for Redis {
 }
 
 /// A connection to send commands on: `&mut *conn` is what redis-rs calls take.
+#[derive(Clone)]
 pub struct Conn(ConnectionManager);
 
 impl std::ops::Deref for Conn {
@@ -162,11 +169,27 @@ impl Redis {
         })
     }
 
-    /// Readiness: `PING` answers.
+    /// Runs `op` on a connection and, if it failed because that connection is dead, once more
+    /// on the same connection, which is reconnecting by then: a connection whose last attempt
+    /// was refused while Redis was down fails its next command once even though Redis is back.
+    /// Only for operations that are safe to repeat (reads, scripts idempotent by request id).
+    pub async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, RedisError>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let conn = self.conn().await?;
+        match op(conn.clone()).await {
+            Err(RedisError::Command(e)) if is_dead_connection(&e) => op(conn).await,
+            other => other,
+        }
+    }
+
+    /// Readiness: `PING` answers (retried once on a dead connection, so readiness comes back
+    /// with Redis rather than one failed probe per idle connection later).
     pub async fn check(&self) -> Result<(), String> {
-        let mut conn = self.conn().await.map_err(|e| e.to_string())?;
-        let pong: String = client::cmd("PING")
-            .query_async(&mut *conn)
+        let pong: String = self
+            .retrying(|mut conn| async move { Ok(client::cmd("PING").query_async(&mut *conn).await?) })
             .await
             .map_err(|e| e.to_string())?;
         if pong == "PONG" {

@@ -47,8 +47,8 @@ pub struct FlashSettings {
     /// `MALL_FLASHSALE_JOB_INTERVAL` (500ms): how often the warm-up/settle job and the catalog
     /// refresh run.
     pub job_interval: Duration,
-    /// `MALL_FLASHSALE_HANDOFF_INTERVAL` (20ms): how often the hand-off looks for new
-    /// admissions when it found none.
+    /// `MALL_FLASHSALE_HANDOFF_INTERVAL` (20ms): how often the hand-off (the outbox relay) looks
+    /// for newly booked admissions when it found none.
     pub handoff_interval: Duration,
     /// `MALL_FLASHSALE_MAX_IN_FLIGHT` (256): purchases handled at once by one instance; the
     /// rest are shed at once with 503 `overloaded`.

@@ -1,9 +1,10 @@
 //! The routes of mall-flashsale; health, readiness, metrics, the JSON 404 fallback and the
 //! middleware stack are added around them by `mall-common`.
 //!
-//! The purchase path touches no database: the in-process sold-out flag (answered before any
-//! HMAC, see `purchase`), identity and token checks (HMAC), the in-flight limit, the Redis
-//! breaker, then ONE script call.
+//! The purchase path: the in-process sold-out flag (answered before any HMAC, see `purchase`),
+//! identity and token checks (HMAC), the in-flight limit, the Redis breaker, ONE script call,
+//! and only for an admission one Postgres statement booking it (so at most one write per unit
+//! sold; every other answer touches no database).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use mall_common::redis::Redis;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
@@ -32,18 +34,22 @@ use crate::config::FlashSettings;
 use crate::domain::{self, NewSession, Purchase};
 use crate::inventory::{self, Reserved};
 use crate::live::{Breaker, Catalog, Check, Permit, SoldOut, Uncertain};
-use crate::store::admission::{self, Admission, Attempt, ItemKeys};
+use crate::store::admission::{self, Admission, Admitted, Attempt, ItemKeys};
+use crate::store::book::{self, Recorded};
 use crate::store::sessions::{self, Session};
 
 /// How long one admission may wait on Redis before the buyer is told to retry (with the same
 /// request id, which then gets the first answer if the script did run).
 const ADMIT_TIMEOUT: Duration = Duration::from_millis(800);
+/// How long booking an admission in Postgres may take before the buyer is told to retry (the
+/// retry repeats the request id, gets the same order and books it).
+const BOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the handlers and the background tasks share.
 pub struct Shared {
-    /// Sessions (admin and jobs only).
+    /// Sessions and the book of admissions.
     pub db: Db,
-    /// Counters, admissions, catalog.
+    /// Live counters, catalog.
     pub redis: Redis,
     /// The hand-off's broker.
     pub amqp: Amqp,
@@ -189,13 +195,13 @@ async fn show_session(
         let left = admission::stock_left(&shared.redis, std::slice::from_ref(&keys))
             .await
             .map_err(ApiError::unavailable)?;
-        let progress = admission::progress(&shared.redis, &keys)
+        let (booked, handed) = book::counts(&shared.db, id, item.sku_id)
             .await
             .map_err(ApiError::unavailable)?;
         let mut v = serde_json::to_value(item).expect("json");
         v["remaining"] = json!(left.first().copied().flatten());
-        v["admitted"] = json!(progress.recorded);
-        v["handed_off"] = json!(progress.handed);
+        v["admitted"] = json!(booked);
+        v["handed_off"] = json!(handed);
         items.push(v);
     }
     let mut v = serde_json::to_value(&session).expect("json");
@@ -409,8 +415,6 @@ async fn admit(
         left = tracing::field::Empty,
     );
     let _ = span.set_parent(parent.clone());
-    // The admission's trace context goes into the stream entry, so the hand-off continues it.
-    let trace = mall_common::telemetry::propagation::traceparent_of(&span.context()).unwrap_or_default();
     let order_id = Uuid::now_v7().to_string();
     let keys = shared
         .catalog
@@ -422,7 +426,6 @@ async fn admit(
         quantity: p.quantity,
         now_ms,
         order_id: &order_id,
-        trace: &trace,
     };
     // The span is open from here until the answer and records the verdict; it is not entered
     // on every poll (nothing inside logs), which cost an enter and exit per poll in every layer.
@@ -456,8 +459,8 @@ async fn admit(
         }
     };
     let result = match &verdict {
-        Admission::Admitted { .. } => "admitted",
-        Admission::Repeat { .. } => "repeat",
+        Admission::Admitted(_) => "admitted",
+        Admission::Repeat(_) => "repeat",
         Admission::NotWarmed => "not_warmed",
         Admission::NotStarted => "not_started",
         Admission::Ended => "ended",
@@ -467,13 +470,17 @@ async fn admit(
     };
     span.record("result", result);
     match verdict {
-        Admission::Admitted { order_id, left } => {
-            span.record("left", left);
-            metrics::counter!("flashsale_admissions_total").increment(1);
-            shared.sold_out.learn(p.session_id, p.sku_id, left);
-            Ok(accepted(&order_id))
+        Admission::Admitted(a) => {
+            span.record("left", a.left);
+            let answer = book_admission(shared, user_id, p, &a, &keys, &span).await;
+            if answer.is_ok() {
+                metrics::counter!("flashsale_admissions_total").increment(1);
+            }
+            shared.sold_out.learn(p.session_id, p.sku_id, a.left);
+            answer
         }
-        Admission::Repeat { order_id } => Ok(accepted(&order_id)),
+        Admission::Repeat(a) if a.booked => Ok(accepted(&a.order_id)),
+        Admission::Repeat(a) => book_admission(shared, user_id, p, &a, &keys, &span).await,
         Admission::SoldOut { left } => {
             shared.sold_out.learn(p.session_id, p.sku_id, left);
             shared.uncertain.resolve(user_id, &p.request_id);
@@ -495,6 +502,7 @@ async fn admit(
                 "not_ready",
                 "the session is being loaded; retry",
             )
+            .as_dependency_outage()
             .with_retry_after(1),
         )),
         Admission::BadQuantity => Err(reject(
@@ -504,6 +512,92 @@ async fn admit(
                 "quantity: must be a positive number of units",
             ),
         )),
+    }
+}
+
+/// Books what the script admitted (see [`book`]); 202 once it is committed. A repeat not yet
+/// marked booked is booked again (a no-op if its first attempt got that far: that attempt may
+/// have failed in between).
+async fn book_admission(
+    shared: &Shared,
+    user_id: &str,
+    p: &Purchase<'_>,
+    a: &Admitted,
+    keys: &ItemKeys,
+    span: &tracing::Span,
+) -> Result<Response, ApiError> {
+    let order_id = Uuid::parse_str(&a.order_id)
+        .map_err(|_| ApiError::internal("the admission script returned a malformed order id"))?;
+    let item = match shared
+        .catalog
+        .get()
+        .session(p.session_id)
+        .and_then(|s| s.item(p.sku_id))
+    {
+        Some(i) => (i.price_cents, i.reservation_id),
+        // A session loaded since this instance's last refresh.
+        None => {
+            let s = sessions::session(&shared.db, p.session_id)
+                .await
+                .map_err(ApiError::unavailable)?
+                .ok_or_else(|| ApiError::internal("an admitted session is not in the database"))?;
+            let i = s
+                .item(p.sku_id)
+                .ok_or_else(|| ApiError::internal("an admitted item is not in the database"))?;
+            (i.price_cents, i.reservation_id)
+        }
+    };
+    let entry = book::Entry {
+        session_id: p.session_id,
+        sku_id: p.sku_id,
+        order_id,
+        user_id,
+        request_id: &p.request_id,
+        quantity: a.quantity,
+        price_cents: item.0,
+        reservation_id: item.1,
+        admitted_at: Utc::now(),
+        epoch: a.epoch,
+    };
+    // In the admission's span, so the event's trace context (taken from the current span)
+    // continues the buyer's trace through the hand-off.
+    let written = tokio::time::timeout(
+        BOOK_TIMEOUT,
+        book::record(&shared.db, &entry).instrument(span.clone()),
+    )
+    .await;
+    match written {
+        Ok(Ok(Recorded::New | Recorded::Already)) => {
+            // Best effort: unmarked, a repeat only books again (a no-op).
+            if let Err(e) = admission::mark_booked(&shared.redis, keys, user_id, &p.request_id, a).await {
+                tracing::debug!(error = %e, "could not mark the admission booked");
+            }
+            Ok(accepted(&a.order_id))
+        }
+        Ok(Ok(Recorded::Stale)) => {
+            span.record("result", "reloading");
+            Err(reject(
+                "not_ready",
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    "the session is being reloaded; retry",
+                )
+                .as_dependency_outage()
+                .with_retry_after(1),
+            ))
+        }
+        failed => {
+            // Redis admitted it: a retry with the same request id must reach the script (and
+            // get this order), not the sold-out flag.
+            shared.uncertain.add(user_id, &p.request_id);
+            span.record("result", "book_failed");
+            let e = match failed {
+                Ok(Err(e)) => ApiError::unavailable(e),
+                _ => ApiError::unavailable("the database did not answer in time"),
+            };
+            Err(reject("unavailable", e))
+        }
     }
 }
 

@@ -48,18 +48,16 @@ impl Snapshot {
     }
 }
 
-/// Reads the catalog and the live stock counters from Redis into a new snapshot.
-pub async fn load(redis: &Redis) -> Result<Snapshot, RedisError> {
-    let raw: Option<String> = {
-        let mut conn = redis.conn().await?;
-        client::cmd("GET")
-            .arg(catalog_key(redis))
-            .query_async(&mut *conn)
-            .await?
-    };
-    let sessions: Vec<Session> = raw
-        .and_then(|r| serde_json::from_str(&r).ok())
-        .unwrap_or_default();
+/// Reads the catalog and the live stock counters from Redis into a new snapshot; `None` when
+/// Redis holds no catalog (not published yet, or lost with Redis's data until the job publishes
+/// it again: the last snapshot is better than none).
+pub async fn load(redis: &Redis) -> Result<Option<Snapshot>, RedisError> {
+    let key = &catalog_key(redis);
+    let raw: Option<String> = redis
+        .retrying(|mut conn| async move { Ok(client::cmd("GET").arg(key).query_async(&mut *conn).await?) })
+        .await?;
+    let Some(raw) = raw else { return Ok(None) };
+    let sessions: Vec<Session> = serde_json::from_str(&raw).unwrap_or_default();
     let keys: Vec<ItemKeys> = sessions
         .iter()
         .flat_map(|s| {
@@ -108,11 +106,11 @@ pub async fn load(redis: &Redis) -> Result<Snapshot, RedisError> {
         .iter()
         .flat_map(|s| s.items.iter().map(|i| (s.session_id, i.sku_id)));
     let keys = ids.zip(keys.into_iter().map(Arc::new)).collect();
-    Ok(Snapshot {
+    Ok(Some(Snapshot {
         sessions,
         public: Bytes::from(body),
         keys,
-    })
+    }))
 }
 
 /// The snapshot shared by the request handlers and the background tasks.

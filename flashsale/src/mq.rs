@@ -1,6 +1,7 @@
 //! Order events the flash sale consumes: `order.cancelled` of a flash order gives its units
 //! back to the session's Redis stock and the buyer's limit, exactly once per order (the restock
-//! script remembers the order id, in the same atomic step as the effect).
+//! script remembers the order id, in the same atomic step as the effect). The book records the
+//! return first, so a reload of the item from the book gives the units back too.
 
 use lapin::message::Delivery;
 use mall_common::amqp::consumer::Outcome;
@@ -8,6 +9,7 @@ use mall_common::events::OrderCancelled;
 
 use crate::http::Shared;
 use crate::store::admission::{self, ItemKeys, Restock};
+use crate::store::book;
 
 /// The queue of order events this service consumes.
 pub const ORDER_EVENTS_QUEUE: &str = "flashsale.order-events";
@@ -23,6 +25,9 @@ pub async fn handle(shared: &Shared, delivery: &Delivery) -> Outcome {
     };
     let keys = ItemKeys::new(&shared.redis, flash.session_id, flash.sku_id);
     let order_id = event.order_id.to_string();
+    if let Err(e) = book::mark_returned(&shared.db, event.order_id).await {
+        return Outcome::Retry(format!("recording the return in the book: {e}"));
+    }
     let mut backoff = std::time::Duration::from_millis(100);
     loop {
         match admission::restock(&shared.redis, &keys, &order_id, &flash.user_id, flash.quantity).await {

@@ -43,7 +43,8 @@ pub struct Application {
 
 impl Application {
     /// Binds, creates lazy pools, loads scripts, starts migrations, the AMQP connection, the
-    /// catalog refresh, the warm-up/settle job, the hand-off and the cancellation consumer.
+    /// catalog refresh, the load/settle job, the hand-off (outbox relay) and the cancellation
+    /// consumer.
     /// Never waits on a dependency that is down: `/readyz` reports it instead.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let flash = settings.flash;
@@ -70,8 +71,8 @@ impl Application {
                 None,
             ),
             (
-                "flashsale_handoffs_total",
-                "Admissions handed to order (broker-confirmed).",
+                "flashsale_reloads_total",
+                "Items loaded into Redis again from the book of admissions (Redis lost or rewound them).",
                 None,
             ),
             (
@@ -116,7 +117,13 @@ impl Application {
         let tasks = platform.tasks();
         tasks.spawn(crate::jobs::refresh(shared.clone(), cancel.clone()));
         tasks.spawn(crate::jobs::leader(shared.clone(), cancel.clone()));
-        tasks.spawn(crate::jobs::handoff(shared.clone(), cancel.clone()));
+        // The hand-off: every booked admission's event is an outbox row.
+        tasks.spawn(mall_common::outbox::relay(
+            shared.db.clone(),
+            shared.amqp.clone(),
+            shared.flash.handoff_interval,
+            cancel.clone(),
+        ));
         let consumer = shared.clone();
         tasks.spawn(consume(
             shared.amqp.clone(),

@@ -1,5 +1,6 @@
-//! Flash-sale state: the sessions in Postgres (the record), and in Redis the admission script,
-//! the warm-up, the restock of cancelled orders and the admission stream the hand-off reads.
+//! Flash-sale state: in Postgres the sessions and the book of admissions (the record), in Redis
+//! the live counters the admission script decides on, loaded from that book.
 
 pub mod admission;
+pub mod book;
 pub mod sessions;

@@ -240,22 +240,6 @@ pub fn trace_id_of(cx: &Context) -> Option<String> {
     sc.is_valid().then(|| to_hex(&sc.trace_id().to_bytes()))
 }
 
-/// A context as a W3C `traceparent` value, if it carries a valid span (for carriers that are
-/// not headers, such as a Redis stream entry; [`extract_traceparent`] reads it back).
-pub fn traceparent_of(cx: &Context) -> Option<String> {
-    let mut carrier = std::collections::HashMap::new();
-    if cx.span().span_context().is_valid() {
-        W3C.inject_context(cx, &mut carrier);
-    }
-    carrier.remove("traceparent")
-}
-
-/// The context of a W3C `traceparent` value (empty if it is not one).
-pub fn extract_traceparent(value: &str) -> Context {
-    let carrier = std::collections::HashMap::from([("traceparent".to_owned(), value.to_owned())]);
-    W3C.extract(&carrier)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,16 +276,6 @@ mod tests {
         assert!(!table.contains_key("x-b3-traceid"), "multi only when asked for");
         let back = Propagator::default().extract(&AmqpExtractor(&table));
         assert_eq!(trace_id_of(&back).unwrap(), TRACE);
-    }
-
-    #[test]
-    fn traceparent_values_round_trip() {
-        let value = traceparent_of(&remote()).unwrap();
-        assert_eq!(value, format!("00-{TRACE}-{SPAN}-01"));
-        let back = extract_traceparent(&value);
-        assert_eq!(trace_id_of(&back).unwrap(), TRACE);
-        assert!(traceparent_of(&Context::new()).is_none());
-        assert!(trace_id_of(&extract_traceparent("garbage")).is_none());
     }
 
     #[test]

@@ -199,12 +199,13 @@ def flashsale():
                     ("max(flashsale_handoff_backlog)", "admissions waiting"),
                     ("max(flashsale_handoff_oldest_age_seconds)", "oldest waiting (s)"),
                 ],
-                description="Admissions recorded in Redis and not yet confirmed by RabbitMQ.",
+                description="Admissions booked in Postgres whose event RabbitMQ has not confirmed yet.",
             ),
             panel(
                 "Hand-off and orders",
                 [
-                    ("sum(rate(flashsale_handoffs_total[%s]))" % RATE, "handed off"),
+                    ('sum(rate(outbox_sent_total{job="flashsale"}[%s]))' % RATE, "handed off"),
+                    ("sum(increase(flashsale_reloads_total[%s]))" % RATE, "items reloaded into Redis"),
                     ("sum(rate(flash_orders_created_total[%s]))" % RATE, "orders created"),
                     ("sum(increase(flash_orders_failed_total[%s]))" % RATE, "admissions without order"),
                     ("sum(increase(inventory_oversell_refused_total[%s]))" % RATE, "oversell refused by inventory"),

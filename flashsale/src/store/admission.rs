@@ -1,5 +1,6 @@
-//! Admission: the one Lua script that decides a flash-sale purchase, and the warm-up that
-//! loads an item for it. Nothing else touches these keys' counters.
+//! Admission: the one Lua script that decides a flash-sale purchase, and the load that puts an
+//! item into Redis (from the book of admissions, [`crate::store::book`]). Nothing else touches
+//! these keys' counters.
 //!
 //! Every key of an item shares the hash tag `{fs:<session>:<sku>}`, so both scripts run
 //! unchanged on Redis Cluster (all their keys live in one slot).
@@ -10,20 +11,23 @@ use mall_common::redis::{LuaScript, Redis, RedisError, client};
 
 /// `lua/flashsale/admit.lua`.
 pub static ADMIT: LazyLock<LuaScript> = LazyLock::new(|| mall_common::lua_script!("flashsale/admit"));
-/// `lua/flashsale/warm_item.lua`.
-pub static WARM_ITEM: LazyLock<LuaScript> = LazyLock::new(|| mall_common::lua_script!("flashsale/warm_item"));
+/// `lua/flashsale/load_item.lua`.
+pub static LOAD_ITEM: LazyLock<LuaScript> = LazyLock::new(|| mall_common::lua_script!("flashsale/load_item"));
+/// `lua/flashsale/mark_booked.lua`.
+pub static MARK_BOOKED: LazyLock<LuaScript> =
+    LazyLock::new(|| mall_common::lua_script!("flashsale/mark_booked"));
 /// `lua/flashsale/restock.lua`.
 pub static RESTOCK: LazyLock<LuaScript> = LazyLock::new(|| mall_common::lua_script!("flashsale/restock"));
 
 /// The scripts this module needs loaded at start-up.
 pub fn scripts() -> Vec<&'static LuaScript> {
-    vec![&ADMIT, &WARM_ITEM, &RESTOCK]
+    vec![&ADMIT, &LOAD_ITEM, &MARK_BOOKED, &RESTOCK]
 }
 
 /// The Redis keys of one session item.
 #[derive(Debug, Clone)]
 pub struct ItemKeys {
-    /// `{start_ms, end_ms, limit}`.
+    /// `{start_ms, end_ms, limit, epoch, run_id}`.
     pub meta: String,
     /// Units left.
     pub stock: String,
@@ -31,10 +35,6 @@ pub struct ItemKeys {
     pub users: String,
     /// First answer per request id.
     pub requests: String,
-    /// The durable record of admissions (a stream).
-    pub admissions: String,
-    /// The hand-off's progress: hash `{id: last stream id published, n: entries published}`.
-    pub handed: String,
     /// Order ids whose units were given back (cancelled orders).
     pub returned: String,
 }
@@ -48,19 +48,18 @@ impl ItemKeys {
             stock: k("stock"),
             users: k("users"),
             requests: k("requests"),
-            admissions: k("admissions"),
-            handed: k("handed"),
             returned: k("returned"),
         }
     }
 
-    fn all(&self) -> [&str; 5] {
+    /// Every key, in the order `load_item.lua` takes them.
+    pub fn all(&self) -> [&str; 5] {
         [
             &self.meta,
             &self.stock,
             &self.users,
             &self.requests,
-            &self.admissions,
+            &self.returned,
         ]
     }
 }
@@ -68,19 +67,12 @@ impl ItemKeys {
 /// The script's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// Admitted now; the order will be created under this id.
-    Admitted {
-        /// The new order's id.
-        order_id: String,
-        /// Units left after this one.
-        left: i64,
-    },
-    /// A repeat of an admitted request id: the same order.
-    Repeat {
-        /// The order of the first answer.
-        order_id: String,
-    },
-    /// The item was never loaded (no warm-up yet).
+    /// Admitted now; the order will be created under this id once the book has it.
+    Admitted(Admitted),
+    /// A repeat of an admitted request id: the same order (booked again if the first attempt
+    /// never reached the book).
+    Repeat(Admitted),
+    /// The item is not loaded (not yet, or Redis lost it and the job is reloading it).
     NotWarmed,
     /// Before the session's start.
     NotStarted,
@@ -97,6 +89,21 @@ pub enum Admission {
     BadQuantity,
 }
 
+/// What the script admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The order's id.
+    pub order_id: String,
+    /// Units admitted (those of the first answer, for a repeat).
+    pub quantity: i64,
+    /// Units left.
+    pub left: i64,
+    /// The item's load the script ran against.
+    pub epoch: i64,
+    /// A repeat of an admission already marked as booked ([`mark_booked`]).
+    pub booked: bool,
+}
+
 /// One purchase attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt<'a> {
@@ -110,27 +117,36 @@ pub struct Attempt<'a> {
     pub now_ms: i64,
     /// The order id to use if admitted.
     pub order_id: &'a str,
-    /// The admission's W3C `traceparent` (empty if none), stored with the record.
-    pub trace: &'a str,
 }
 
 /// Runs the admission script.
 pub async fn admit(redis: &Redis, keys: &ItemKeys, a: Attempt<'_>) -> Result<Admission, RedisError> {
-    let mut conn = redis.conn().await?;
-    let mut inv = ADMIT.prepare();
-    for k in keys.all() {
-        inv.key(k);
-    }
-    inv.arg(a.user_id)
-        .arg(a.request_id)
-        .arg(a.quantity)
-        .arg(a.now_ms)
-        .arg(a.order_id)
-        .arg(a.trace);
-    let (code, order_id, left): (i64, String, i64) = inv.invoke_async(&mut *conn).await?;
+    // Safe to send twice: a repeat of the request id gets the first answer.
+    let (code, order_id, left, epoch, quantity, booked): (i64, String, i64, i64, i64, i64) = redis
+        .retrying(|mut conn| async move {
+            let mut inv = ADMIT.prepare();
+            inv.key(&keys.meta)
+                .key(&keys.stock)
+                .key(&keys.users)
+                .key(&keys.requests);
+            inv.arg(a.user_id)
+                .arg(a.request_id)
+                .arg(a.quantity)
+                .arg(a.now_ms)
+                .arg(a.order_id);
+            Ok(inv.invoke_async(&mut *conn).await?)
+        })
+        .await?;
+    let admitted = || Admitted {
+        order_id: order_id.clone(),
+        quantity,
+        left,
+        epoch,
+        booked: booked == 1,
+    };
     Ok(match code {
-        1 => Admission::Admitted { order_id, left },
-        2 => Admission::Repeat { order_id },
+        1 => Admission::Admitted(admitted()),
+        2 => Admission::Repeat(admitted()),
         -1 => Admission::NotWarmed,
         -2 => Admission::NotStarted,
         -3 => Admission::Ended,
@@ -145,35 +161,98 @@ pub async fn admit(redis: &Redis, keys: &ItemKeys, a: Attempt<'_>) -> Result<Adm
     })
 }
 
-/// One item as the warm-up loads it.
-#[derive(Debug, Clone, Copy)]
-pub struct Warm {
+/// Marks an admission as booked in Postgres, so its repeats are answered without writing there
+/// again; `false` if the answer is no longer there.
+pub async fn mark_booked(
+    redis: &Redis,
+    keys: &ItemKeys,
+    user_id: &str,
+    request_id: &str,
+    a: &Admitted,
+) -> Result<bool, RedisError> {
+    let mut conn = redis.conn().await?;
+    let mut inv = MARK_BOOKED.prepare();
+    inv.key(&keys.requests)
+        .arg(user_id)
+        .arg(request_id)
+        .arg(a.quantity)
+        .arg(&a.order_id);
+    let marked: i64 = inv.invoke_async(&mut *conn).await?;
+    Ok(marked == 1)
+}
+
+/// One item as [`load_item`] puts it into Redis.
+#[derive(Debug, Clone)]
+pub struct Load<'a> {
     /// Session start, unix milliseconds.
     pub start_ms: i64,
     /// Session end, unix milliseconds.
     pub end_ms: i64,
     /// Units per user.
     pub limit: i64,
-    /// Units for sale.
+    /// Units put on sale.
     pub quantity: i64,
     /// When the keys expire (past the end).
     pub expire_at_ms: i64,
+    /// This load's epoch (from [`crate::store::book::begin_load`]).
+    pub epoch: i64,
+    /// The `run_id` of the Redis being loaded.
+    pub run_id: &'a str,
+    /// The booked admissions.
+    pub booked: &'a [crate::store::book::Booked],
 }
 
-/// Loads an item; `true` if its stock was loaded now, `false` if it already was.
-pub async fn warm_item(redis: &Redis, keys: &ItemKeys, w: Warm) -> Result<bool, RedisError> {
+/// Loads an item, replacing whatever an older load left; `false` if a load of the same or a
+/// newer epoch is already there.
+pub async fn load_item(redis: &Redis, keys: &ItemKeys, l: &Load<'_>) -> Result<bool, RedisError> {
     let mut conn = redis.conn().await?;
-    let mut inv = WARM_ITEM.prepare();
+    let mut inv = LOAD_ITEM.prepare();
     for k in keys.all() {
         inv.key(k);
     }
-    inv.arg(w.start_ms)
-        .arg(w.end_ms)
-        .arg(w.limit)
-        .arg(w.quantity)
-        .arg(w.expire_at_ms);
+    inv.arg(l.start_ms)
+        .arg(l.end_ms)
+        .arg(l.limit)
+        .arg(l.quantity)
+        .arg(l.expire_at_ms)
+        .arg(l.epoch)
+        .arg(l.run_id);
+    for b in l.booked {
+        inv.arg(&b.order_id)
+            .arg(&b.user_id)
+            .arg(&b.request_id)
+            .arg(b.quantity)
+            .arg(i64::from(b.returned));
+    }
     let loaded: i64 = inv.invoke_async(&mut *conn).await?;
     Ok(loaded == 1)
+}
+
+/// What Redis holds of an item's load: `(epoch, run_id)`, `None` where nothing is loaded.
+pub async fn loaded(redis: &Redis, keys: &[ItemKeys]) -> Result<Vec<Option<(i64, String)>>, RedisError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conn = redis.conn().await?;
+    let mut pipe = client::pipe();
+    for k in keys {
+        pipe.cmd("HMGET").arg(&k.meta).arg("epoch").arg("run_id");
+    }
+    let rows: Vec<(Option<i64>, Option<String>)> = pipe.query_async(&mut *conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(epoch, run_id)| epoch.zip(run_id))
+        .collect())
+}
+
+/// The `run_id` of the Redis server answering (another one after every restart).
+pub async fn run_id(redis: &Redis) -> Result<String, RedisError> {
+    let mut conn = redis.conn().await?;
+    let info: String = client::cmd("INFO").arg("server").query_async(&mut *conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
+        .ok_or_else(|| RedisError::Reply("INFO server has no run_id".to_owned()))
 }
 
 /// What [`restock`] did.
@@ -210,135 +289,18 @@ pub async fn restock(
     })
 }
 
-/// One recorded admission, as the hand-off reads it from the stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recorded {
-    /// The stream entry id.
-    pub entry_id: String,
-    /// The order id given to the buyer.
-    pub order_id: String,
-    /// The buyer.
-    pub user_id: String,
-    /// Units.
-    pub quantity: i64,
-    /// When admitted, unix ms.
-    pub admitted_ms: i64,
-    /// The admission's `traceparent` (empty if none).
-    pub trace: String,
-}
-
-/// Where the hand-off of an item stands.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// The last stream id published (`0-0` before the first).
-    pub last_id: String,
-    /// Entries published so far.
-    pub handed: i64,
-    /// Entries recorded so far.
-    pub recorded: i64,
-}
-
-impl Progress {
-    /// Admissions recorded but not yet published.
-    pub fn backlog(&self) -> i64 {
-        (self.recorded - self.handed).max(0)
-    }
-}
-
-/// The hand-off's progress on an item.
-pub async fn progress(redis: &Redis, keys: &ItemKeys) -> Result<Progress, RedisError> {
-    let mut conn = redis.conn().await?;
-    let ((last_id, handed), recorded): ((Option<String>, Option<i64>), i64) = client::pipe()
-        .cmd("HMGET")
-        .arg(&keys.handed)
-        .arg("id")
-        .arg("n")
-        .cmd("XLEN")
-        .arg(&keys.admissions)
-        .query_async(&mut *conn)
-        .await?;
-    Ok(Progress {
-        last_id: last_id.unwrap_or_else(|| "0-0".to_owned()),
-        handed: handed.unwrap_or(0),
-        recorded,
-    })
-}
-
-/// Up to `count` admissions recorded after `after` (a stream id), oldest first.
-pub async fn recorded_after(
-    redis: &Redis,
-    keys: &ItemKeys,
-    after: &str,
-    count: usize,
-) -> Result<Vec<Recorded>, RedisError> {
-    let mut conn = redis.conn().await?;
-    let reply: client::streams::StreamRangeReply = client::cmd("XRANGE")
-        .arg(&keys.admissions)
-        .arg(format!("({after}"))
-        .arg("+")
-        .arg("COUNT")
-        .arg(count)
-        .query_async(&mut *conn)
-        .await?;
-    Ok(reply
-        .ids
-        .into_iter()
-        .map(|e| {
-            let text = |f: &str| e.get::<String>(f).unwrap_or_default();
-            Recorded {
-                order_id: text("order_id"),
-                user_id: text("user_id"),
-                quantity: e.get::<i64>("quantity").unwrap_or(0),
-                admitted_ms: e.get::<i64>("admitted_ms").unwrap_or(0),
-                trace: text("trace"),
-                entry_id: e.id,
-            }
-        })
-        .collect())
-}
-
-/// Records that the admissions up to `last_id` (`published` more of them) are published. The
-/// progress key expires with the item's other keys.
-pub async fn mark_handed(
-    redis: &Redis,
-    keys: &ItemKeys,
-    last_id: &str,
-    published: i64,
-) -> Result<(), RedisError> {
-    let mut conn = redis.conn().await?;
-    let ttl_ms: i64 = client::cmd("PTTL")
-        .arg(&keys.admissions)
-        .query_async(&mut *conn)
-        .await?;
-    let mut pipe = client::pipe();
-    pipe.atomic()
-        .cmd("HSET")
-        .arg(&keys.handed)
-        .arg("id")
-        .arg(last_id)
-        .ignore()
-        .cmd("HINCRBY")
-        .arg(&keys.handed)
-        .arg("n")
-        .arg(published)
-        .ignore();
-    if ttl_ms > 0 {
-        pipe.cmd("PEXPIRE").arg(&keys.handed).arg(ttl_ms).ignore();
-    }
-    let () = pipe.query_async(&mut *conn).await?;
-    Ok(())
-}
-
 /// Units left of each item (`None` where the item is not loaded), in the order given.
 pub async fn stock_left(redis: &Redis, keys: &[ItemKeys]) -> Result<Vec<Option<i64>>, RedisError> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let mut conn = redis.conn().await?;
     let mut pipe = client::pipe();
     for k in keys {
         // One GET per key rather than MGET: the keys live in different cluster slots.
         pipe.cmd("GET").arg(&k.stock);
     }
-    Ok(pipe.query_async(&mut *conn).await?)
+    let pipe = &pipe;
+    redis
+        .retrying(|mut conn| async move { Ok(pipe.query_async(&mut *conn).await?) })
+        .await
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mall_common::redis::{Redis, RedisSettings, client};
 use mall_flashsale::store::admission::{
-    ADMIT, Admission, Attempt, ItemKeys, WARM_ITEM, Warm, admit, warm_item,
+    ADMIT, Admission, Admitted, Attempt, ItemKeys, LOAD_ITEM, Load, admit, load_item,
 };
 use mall_testkit::eventually;
 
@@ -105,13 +105,7 @@ async fn the_scripts_run_unchanged_on_a_three_master_redis_cluster() {
     let keys = ItemKeys::new(&probe, 12, 34);
     let mut conn = probe.conn().await.unwrap();
     let mut slots = Vec::new();
-    for k in [
-        &keys.meta,
-        &keys.stock,
-        &keys.users,
-        &keys.requests,
-        &keys.admissions,
-    ] {
+    for k in keys.all() {
         let slot: i64 = client::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(k)
@@ -172,31 +166,36 @@ async fn the_scripts_run_unchanged_on_a_three_master_redis_cluster() {
     .await;
 
     let redis = redis_at(owner);
-    mall_common::redis::LuaScript::load_all(&redis, &[&ADMIT, &WARM_ITEM])
+    mall_common::redis::LuaScript::load_all(&redis, &[&ADMIT, &LOAD_ITEM])
         .await
         .unwrap();
-    let warm = Warm {
+    let load = Load {
         start_ms: 0,
         end_ms: i64::MAX / 2,
         limit: 1,
         quantity: 2,
         expire_at_ms: 4_000_000_000_000,
+        epoch: 1,
+        run_id: "test-run",
+        booked: &[],
     };
-    assert!(warm_item(&redis, &keys, warm).await.unwrap());
+    assert!(load_item(&redis, &keys, &load).await.unwrap());
     let a = Attempt {
         user_id: "u1",
         request_id: "r1",
         quantity: 1,
         now_ms: 10,
         order_id: "o1",
-        trace: "",
     };
     assert_eq!(
         admit(&redis, &keys, a).await.unwrap(),
-        Admission::Admitted {
+        Admission::Admitted(Admitted {
             order_id: "o1".into(),
-            left: 1
-        }
+            quantity: 1,
+            left: 1,
+            epoch: 1,
+            booked: false
+        })
     );
     let b = Attempt {
         user_id: "u1",
@@ -204,7 +203,6 @@ async fn the_scripts_run_unchanged_on_a_three_master_redis_cluster() {
         quantity: 1,
         now_ms: 11,
         order_id: "o2",
-        trace: "",
     };
     assert_eq!(admit(&redis, &keys, b).await.unwrap(), Admission::LimitExceeded);
 
@@ -221,7 +219,6 @@ async fn the_scripts_run_unchanged_on_a_three_master_redis_cluster() {
             quantity: 1,
             now_ms: 12,
             order_id: "o3",
-            trace: "",
         },
     )
     .await;

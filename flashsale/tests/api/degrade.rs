@@ -300,7 +300,7 @@ async fn a_purchase_whose_answer_was_lost_reaches_redis_on_retry_until_redis_ans
     assert_eq!((status, body["code"].as_str()), (409, Some("sold_out")), "{body}");
     assert_eq!(
         recorded().await.as_deref(),
-        Some("-4:"),
+        Some("-4:0:"),
         "the retry was answered by the script"
     );
     // ...and once Redis has answered it, its next retry is answered from memory like any
@@ -365,4 +365,34 @@ async fn one_trace_runs_from_the_purchase_through_the_hand_off_to_the_order_cons
     );
     let server = parent(&admit);
     assert_eq!(server.kind, "server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_purchase_and_readiness_probe_after_redis_returns_succeed() {
+    let env = TestEnv::new().await;
+    let (sale, proxy) = behind_a_redis_proxy(&env, 35, 10, &[("MALL_REDIS_TIMEOUT", "300ms")]).await;
+    let fs = &sale.fs[0];
+    let session = running(
+        &sale,
+        10,
+        json!([{"sku_id": 35, "price_cents": 100, "quantity": 5, "per_user_limit": 5}]),
+    )
+    .await;
+    let t = token_ok(fs, "steady", session, 35).await;
+    // While Redis is away a purchase fails, as does readiness.
+    proxy.cut();
+    let (status, body) = buy(fs, "steady", purchase(session, 35, 1, &t, "down")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    assert_eq!(fs.get("/readyz").await.status(), 503);
+    proxy.restore();
+    // Back: the very next purchase and probes succeed.
+    let (status, body) = buy(fs, "steady", purchase(session, 35, 1, &t, "back")).await;
+    assert_eq!(status, 202, "{body}");
+    for _ in 0..4 {
+        assert_eq!(fs.get("/readyz").await.status(), 200);
+    }
 }

@@ -263,32 +263,41 @@ pub(crate) fn redis(env: &TestEnv) -> Redis {
     Redis::connect_lazy(&env.platform_settings(&mall_flashsale::config::DEFAULTS).redis).unwrap()
 }
 
-/// (stock left, stream length) of an item in Redis.
+/// The flash-sale service's database.
+pub(crate) fn flash_db(env: &TestEnv) -> Db {
+    Db::connect_lazy(
+        &env.platform_settings(&mall_flashsale::config::DEFAULTS).database,
+        "t",
+    )
+    .unwrap()
+}
+
+/// (units left in Redis, admissions in the book) of an item.
 pub(crate) async fn redis_numbers(env: &TestEnv, session: i64, sku: i64) -> (i64, i64) {
     let redis = redis(env);
     let keys = ItemKeys::new(&redis, session, sku);
     let mut conn = redis.conn().await.unwrap();
-    let (left, len): (Option<i64>, i64) = client::pipe()
-        .cmd("GET")
+    let left: Option<i64> = client::cmd("GET")
         .arg(&keys.stock)
-        .cmd("XLEN")
-        .arg(&keys.admissions)
         .query_async(&mut *conn)
         .await
         .unwrap();
-    (left.unwrap_or(-1), len)
+    let (booked, _) = mall_flashsale::store::book::counts(&flash_db(env), session, sku)
+        .await
+        .unwrap();
+    (left.unwrap_or(-1), booked)
 }
 
-/// Order ids recorded in an item's admission stream.
+/// Order ids in an item's book of admissions.
 pub(crate) async fn admitted_orders(env: &TestEnv, session: i64, sku: i64) -> Vec<String> {
-    let redis = redis(env);
-    let keys = ItemKeys::new(&redis, session, sku);
-    mall_flashsale::store::admission::recorded_after(&redis, &keys, "0-0", 100_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.order_id)
-        .collect()
+    sqlx::query_scalar(
+        "SELECT order_id::text FROM admissions WHERE session_id = $1 AND sku_id = $2 ORDER BY admitted_at",
+    )
+    .bind(session)
+    .bind(sku)
+    .fetch_all(flash_db(env).pool())
+    .await
+    .unwrap()
 }
 
 /// The order service's database.

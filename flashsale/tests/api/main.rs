@@ -5,4 +5,5 @@ mod cluster;
 mod degrade;
 mod helpers;
 mod platform;
+mod recovery;
 mod sale;

@@ -320,6 +320,8 @@ where
         Box::pin(async move {
             let result = called.await;
             let failed = match &result {
+                // A shared dependency's outage is no verdict on this pool's instances.
+                Ok(res) if mall_common::error::is_dependency_outage(res) => None,
                 Ok(res) => Some(res.status().is_server_error()),
                 Err(e) => client_fault(e, progress.as_ref()).is_none().then_some(true),
             };
@@ -445,6 +447,26 @@ mod tests {
             handle.next_request().await.is_none(),
             "nothing reached the service"
         );
+    }
+
+    #[tokio::test]
+    async fn a_dependency_outage_every_instance_shares_never_opens_it() {
+        let breaker = Arc::new(Breaker::new(PoolName::Flashsale, cfg()));
+        let (mut service, mut handle) =
+            tower_test::mock::spawn_layer::<Request<()>, Response<()>, _>(BreakerLayer::new(breaker.clone()));
+        for _ in 0..10 {
+            assert!(service.poll_ready().is_ready());
+            let answer = service.call(Request::new(()));
+            let (_, reply) = handle.next_request().await.expect("reached the service");
+            let outage = Response::builder()
+                .status(503)
+                .header(mall_common::error::DEPENDENCY_UNAVAILABLE, "1")
+                .body(())
+                .unwrap();
+            reply.send_response(outage);
+            assert_eq!(answer.await.unwrap().status(), 503);
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
     #[tokio::test]

@@ -260,8 +260,10 @@ impl Service<Request<Body>> for Endpoint {
             match result {
                 Ok(res) => {
                     let status = res.status();
-                    // 502/503/504 say the instance cannot serve; a 500 is about one request.
-                    if matches!(status.as_u16(), 502..=504) {
+                    // 502/503/504 say the instance cannot serve; a 500 is about one request,
+                    // and a dependency outage is every instance's.
+                    if matches!(status.as_u16(), 502..=504) && !mall_common::error::is_dependency_outage(&res)
+                    {
                         this.passive.failure(|| format!("answered {status}"));
                     } else {
                         this.passive.success();
