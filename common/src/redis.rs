@@ -59,10 +59,10 @@ pub enum RedisError {
     Reply(String),
 }
 
-/// Whether a command failed because its connection is dead (refused, reset, closed): the
-/// connection reconnects on its own, and the command may be sent again on it.
+/// Whether a command failed because its connection is dead: exactly the errors after which
+/// redis-rs's `ConnectionManager` replaces the connection, so a resend goes to a fresh one.
 pub fn is_dead_connection(e: &client::RedisError) -> bool {
-    e.is_connection_refusal() || e.is_connection_dropped() || e.is_io_error()
+    e.is_io_error() || e.is_unrecoverable_error()
 }
 
 /// A service's Redis handle.

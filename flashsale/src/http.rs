@@ -523,7 +523,7 @@ async fn book_admission(
     user_id: &str,
     p: &Purchase<'_>,
     a: &Admitted,
-    keys: &ItemKeys,
+    keys: &Arc<ItemKeys>,
     span: &tracing::Span,
 ) -> Result<Response, ApiError> {
     let order_id = Uuid::parse_str(&a.order_id)
@@ -568,10 +568,14 @@ async fn book_admission(
     .await;
     match written {
         Ok(Ok(Recorded::New | Recorded::Already)) => {
-            // Best effort: unmarked, a repeat only books again (a no-op).
-            if let Err(e) = admission::mark_booked(&shared.redis, keys, user_id, &p.request_id, a).await {
-                tracing::debug!(error = %e, "could not mark the admission booked");
-            }
+            // Best effort and off the buyer's wait: unmarked, a repeat only books again (a no-op).
+            let (redis, keys, a2) = (shared.redis.clone(), keys.clone(), a.clone());
+            let (user, request) = (user_id.to_owned(), p.request_id.to_string());
+            tokio::spawn(async move {
+                if let Err(e) = admission::mark_booked(&redis, &keys, &user, &request, &a2).await {
+                    tracing::debug!(error = %e, "could not mark the admission booked");
+                }
+            });
             Ok(accepted(&a.order_id))
         }
         Ok(Ok(Recorded::Stale)) => {
