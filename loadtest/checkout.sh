@@ -65,8 +65,10 @@ for ((u = 1; u <= USERS; u++)); do
 done >"$RUN/tokens.txt"
 
 say "checkout load: $CONNS connections, $DURATION"
+SAMPLE_GROUP="checkout, $CONNS connections" SAMPLE_URLS=http://127.0.0.1:$GATEWAY_PORT sample_start "POST /api/orders at the gateway"
 TOKENS="$RUN/tokens.txt" SKUS=$SKUS wrk -t 2 -c "$CONNS" -d "$DURATION" --latency \
   -s "$ROOT/loadtest/checkout.lua" "http://127.0.0.1:$GATEWAY_PORT" | tee "$RUN/wrk.txt"
+sample_stop
 
 say "paying 20% of the orders through signed callbacks"
 psql "$PG" -Atc "SELECT id, total_cents FROM ${PREFIX}_orders.orders WHERE status = 'pending_payment' ORDER BY random() LIMIT (SELECT count(*) / 5 FROM ${PREFIX}_orders.orders)" >"$RUN/to-pay.txt"
@@ -133,6 +135,7 @@ for name, ok in checks.items():
 print(f"\nOverall: {'PASS' if all(checks.values()) else 'FAIL'}. Reproduce: `loadtest/checkout.sh`.")
 sys.exit(0 if all(checks.values()) else 1)
 PY
+charts checkout "$stamp" >>"$report"
 cp "$report" "$RESULTS/checkout-latest.md"
 cat "$report"
 echo

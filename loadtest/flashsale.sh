@@ -109,8 +109,10 @@ with ThreadPoolExecutor(32) as pool:
 PY
 
 say "the crowd: $USERS buyers, $CONC connections, through the gateway"
+SAMPLE_GROUP="the crowd" SAMPLE_URLS=$GW sample_start "purchases at the gateway"
 "$ROOT/target/release/examples/crowd" --url "$GW/api/flashsale/purchase" --buyers "$RUN/buyers.txt" \
   --session "$crowd_session" --sku 1 --concurrency "$CONC" >"$RUN/crowd.json"
+sample_stop
 
 say "waiting for every admission to become an order"
 for ((i = 0; i < 240; i++)); do
@@ -148,7 +150,9 @@ sha=$(redis-cli SCRIPT LOAD "$(cat "$ROOT/lua/flashsale/admit.lua")")
 k="$PREFIX:fs:{fs:$ceiling_session:2}"
 ROUNDS=${BENCH_ROUNDS:-3}
 for ((r = 1; r <= ROUNDS; r++)); do
-  MEASURE_PIDS=$FLASH_PID measure_wrk "endpoint-$r" "$CONC" POST "$direct" "$rate_body" "${rate_headers[@]}" "$json"
+  group="" && [ "$r" = 1 ] && group="the purchase endpoint (admission repeat), one instance"
+  SAMPLE_GROUP=$group SAMPLE_LABEL=endpoint SAMPLE_URLS=http://127.0.0.1:${FLASH_PORTS[0]} MEASURE_PIDS=$FLASH_PID \
+    measure_wrk "endpoint-$r" "$CONC" POST "$direct" "$rate_body" "${rate_headers[@]}" "$json"
   say "redis-benchmark: the admission script, $CONC connections (round $r)"
   redis-benchmark -c "$CONC" -n "${BENCH_REDIS_REQUESTS:-300000}" --csv \
     EVALSHA "$sha" 4 "$k:meta" "$k:stock" "$k:users" "$k:requests" \
@@ -178,9 +182,12 @@ purchase_answers() { # status count, one line each, of the measured instance's p
 for ((r = 1; r <= ROUNDS; r++)); do
   # wrk tells only 2xx from the rest: the instance's own counters say which answers it gave.
   purchase_answers >"$RUN/soldout-$r.before"
-  MEASURE_PIDS=$FLASH_PID measure_wrk "soldout-$r" "$CONC" POST "$direct" "$late_body" "${late_headers[@]}" "$json"
+  group="" && [ "$r" = 1 ] && group="sold out vs the gateway's own 404"
+  SAMPLE_GROUP=$group SAMPLE_LABEL="sold out, one instance" SAMPLE_URLS=http://127.0.0.1:${FLASH_PORTS[0]} \
+    MEASURE_PIDS=$FLASH_PID measure_wrk "soldout-$r" "$CONC" POST "$direct" "$late_body" "${late_headers[@]}" "$json"
   purchase_answers >"$RUN/soldout-$r.after"
-  MEASURE_PIDS=$GATEWAY_PID measure_wrk "gwfixed-$r" "$CONC" GET "$GW/nowhere" ""
+  SAMPLE_GROUP=$group SAMPLE_LABEL="gateway 404" SAMPLE_URLS=$GW MEASURE_PIDS=$GATEWAY_PID \
+    measure_wrk "gwfixed-$r" "$CONC" GET "$GW/nowhere" ""
 done
 
 mkdir -p "$RESULTS"
@@ -295,6 +302,7 @@ ok = all(checks.values())
 print(f"Invariants: {'PASS' if ok else 'FAIL'}. Reproduce: `loadtest/flashsale.sh`.")
 sys.exit(0 if ok else 1)
 PY
+charts flashsale "$stamp" >>"$report"
 cp "$report" "$RESULTS/flashsale-latest.md"
 cat "$report"
 echo

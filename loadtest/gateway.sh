@@ -80,7 +80,11 @@ for path in $PATHS; do
       for name in direct gateway nginx; do
         url="http://127.0.0.1:${PORTS[$name]}$path"
         warmup "$c" "$url"
-        MEASURE_PIDS=${SERVERS[$name]} measure "$tag-$name-r$r" "$c" "$url"
+        # Round 1 is charted; nginx has no /metrics, so its upstream's are read.
+        group="" && [ "$r" = 1 ] && group="GET $path, $c connections"
+        sampled=http://127.0.0.1:${PORTS[$name]} && [ "$name" = nginx ] && sampled=http://127.0.0.1:$PRODUCT_PORT
+        SAMPLE_GROUP=$group SAMPLE_LABEL=$name SAMPLE_URLS=$sampled MEASURE_PIDS=${SERVERS[$name]} \
+          measure "$tag-$name-r$r" "$c" "$url"
       done
     done
   done
@@ -154,6 +158,7 @@ print("from `/proc/<pid>/stat`) of the upstream when measured directly, of the p
 print("(nginx: its master and workers), during the run, divided by the answered requests.")
 print("Reproduce: `loadtest/gateway.sh`.")
 PY
+charts gateway "$stamp" >>"$report"
 cp "$report" "$RESULTS/gateway-latest.md"
 cat "$report"
 echo

@@ -12,6 +12,7 @@ PIDS=()
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 cleanup() {
+  sample_stop
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   [ -f "$RUN/nginx.pid" ] && kill -QUIT "$(cat "$RUN/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
@@ -34,6 +35,60 @@ ensure_tools() { # load generators a scenario uses (oha, wrk); python3 for the r
     esac
   done
   command -v python3 >/dev/null 2>&1 || { echo "python3 is needed for the report" >&2; exit 1; }
+  ensure_report_tools
+}
+
+ensure_report_tools() { # sets PY: a python with matplotlib (pinned in loadtest/requirements.txt)
+  local venv
+  venv=$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")/loadtest-venv
+  if ! cmp -s "$ROOT/loadtest/requirements.txt" "$venv/requirements.txt" 2>/dev/null; then
+    say "report tools (matplotlib, pinned in loadtest/requirements.txt)"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || { echo "python3 -m venv failed: apt-get install -y python3-venv" >&2; exit 1; }
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/loadtest/requirements.txt"
+    cp "$ROOT/loadtest/requirements.txt" "$venv/requirements.txt"
+  fi
+  PY=$venv/bin/python
+}
+
+# Time series for the charts: while a measurement runs, loadtest/timeline.py reads the /metrics
+# of the mall processes in SAMPLE_URLS every second. SAMPLE_GROUP names the chart (one per group,
+# each measurement a line labelled SAMPLE_LABEL, default the measurement's name).
+SAMPLER=""
+slug() { printf %s "$1" | tr -c 'A-Za-z0-9' '-' | tr -s '-'; }
+sample_start() { # label
+  [ -n "${SAMPLE_URLS:-}" ] && [ -n "${SAMPLE_GROUP:-}" ] || return 0
+  local dir
+  dir="$RUN/timelines/$(slug "$SAMPLE_GROUP")"
+  mkdir -p "$dir"
+  printf %s "$SAMPLE_GROUP" >"$dir/title"
+  printf %s "$1" >"$dir/$(slug "$1").label"
+  "$PY" "$ROOT/loadtest/timeline.py" sample "$dir/$(slug "$1").jsonl" $SAMPLE_URLS &
+  SAMPLER=$!
+}
+sample_stop() {
+  [ -n "$SAMPLER" ] || return 0
+  kill -TERM "$SAMPLER" 2>/dev/null || true
+  wait "$SAMPLER" 2>/dev/null || true
+  SAMPLER=""
+}
+
+charts() { # scenario stamp : one PNG per sampled group into $RESULTS, and their Markdown links
+  local scenario=$1 stamp=$2 dir png inputs
+  [ -d "$RUN/timelines" ] || return 0
+  echo
+  echo "## Over time"
+  echo
+  echo "Answers per second and p50/p99 latency per second as the measured mall processes counted them"
+  echo "(their \`/metrics\` read every second by \`loadtest/timeline.py\`; percentiles interpolated in the"
+  echo "histogram's buckets). Round 1 where a scenario has rounds; nginx is seen through its upstream."
+  for dir in "$RUN"/timelines/*/; do
+    png="$scenario-$stamp-$(basename "$dir").png"
+    inputs=()
+    for f in "$dir"*.jsonl; do inputs+=("$f=$(cat "${f%.jsonl}.label")"); done
+    "$PY" "$ROOT/loadtest/timeline.py" chart "$RESULTS/$png" "$scenario: $(cat "$dir/title")" "${inputs[@]}" &&
+      printf '\n![%s](%s)\n' "$(cat "$dir/title")" "$png"
+  done
 }
 
 ensure_ports_free() {
@@ -136,7 +191,9 @@ measure() { # name connections oha-target-args... : writes $RUN/name-c.json (and
   shift 2
   say "$name, $c connections, $DURATION"
   cpu_begin
+  sample_start "${SAMPLE_LABEL:-$name}"
   oha -z "$DURATION" -c "$c" --no-tui --output-format json "$@" >"$RUN/$name-$c.json"
+  sample_stop
   cpu_end "$RUN/$name-$c.cpu"
 }
 
@@ -165,7 +222,9 @@ PY
   wrk -t 2 -c "$c" -d "$WARMUP" -s "$RUN/$name.lua" "$url" >/dev/null
   say "$name, $c connections, $DURATION (wrk)"
   cpu_begin
+  sample_start "${SAMPLE_LABEL:-$name}"
   wrk -t 2 -c "$c" -d "$DURATION" -s "$RUN/$name.lua" "$url" | tail -n 1 >"$RUN/$name-$c.json"
+  sample_stop
   cpu_end "$RUN/$name-$c.cpu"
 }
 

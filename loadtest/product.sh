@@ -64,7 +64,7 @@ for c in $CONNECTIONS; do
     esac
     warmup "$c" "${args[@]}"
     scrape "$RUN/$scenario-$c.before"
-    measure "$scenario" "$c" "${args[@]}"
+    SAMPLE_GROUP="$c connections" SAMPLE_LABEL=$scenario SAMPLE_URLS=$GW measure "$scenario" "$c" "${args[@]}"
     scrape "$RUN/$scenario-$c.after"
   done
 done
@@ -117,6 +117,7 @@ for c, r in ratios:
 print("\nTargets: hot SKU >= 0.90 of the fixed answer's throughput; unknown-id flood < 1% to Postgres.")
 print("Reproduce: `loadtest/product.sh` (`BENCH_DURATION=30s` for longer runs).")
 PY
+charts product "$stamp" >>"$report"
 cp "$report" "$RESULTS/product-latest.md"
 cat "$report"
 echo

@@ -29,7 +29,7 @@ one_upstream_gateway $GATEWAY_PORT $PRODUCT_PORT
 CONFIGS=("default" "MALL_LOG=warn" "OTEL_TRACES_SAMPLER=always_off" "MALL_LOG=warn OTEL_TRACES_SAMPLER=always_off")
 
 measure() { # round config : one gateway with `config`, warmed up, then DURATION under oha
-  local round=$1 config=$2 vars=() pid
+  local round=$1 config=$2 vars=() pid group
   [ "$config" != default ] && read -r -a vars <<<"$config"
   start gateway mall-gateway "${vars[@]}" "${GATEWAY_VARS[@]}"
   pid=${PIDS[-1]}
@@ -40,7 +40,10 @@ measure() { # round config : one gateway with `config`, warmed up, then DURATION
   oha -z "$WARMUP" -c 50 --no-tui "$URL" >/dev/null
   local before after out="$RUN/oha-${#PIDS[@]}.json"
   before=$(awk '{print $14, $15}' "/proc/$pid/stat")
+  group="" && [ "$round" = 1 ] && group="GET /api/products/0 through the gateway, by configuration"
+  SAMPLE_GROUP=$group SAMPLE_URLS=http://127.0.0.1:$GATEWAY_PORT sample_start "$config"
   oha -z "$DURATION" -c 50 --no-tui --output-format json "$URL" >"$out"
+  sample_stop
   after=$(awk '{print $14, $15}' "/proc/$pid/stat")
   echo "$round|$config|$before|$after|$(getconf CLK_TCK)|$out" >>"$RUN/rows"
   kill -TERM "$pid"
@@ -84,6 +87,7 @@ for config, vals in by.items():
     print(f"| `{config}` | {med[0]:.0f} | {med[1]:.1f} | {med[2]:.1f} |")
 print("\nReproduce: `loadtest/telemetry-cost.sh`.")
 PY
+charts telemetry-cost "$stamp" >>"$report"
 cp "$report" "$RESULTS/telemetry-cost-latest.md"
 cat "$report"
 echo
