@@ -109,7 +109,8 @@ with ThreadPoolExecutor(32) as pool:
 PY
 
 say "the crowd: $USERS buyers, $CONC connections, through the gateway"
-SAMPLE_GROUP="the crowd" SAMPLE_URLS=$GW sample_start "purchases at the gateway"
+# The crowd is over in seconds: sampled five times a second.
+SAMPLE_GROUP="the crowd" SAMPLE_URLS=$GW SAMPLE_EVERY=0.2 sample_start "purchases at the gateway"
 "$ROOT/target/release/examples/crowd" --url "$GW/api/flashsale/purchase" --buyers "$RUN/buyers.txt" \
   --session "$crowd_session" --sku 1 --concurrency "$CONC" >"$RUN/crowd.json"
 sample_stop

@@ -196,6 +196,28 @@ print(f"({per['gateway'] - per['nginx']:,.0f} more). The sold-out answer costs {
 print("the gateway's 404 (flashsale.sh's rejected-path reference; a late buyer's request is a POST with a body and")
 print("three more header fields). Reproduce: `loadtest/instructions.sh`.")
 PY
+# Counts, not a time series: one bar per path.
+"$PY" - "$RUN" "$RESULTS/instructions-$stamp.png" <<'PY' && printf '\n![instructions per request](%s)\n' "instructions-$stamp.png" >>"$report"
+import os, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+run, out = sys.argv[1:3]
+paths = [("direct", "mall-product directly"), ("gateway", "mall-gateway proxying"), ("nginx", "nginx proxying"),
+         ("gateway404", "mall-gateway, its own 404"), ("soldout", "mall-flashsale, sold out")]
+values = []
+for name, _ in paths:
+    total, requests = open(os.path.join(run, f"{name}.count")).read().split()
+    values.append(int(total) / int(requests))
+fig, ax = plt.subplots(figsize=(9, 3.5))
+ax.barh([label for _, label in paths], values, color=[f"C{i}" for i in range(len(paths))])
+for y, v in enumerate(values):
+    ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
+ax.invert_yaxis()
+ax.set_xlabel("instructions per request (callgrind, the whole process)")
+fig.tight_layout()
+fig.savefig(out, dpi=90)
+PY
 cp "$report" "$RESULTS/instructions-latest.md"
 cat "$report"
 say "report: $report"

@@ -1,8 +1,9 @@
 """Requests per second and p50/p99 latency over time, as the measured mall processes saw them.
 
-  timeline.py sample OUT URL...     every second, reads each URL's /metrics and appends one JSON
-                                    line to OUT (until SIGTERM): answers by status and the latency
-                                    histogram, summed over the process's routes (probes excluded)
+  timeline.py sample OUT URL...     every second (SAMPLE_EVERY seconds), reads each URL's /metrics
+                                    and appends one JSON line to OUT (until SIGTERM): answers by
+                                    status and the latency histogram, summed over the process's
+                                    routes (probes excluded)
   timeline.py chart OUT.png TITLE FILE=LABEL...
                                     one chart: answers per second by status (top), p50 and p99 per
                                     second (bottom), one line per FILE and status
@@ -14,6 +15,7 @@ histogram's buckets (0.5 ms .. 10 s, 1-2.5-5 per decade), so they are approximat
 """
 
 import json
+import os
 import re
 import signal
 import sys
@@ -44,6 +46,7 @@ def read(url):
 
 
 def sample(out, urls):
+    every = float(os.environ.get("SAMPLE_EVERY", "1"))
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     start = time.monotonic()
@@ -57,7 +60,7 @@ def sample(out, urls):
                     continue
                 f.write(json.dumps({"t": round(t, 3), "url": url, "status": by_status, "buckets": buckets}) + "\n")
             f.flush()
-            time.sleep(max(0.0, 1 - (time.monotonic() - start - t)))
+            time.sleep(max(0.0, every - (time.monotonic() - start - t)))
 
 
 def quantile(deltas, q):
@@ -103,15 +106,21 @@ def chart(out, title, inputs):
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6), sharex=True, height_ratios=[3, 2])
-    for spec in inputs:
+    # One colour per measured input: its statuses in the top panel, its p50 (solid) and p99
+    # (dashed) in the bottom one.
+    styles = ["-", ":", "-.", (0, (5, 1))]
+    for n, spec in enumerate(inputs):
         path, label = spec.split("=", 1)
-        for url, points in series(path).items():
-            name = label if len(series(path)) == 1 else f"{label} {url}"
+        runs = series(path)
+        for k, (url, points) in enumerate(runs.items()):
+            color = f"C{(n + k) % 10}"
+            name = label if len(runs) == 1 else f"{label} {url}"
             statuses = sorted({s for (_, rates, _, _) in points for s in rates})
-            for s in statuses:
-                top.plot([p[0] for p in points], [p[1].get(s, 0) for p in points], label=f"{name} {s}")
-            bottom.plot([p[0] for p in points], [p[2] for p in points], label=f"{name} p50")
-            bottom.plot([p[0] for p in points], [p[3] for p in points], linestyle="--", label=f"{name} p99")
+            for j, s in enumerate(statuses):
+                top.plot([p[0] for p in points], [p[1].get(s, 0) for p in points], color=color,
+                         linestyle=styles[j % len(styles)], marker=".", label=f"{name} {s}")
+            bottom.plot([p[0] for p in points], [p[2] for p in points], color=color, label=f"{name} p50")
+            bottom.plot([p[0] for p in points], [p[3] for p in points], color=color, linestyle="--", label=f"{name} p99")
     top.set_ylabel("answers per second")
     top.set_ylim(bottom=0)
     top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))

@@ -103,9 +103,10 @@ pub async fn relay(db: Db, amqp: Amqp, idle: Duration, cancel: CancellationToken
                 idle
             }
             Err(e) => {
-                // The events wait in the outbox meanwhile; nothing is lost.
+                // The events wait in the outbox meanwhile; nothing is lost. At most a second
+                // apart, as the broker connection retries, so they flow within a second of its return.
                 outage.failed(&e);
-                backoff = (backoff * 2).clamp(idle, Duration::from_secs(5));
+                backoff = (backoff * 2).clamp(idle, Duration::from_secs(1));
                 backoff
             }
         };

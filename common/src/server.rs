@@ -225,16 +225,15 @@ fn serve_shared(listener: TcpListener, serving: Serving) -> AcceptLoops {
 /// `threads` serving threads, each with a single-threaded runtime and its own serve loop, and
 /// one acceptor on the process's runtime that deals the accepted connections to them in turn. A
 /// connection then lives on one thread: its request, the tasks it spawns and the wake-ups between
-/// them never cross to another core. On the gateway that was a third of its CPU per request on a
-/// work-stealing runtime (README, "Benchmarks"). What the handlers share (locks, channels, the
+/// them never cross to another core, which a work-stealing runtime cost dearly on the gateway
+/// (`docs/performance.md`). What the handlers share (locks, channels, the
 /// Redis connection's task) works across the runtimes; a task spawned while serving lives on the
 /// serving thread's runtime, which ends with the server.
 ///
 /// The acceptor deals the connections instead of every thread accepting from the one socket:
 /// the socket woke every thread and the first to run took the whole backlog, so a load generator
-/// opening its connections at once could leave one thread with all of them and the other idle
-/// (seen on the gateway: 50 `wrk` connections all on one thread, 10,000 req/s, against 15,500
-/// when they were split). In turn, each thread gets an even share of any burst.
+/// opening its connections at once could leave one thread with all of them and the other idle.
+/// In turn, each thread gets an even share of any burst.
 fn serve_per_thread(
     service: &'static str,
     threads: usize,

@@ -86,7 +86,7 @@ pub enum SamplerSetting {
     ParentBasedRatio(f64),
 }
 
-/// Telemetry configuration; see the README's configuration table for the variables.
+/// Telemetry configuration; the variables are in `docs/configuration.md`.
 #[derive(Debug, Clone)]
 pub struct TelemetrySettings {
     /// `OTEL_SERVICE_NAME`, default `mall-<service>`.

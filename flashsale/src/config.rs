@@ -1,7 +1,7 @@
 //! Settings of mall-flashsale.
 //!
-//! Every variable of [`PlatformSettings`] and [`TelemetrySettings`] applies (see the
-//! README's configuration table); the defaults are port 8084 and schema `flashsale`.
+//! Every variable of [`PlatformSettings`] and [`TelemetrySettings`] applies (see
+//! `docs/configuration.md`); the defaults are port 8084 and schema `flashsale`.
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //!
 //! Every variable of [`PlatformSettings`] and [`TelemetrySettings`] applies (the gateway uses
 //! the HTTP and Redis ones; it owns no schema and no queues); the default port is 8080. The
-//! gateway's own variables are listed on [`GatewaySettings`] and in the README.
+//! gateway's own variables are listed on [`GatewaySettings`] and in `docs/configuration.md`.
 
 use std::time::Duration;
 

@@ -118,8 +118,7 @@ pub struct RateLimiter {
     /// Buckets by key (`<rule>|<route>[|<client>]`): a look-up borrows the key, and only a new
     /// bucket stores it. Hashed with foldhash, seeded at random per process like the standard
     /// library's SipHash (so a client cannot aim its keys at one bucket chain), at a fraction
-    /// of its cost: the shard's hash and the map's, SipHash, were about 350 instructions of
-    /// every request.
+    /// of its cost on every request.
     shards: Vec<Mutex<HashMap<String, Bucket, RandomState>>>,
     /// Picks a key's shard; seeded apart from the maps', whose low bits place keys in a shard.
     shard_of: RandomState,

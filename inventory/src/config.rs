@@ -1,7 +1,7 @@
 //! Settings of mall-inventory.
 //!
-//! Every variable of [`PlatformSettings`] and [`TelemetrySettings`] applies (see the README's
-//! configuration table); the defaults are port 8082 and schema `inventory`. Its own variables:
+//! Every variable of [`PlatformSettings`] and [`TelemetrySettings`] applies (see
+//! `docs/configuration.md`); the defaults are port 8082 and schema `inventory`. Its own variables:
 //! `MALL_INVENTORY_SWEEP_INTERVAL` (10s), `MALL_INVENTORY_SWEEP_BATCH` (100) and
 //! `MALL_INVENTORY_DELIVERY_LIMIT` (5 deliveries of an order event before it is dead-lettered),
 //! `MALL_PRODUCT_URLS` (`http://127.0.0.1:8081`: product instances, asked whether a SKU exists

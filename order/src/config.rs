@@ -1,7 +1,7 @@
 //! Settings of mall-order.
 //!
-//! Every variable of [`PlatformSettings`] and [`TelemetrySettings`] applies (see the README's
-//! configuration table); the defaults are port 8083 and schema `orders`. Its own variables are
+//! Every variable of [`PlatformSettings`] and [`TelemetrySettings`] applies (see
+//! `docs/configuration.md`); the defaults are port 8083 and schema `orders`. Its own variables are
 //! listed on [`OrderSettings`].
 
 use std::time::Duration;

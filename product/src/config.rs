@@ -1,7 +1,7 @@
 //! Settings of mall-product.
 //!
-//! Every variable of [`PlatformSettings`] and [`TelemetrySettings`] applies (see the README's
-//! configuration table); the defaults are port 8081 and schema `product`. The cache's own
+//! Every variable of [`PlatformSettings`] and [`TelemetrySettings`] applies (see
+//! `docs/configuration.md`); the defaults are port 8081 and schema `product`. The cache's own
 //! variables are listed on [`CacheSettings`].
 
 use std::time::Duration;

@@ -4,10 +4,9 @@
 //! The log layer formats a span's fields when the span opens (and again for each recorded
 //! field), whether or not anything is ever logged inside it. Every request opens an
 //! `http.server` span with nine fields that exist for the trace viewer (its OpenTelemetry name,
-//! kind and status, method, route, path, status code, service); formatting them, escaped, cost
-//! the gateway about 3 us of its 40 us per proxied request (measured with
-//! `MALL_LOG=info,mall_common::http=warn`, which keeps the access line but not the span). A log
-//! line inside a request keeps what ties it to the request and its trace: `request_id` and
+//! kind and status, method, route, path, status code, service); formatting them, escaped, was a
+//! measurable share of the gateway's CPU per request (`docs/performance.md`). A log line inside
+//! a request keeps what ties it to the request and its trace: `request_id` and
 //! `trace_id`; the rest is in the trace. Event fields are written in full.
 
 use std::fmt;
