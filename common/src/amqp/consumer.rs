@@ -152,6 +152,13 @@ where
     }
     let (delivery, outcome) = handler(delivery).instrument(span.clone()).await;
     span.record("outcome", format!("{outcome:?}").as_str());
+    let handled = match &outcome {
+        Outcome::Done => "done",
+        Outcome::Retry(_) => "retry",
+        Outcome::Poison(_) => "poison",
+    };
+    metrics::counter!("amqp_deliveries_total", "queue" => queue.to_owned(), "outcome" => handled)
+        .increment(1);
     let settled = match &outcome {
         Outcome::Done => delivery.ack(BasicAckOptions::default()).await,
         Outcome::Retry(reason) => {

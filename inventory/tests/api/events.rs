@@ -7,6 +7,8 @@ use lapin::types::FieldTable;
 use mall_common::amqp::{Amqp, Topology};
 use mall_common::events::{ORDER_CANCELLED, ORDER_EVENTS, ORDER_PAID, OrderCancelled, OrderPaid};
 use mall_inventory::config::DEFAULTS;
+use mall_inventory::mq::ORDER_EVENTS_QUEUE;
+use mall_testkit::checks::metric_sum;
 use mall_testkit::{TestEnv, eventually};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -83,7 +85,18 @@ async fn paid_and_cancelled_events_settle_reservations_once_even_when_delivered_
         if n == (6, 0, 4, 10) { Ok(()) } else { Err(n) }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every delivery handled, the repeats included: only then can "applied once" be judged.
+    let queue = amqp.name(ORDER_EVENTS_QUEUE);
+    eventually(Duration::from_secs(10), "all four deliveries handled", || async {
+        let done = metric_sum(
+            &app,
+            "amqp_deliveries_total",
+            &[("queue", &queue), ("outcome", "done")],
+        )
+        .await;
+        if done >= 4.0 { Ok(()) } else { Err(done) }
+    })
+    .await;
     assert_eq!(
         numbers(&db, 21).await,
         (6, 0, 4, 10),

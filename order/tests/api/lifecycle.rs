@@ -227,7 +227,19 @@ async fn a_late_payment_never_revives_a_cancelled_order_and_repeats_are_no_ops()
     let o = order_status(&m, "gina", &id).await;
     assert_eq!(o["status"], "cancelled");
     assert_eq!(o["refund_required"], true);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A late payment must enqueue no `order.paid`: without it inventory cannot move, so the
+    // stock read below is final rather than read too early.
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT routing_key FROM outbox WHERE aggregate_id = $1 ORDER BY created_at")
+            .bind(&id)
+            .fetch_all(order_db(&env).pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        events,
+        ["order.timeout.hold-900s", "order.cancelled"],
+        "the checkout's timeout and the cancellation, no order.paid for a late payment"
+    );
     assert_eq!(
         stock(&env, 1).await,
         (10, 0, 0, 10),
