@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.environ["ROOT"]
@@ -165,7 +164,7 @@ class Stack:
         self.redis = Proc("redis", ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
                                     "--dir", self.redis_dir, "--save", "", "--appendonly", "yes",
                                     "--appendfsync", "everysec"], {}, REDIS_PORT)
-        self.rabbit_env = {
+        rabbit_env = {
             "RABBITMQ_NODENAME": RABBIT_NODE, "RABBITMQ_DIST_PORT": str(DIST_PORT),
             "RABBITMQ_CONFIG_FILE": f"{self.rabbit_dir}/rabbitmq.conf",
             "RABBITMQ_MNESIA_BASE": f"{self.rabbit_dir}/mnesia", "RABBITMQ_LOG_BASE": f"{self.rabbit_dir}/log",
@@ -173,7 +172,7 @@ class Stack:
             "RABBITMQ_PID_FILE": f"{self.rabbit_dir}/pid", "HOME": self.rabbit_dir,
         }
         self.rabbit = Proc("rabbitmq", [os.environ.get("RABBITMQ_SERVER", "/usr/lib/rabbitmq/bin/rabbitmq-server")],
-                           self.rabbit_env, AMQP_PORT)
+                           rabbit_env, AMQP_PORT)
         common = {
             "MALL_DATABASE_URL": PG, "MALL_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}",
             "MALL_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}/%2f", "MALL_LOG": "info",
@@ -255,7 +254,6 @@ class Timeline:
         self.lock = threading.Lock()
         self.answers, self.events = [], []
         self.stack = stack
-        self.ready = {}
         self.ready_since = 0.0
         self.stopping = threading.Event()
         threading.Thread(target=self._probe, daemon=True).start()
@@ -276,12 +274,10 @@ class Timeline:
     def _probe(self):
         # Readiness of every process, every 100 ms: the time to recover is read off it.
         while not self.stopping.is_set():
-            states = {p.name: p.ready() for p in self.stack.all}
-            if not all(states.values()):
+            if not all(p.ready() for p in self.stack.all):
                 self.ready_since = None
             elif self.ready_since is None:
                 self.ready_since = self.now()
-            self.ready = states
             time.sleep(0.1)
 
     def close(self):

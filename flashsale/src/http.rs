@@ -283,6 +283,17 @@ fn reject(reason: &'static str, e: ApiError) -> ApiError {
     e
 }
 
+/// 503 `not_ready` while an item is (re)loaded into Redis: every instance would answer the
+/// same, so it is marked a shared outage, and the buyer retries in a second.
+fn not_ready(message: &'static str) -> ApiError {
+    reject(
+        "not_ready",
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+            .as_dependency_outage()
+            .with_retry_after(1),
+    )
+}
+
 /// The request body in one piece, through axum's extractor (a body over the stack's limit is
 /// its 413).
 async fn whole_body(body: axum::body::Body) -> Result<Bytes, Response> {
@@ -495,16 +506,7 @@ async fn admit(
             conflict("not_started", "the session has not started"),
         )),
         Admission::Ended => Err(reject("ended", conflict("ended", "the session has ended"))),
-        Admission::NotWarmed => Err(reject(
-            "not_ready",
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "the session is being loaded; retry",
-            )
-            .as_dependency_outage()
-            .with_retry_after(1),
-        )),
+        Admission::NotWarmed => Err(not_ready("the session is being loaded; retry")),
         Admission::BadQuantity => Err(reject(
             "bad_request",
             ApiError::bad_request(
@@ -580,16 +582,7 @@ async fn book_admission(
         }
         Ok(Ok(Recorded::Stale)) => {
             span.record("result", "reloading");
-            Err(reject(
-                "not_ready",
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_ready",
-                    "the session is being reloaded; retry",
-                )
-                .as_dependency_outage()
-                .with_retry_after(1),
-            ))
+            Err(not_ready("the session is being reloaded; retry"))
         }
         failed => {
             // Redis admitted it: a retry with the same request id must reach the script (and
