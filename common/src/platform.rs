@@ -123,6 +123,15 @@ impl PlatformSettings {
                 "must be more than zero",
             ));
         }
+        let key_prefix = vars.string("MALL_REDIS_PREFIX", "mall:");
+        if key_prefix.contains(['{', '}']) {
+            // A brace would become every key's hash tag and put all of them in one slot.
+            return Err(ConfigError::new(
+                "MALL_REDIS_PREFIX",
+                &key_prefix,
+                "must not contain { or } (they pick a key's cluster slot)",
+            ));
+        }
         let body_limit: usize = vars.parse("MALL_BODY_LIMIT", 1024 * 1024)?;
         let threads = match defaults.http_threads {
             HttpThreads::Shared => 0,
@@ -157,7 +166,8 @@ impl PlatformSettings {
             },
             redis: RedisSettings {
                 url: vars.url("MALL_REDIS_URL", DEFAULT_REDIS_URL, &["redis", "rediss"])?,
-                key_prefix: vars.string("MALL_REDIS_PREFIX", "mall:"),
+                cluster_nodes: vars.url_list("MALL_REDIS_CLUSTER_NODES", "", &["redis", "rediss"])?,
+                key_prefix,
                 connections: redis_connections,
                 timeout: vars.duration("MALL_REDIS_TIMEOUT", Duration::from_secs(1))?,
             },

@@ -10,6 +10,8 @@ use mall_common::platform::{HttpThreads, PlatformSettings, ServiceDefaults};
 use mall_common::telemetry::TelemetrySettings;
 use url::Url;
 
+use crate::store::replica::ReplicaAcks;
+
 /// Name, port and schema of this service.
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "flashsale",
@@ -65,6 +67,10 @@ pub struct FlashSettings {
     /// `MALL_FLASHSALE_DELIVERY_LIMIT` (5): deliveries of an order event before it is
     /// dead-lettered.
     pub delivery_limit: u32,
+    /// `MALL_FLASHSALE_REPLICA_ACKS` (1 on a Redis Cluster, else 0) and
+    /// `MALL_FLASHSALE_REPLICA_WAIT` (50ms): replicas that must hold an admission before it is
+    /// promised, and the longest wait for them (see `store::replica`).
+    pub replica_acks: ReplicaAcks,
 }
 
 /// Everything mall-flashsale reads at start-up.
@@ -118,8 +124,17 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        let platform = PlatformSettings::from_vars(vars, &DEFAULTS)?;
+        let on_cluster = !platform.redis.cluster_nodes.is_empty();
+        let replica_acks = ReplicaAcks {
+            replicas: vars.parse("MALL_FLASHSALE_REPLICA_ACKS", u32::from(on_cluster))?,
+            wait: positive(
+                "MALL_FLASHSALE_REPLICA_WAIT",
+                vars.duration("MALL_FLASHSALE_REPLICA_WAIT", Duration::from_millis(50))?,
+            )?,
+        };
         Ok(Self {
-            platform: PlatformSettings::from_vars(vars, &DEFAULTS)?,
+            platform,
             telemetry: TelemetrySettings::from_vars(vars, "mall-flashsale")?,
             flash: FlashSettings {
                 inventory_urls,
@@ -151,6 +166,7 @@ impl Settings {
                     vars.duration("MALL_FLASHSALE_BREAKER_OPEN", Duration::from_secs(2))?,
                 )?,
                 delivery_limit,
+                replica_acks,
             },
         })
     }

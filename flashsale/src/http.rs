@@ -36,6 +36,7 @@ use crate::inventory::{self, Reserved};
 use crate::live::{Breaker, Catalog, Check, Permit, SoldOut, Uncertain};
 use crate::store::admission::{self, Admission, Admitted, Attempt, ItemKeys};
 use crate::store::book::{self, Recorded};
+use crate::store::replica::Replication;
 use crate::store::sessions::{self, Session};
 
 /// How long one admission may wait on Redis before the buyer is told to retry (with the same
@@ -440,7 +441,11 @@ async fn admit(
     };
     // The span is open from here until the answer and records the verdict; it is not entered
     // on every poll (nothing inside logs), which cost an enter and exit per poll in every layer.
-    let outcome = tokio::time::timeout(ADMIT_TIMEOUT, admission::admit(&shared.redis, &keys, attempt)).await;
+    let outcome = tokio::time::timeout(
+        ADMIT_TIMEOUT,
+        admission::admit_with(&shared.redis, &keys, attempt, shared.flash.replica_acks),
+    )
+    .await;
     let verdict = match outcome {
         Ok(Ok(v)) => {
             shared.breaker.record(permit, true);
@@ -528,6 +533,25 @@ async fn book_admission(
     keys: &Arc<ItemKeys>,
     span: &tracing::Span,
 ) -> Result<Response, ApiError> {
+    match a.replication {
+        Replication::Acked | Replication::NotAsked => {}
+        Replication::NoReplica => metrics::counter!("flashsale_unreplicated_admissions_total").increment(1),
+        Replication::Lagging => {
+            // Not booked, so not promised: the retry with this request id reaches the script
+            // again (its first answer) and waits for the replica once more.
+            shared.uncertain.add(user_id, &p.request_id);
+            span.record("result", "replica_lagging");
+            return Err(reject(
+                "unavailable",
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the purchase is not yet safe on a Redis replica; retry",
+                )
+                .with_retry_after(1),
+            ));
+        }
+    }
     let order_id = Uuid::parse_str(&a.order_id)
         .map_err(|_| ApiError::internal("the admission script returned a malformed order id"))?;
     let item = match shared

@@ -144,7 +144,6 @@ async fn run_jobs(shared: &Shared) -> anyhow::Result<()> {
         .map(|s| s.session_id)
         .collect();
     if !selling.is_empty() {
-        let run_id = admission::run_id(&shared.redis).await?;
         let epochs = book::epochs(&shared.db, &selling).await?;
         for s in open.iter_mut().filter(|s| selling.contains(&s.session_id)) {
             let keys: Vec<ItemKeys> = s
@@ -153,7 +152,8 @@ async fn run_jobs(shared: &Shared) -> anyhow::Result<()> {
                 .map(|i| ItemKeys::new(&shared.redis, s.session_id, i.sku_id))
                 .collect();
             let loaded = admission::loaded(&shared.redis, &keys).await?;
-            for ((item, keys), seen) in s.items.iter().zip(&keys).zip(loaded) {
+            let run_ids = admission::run_ids(&shared.redis, &keys).await?;
+            for (((item, keys), seen), run_id) in s.items.iter().zip(&keys).zip(loaded).zip(run_ids) {
                 let epoch = epochs.get(&(s.session_id, item.sku_id)).copied().unwrap_or(0);
                 let current = seen
                     .as_ref()
@@ -249,7 +249,7 @@ async fn load(
     if books.epoch > 1 {
         let why = match &seen {
             None => "Redis lost the item",
-            Some((_, r)) if r != run_id => "Redis restarted",
+            Some((_, r)) if r != run_id => "Redis restarted or failed over",
             Some(_) => "Redis holds an older load",
         };
         metrics::counter!("flashsale_reloads_total").increment(1);

@@ -76,6 +76,11 @@ impl Application {
                 None,
             ),
             (
+                "flashsale_unreplicated_admissions_total",
+                "Admissions promised while their Redis master had no replica to wait for.",
+                None,
+            ),
+            (
                 "flashsale_sold_out_answers_total",
                 "Purchases answered sold out by the in-memory flag.",
                 None,

@@ -3,4 +3,5 @@
 
 pub mod admission;
 pub mod book;
+pub mod replica;
 pub mod sessions;

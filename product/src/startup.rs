@@ -34,7 +34,6 @@ impl Application {
             redis: Some(vec![&BLOOM_ADD]),
             amqp: Some(topology()),
         };
-        let redis_url = settings.platform.redis.url.clone();
         let mut platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
         let catalog = Catalog::new(
             platform.db().expect("declared").clone(),
@@ -43,7 +42,7 @@ impl Application {
         );
         platform
             .tasks()
-            .spawn(catalog.clone().run_background(redis_url, platform.cancel_token()));
+            .spawn(catalog.clone().run_background(platform.cancel_token()));
         let ready = catalog.clone();
         platform.readiness_mut().add("bloom", move || {
             let ready = ready.blooms_ready();

@@ -14,16 +14,20 @@ use mall_common::platform::{PlatformSettings, ServiceDefaults};
 use mall_common::server::Server;
 use url::Url;
 
+use crate::redis_cluster::RedisCluster;
 use crate::server::TestServer;
 
 /// Where the test dependencies are; override with `MALL_TEST_DATABASE_URL`,
-/// `MALL_TEST_REDIS_URL` and `MALL_TEST_AMQP_URL` (read, never written).
+/// `MALL_TEST_REDIS_URL` and `MALL_TEST_AMQP_URL` (read, never written). `MALL_TEST_REDIS=cluster`
+/// puts the services on this test binary's own Redis Cluster instead ([`RedisCluster::shared`]).
 #[derive(Debug, Clone)]
 pub struct Infra {
     /// The test database (created if missing).
     pub database_url: Url,
     /// Redis.
     pub redis_url: Url,
+    /// `MALL_REDIS_CLUSTER_NODES` when the tests run on a Redis Cluster.
+    pub redis_cluster: Option<String>,
     /// RabbitMQ.
     pub amqp_url: Url,
 }
@@ -41,6 +45,7 @@ impl Infra {
                 "postgres://postgres:postgres@127.0.0.1:5432/mall_test?sslmode=disable",
             ),
             redis_url: var("MALL_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_cluster: None,
             amqp_url: var("MALL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
         }
     }
@@ -59,7 +64,10 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh env; creates the test database if needed and sweeps stale leftovers once.
     pub async fn new() -> Self {
-        let infra = Infra::get();
+        let mut infra = Infra::get();
+        if std::env::var("MALL_TEST_REDIS").is_ok_and(|v| v == "cluster") {
+            infra.redis_cluster = Some(RedisCluster::shared().await.seeds());
+        }
         ensure_database(&infra.database_url).await;
         static SWEEP: Once = Once::new();
         SWEEP.call_once(|| {
@@ -98,6 +106,10 @@ impl TestEnv {
             ("MALL_DATABASE_SCHEMA", format!("{}_{}", self.id, defaults.schema)),
             ("MALL_DATABASE_MAX_CONNECTIONS", "8".to_owned()),
             ("MALL_REDIS_URL", self.infra.redis_url.to_string()),
+            (
+                "MALL_REDIS_CLUSTER_NODES",
+                self.infra.redis_cluster.clone().unwrap_or_default(),
+            ),
             ("MALL_REDIS_PREFIX", format!("{}:mall:", self.id)),
             ("MALL_AMQP_URL", self.infra.amqp_url.to_string()),
             ("MALL_AMQP_PREFIX", format!("{}.", self.id)),
@@ -167,7 +179,10 @@ async fn ensure_database(url: &Url) {
 
 async fn remove_env(infra: Infra, id: String, amqp: Vec<Amqp>) {
     drop_schemas(&infra, &format!("{id}\\_%")).await;
-    delete_keys(&infra, &format!("{id}:*")).await;
+    // A cluster's keys go with the test binary's cluster.
+    if infra.redis_cluster.is_none() {
+        delete_keys(&infra, &format!("{id}:*")).await;
+    }
     for handle in amqp {
         if let Err(e) = handle.delete_topology(&infra.amqp_url).await {
             tracing::warn!(error = %e, "test cleanup: could not delete AMQP topology");

@@ -12,6 +12,7 @@
 //! - [`env`]: [`TestEnv`], isolation and cleanup.
 //! - [`server`]: [`TestServer`], a service running in-process.
 //! - [`proxy`]: [`ChaosProxy`], a TCP proxy that can cut, refuse or slow a dependency.
+//! - [`redis_cluster`]: [`RedisCluster`], a Redis Cluster of the test binary's own.
 //! - [`wait`]: waiting with a deadline ([`eventually`]).
 //! - [`spans`]: the OTLP/HTTP and Zipkin v2 receivers and the process-wide test telemetry.
 //! - [`upstream`]: fake HTTP upstreams that delay, fail or die on command.
@@ -21,6 +22,7 @@ pub mod catalog;
 pub mod checks;
 pub mod env;
 pub mod proxy;
+pub mod redis_cluster;
 pub mod server;
 pub mod spans;
 pub mod upstream;
@@ -28,6 +30,7 @@ pub mod wait;
 
 pub use env::TestEnv;
 pub use proxy::ChaosProxy;
+pub use redis_cluster::RedisCluster;
 pub use server::TestServer;
 pub use spans::collector;
 pub use wait::eventually;

@@ -7,7 +7,9 @@
 
 use std::sync::LazyLock;
 
-use mall_common::redis::{LuaScript, Redis, RedisError, client};
+use mall_common::redis::{Conn, LuaScript, Redis, RedisError, client, is_dead_connection};
+
+use crate::store::replica::{ReplicaAcks, Replication, wait_for_replicas};
 
 /// `lua/flashsale/admit.lua`.
 pub static ADMIT: LazyLock<LuaScript> = LazyLock::new(|| mall_common::lua_script!("flashsale/admit"));
@@ -102,6 +104,8 @@ pub struct Admitted {
     pub epoch: i64,
     /// A repeat of an admission already marked as booked ([`mark_booked`]).
     pub booked: bool,
+    /// Whether a replica holds it (see [`admit_with`]).
+    pub replication: Replication,
 }
 
 /// One purchase attempt.
@@ -119,30 +123,51 @@ pub struct Attempt<'a> {
     pub order_id: &'a str,
 }
 
-/// Runs the admission script.
+/// Runs the admission script, waiting for no replica.
 pub async fn admit(redis: &Redis, keys: &ItemKeys, a: Attempt<'_>) -> Result<Admission, RedisError> {
+    admit_with(redis, keys, a, ReplicaAcks::NONE).await
+}
+
+/// Runs the admission script and, for an admission not yet booked, waits until `acks` replicas
+/// hold it (see [`crate::store::replica`]).
+pub async fn admit_with(
+    redis: &Redis,
+    keys: &ItemKeys,
+    a: Attempt<'_>,
+    acks: ReplicaAcks,
+) -> Result<Admission, RedisError> {
+    let mut conn = redis.conn().await?;
+    let run = |mut conn: Conn| async move {
+        let mut inv = ADMIT.prepare();
+        inv.key(&keys.meta)
+            .key(&keys.stock)
+            .key(&keys.users)
+            .key(&keys.requests);
+        inv.arg(a.user_id)
+            .arg(a.request_id)
+            .arg(a.quantity)
+            .arg(a.now_ms)
+            .arg(a.order_id);
+        inv.invoke_async(&mut *conn).await
+    };
     // Safe to send twice: a repeat of the request id gets the first answer.
-    let (code, order_id, left, epoch, quantity, booked): (i64, String, i64, i64, i64, i64) = redis
-        .retrying(|mut conn| async move {
-            let mut inv = ADMIT.prepare();
-            inv.key(&keys.meta)
-                .key(&keys.stock)
-                .key(&keys.users)
-                .key(&keys.requests);
-            inv.arg(a.user_id)
-                .arg(a.request_id)
-                .arg(a.quantity)
-                .arg(a.now_ms)
-                .arg(a.order_id);
-            Ok(inv.invoke_async(&mut *conn).await?)
-        })
-        .await?;
+    let (code, order_id, left, epoch, quantity, booked): (i64, String, i64, i64, i64, i64) =
+        match run(conn.clone()).await {
+            Err(e) if is_dead_connection(&e) => run(conn.clone()).await?,
+            other => other?,
+        };
+    let replication = if code == 1 || (code == 2 && booked == 0) {
+        wait_for_replicas(&mut conn, &keys.meta, acks).await?
+    } else {
+        Replication::NotAsked
+    };
     let admitted = || Admitted {
         order_id: order_id.clone(),
         quantity,
         left,
         epoch,
         booked: booked == 1,
+        replication,
     };
     Ok(match code {
         1 => Admission::Admitted(admitted()),
@@ -230,29 +255,52 @@ pub async fn load_item(redis: &Redis, keys: &ItemKeys, l: &Load<'_>) -> Result<b
 
 /// What Redis holds of an item's load: `(epoch, run_id)`, `None` where nothing is loaded.
 pub async fn loaded(redis: &Redis, keys: &[ItemKeys]) -> Result<Vec<Option<(i64, String)>>, RedisError> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut conn = redis.conn().await?;
-    let mut pipe = client::pipe();
-    for k in keys {
-        pipe.cmd("HMGET").arg(&k.meta).arg("epoch").arg("run_id");
-    }
-    let rows: Vec<(Option<i64>, Option<String>)> = pipe.query_async(&mut *conn).await?;
+    let conn = redis.conn().await?;
+    // One command per item, sent together: the items live in different cluster slots, which
+    // one pipeline may not span.
+    let rows = futures_util::future::try_join_all(keys.iter().map(|k| {
+        let mut conn = conn.clone();
+        async move {
+            let row: (Option<i64>, Option<String>) = client::cmd("HMGET")
+                .arg(&k.meta)
+                .arg("epoch")
+                .arg("run_id")
+                .query_async(&mut *conn)
+                .await?;
+            Ok::<_, RedisError>(row)
+        }
+    }))
+    .await?;
     Ok(rows
         .into_iter()
         .map(|(epoch, run_id)| epoch.zip(run_id))
         .collect())
 }
 
-/// The `run_id` of the Redis server answering (another one after every restart).
-pub async fn run_id(redis: &Redis) -> Result<String, RedisError> {
-    let mut conn = redis.conn().await?;
-    let info: String = client::cmd("INFO").arg("server").query_async(&mut *conn).await?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("run_id:"))
-        .map(|id| id.trim().to_owned())
-        .ok_or_else(|| RedisError::Reply("INFO server has no run_id".to_owned()))
+/// The `run_id` of the Redis server holding each item (another one after every restart or
+/// failover), in the order given.
+pub async fn run_ids(redis: &Redis, keys: &[ItemKeys]) -> Result<Vec<String>, RedisError> {
+    let conn = redis.conn().await?;
+    let info = client::cmd("INFO").arg("server").clone();
+    let ask = |key: &str| {
+        let (mut conn, info) = (conn.clone(), &info);
+        let key = key.to_owned();
+        async move {
+            let text: String = conn.query_owner(info, &key).await?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("run_id:"))
+                .map(|id| id.trim().to_owned())
+                .ok_or_else(|| RedisError::Reply("INFO server has no run_id".to_owned()))
+        }
+    };
+    if !redis.is_cluster() {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        let id = ask(&first.meta).await?;
+        return Ok(vec![id; keys.len()]);
+    }
+    futures_util::future::try_join_all(keys.iter().map(|k| ask(&k.meta))).await
 }
 
 /// What [`restock`] did.
@@ -294,13 +342,58 @@ pub async fn stock_left(redis: &Redis, keys: &[ItemKeys]) -> Result<Vec<Option<i
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let mut pipe = client::pipe();
-    for k in keys {
-        // One GET per key rather than MGET: the keys live in different cluster slots.
-        pipe.cmd("GET").arg(&k.stock);
-    }
-    let pipe = &pipe;
+    // One GET per key rather than MGET or a pipeline: the keys live in different cluster slots.
     redis
-        .retrying(|mut conn| async move { Ok(pipe.query_async(&mut *conn).await?) })
+        .retrying(|conn| async move {
+            futures_util::future::try_join_all(
+                keys.iter().map(|k| {
+                    let mut conn = conn.clone();
+                    async move {
+                        Ok::<_, RedisError>(client::cmd("GET").arg(&k.stock).query_async(&mut *conn).await?)
+                    }
+                }),
+            )
+            .await
+        })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mall_common::redis::RedisSettings;
+    use mall_common::redis::client::cluster_routing::Slot;
+
+    use super::*;
+
+    // A runtime only because connections are made (never used) with the handle.
+    #[tokio::test]
+    async fn every_script_call_keeps_its_keys_in_one_cluster_slot() {
+        let redis = Redis::connect_lazy(&RedisSettings {
+            url: "redis://127.0.0.1:6379".parse().unwrap(),
+            cluster_nodes: Vec::new(),
+            key_prefix: "mall:".into(),
+            connections: 1,
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        for (session, sku) in [(1, 2), (12, 34), (987_654, 1)] {
+            let k = ItemKeys::new(&redis, session, sku);
+            // The key sets each script is called with (admit, load_item, restock, mark_booked).
+            let calls: [&[&str]; 4] = [
+                &[&k.meta, &k.stock, &k.users, &k.requests],
+                &k.all(),
+                &[&k.meta, &k.stock, &k.users, &k.returned],
+                &[&k.requests],
+            ];
+            for keys in calls {
+                let slots: std::collections::HashSet<Slot> = keys.iter().map(Slot::for_key).collect();
+                assert_eq!(slots.len(), 1, "{keys:?}");
+            }
+        }
+        // Two items do not share a slot by construction (they spread over the cluster).
+        let (a, b) = (ItemKeys::new(&redis, 1, 2), ItemKeys::new(&redis, 1, 3));
+        assert_ne!(Slot::for_key(&a.meta), Slot::for_key(&b.meta));
+    }
 }

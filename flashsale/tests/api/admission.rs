@@ -9,6 +9,7 @@ use mall_flashsale::store::admission::{
     Admission, Admitted, Attempt, ItemKeys, Load, admit, load_item, mark_booked,
 };
 use mall_flashsale::store::book::Booked;
+use mall_flashsale::store::replica::Replication;
 use mall_testkit::TestEnv;
 
 const START: i64 = 1_000_000;
@@ -56,6 +57,7 @@ fn admitted(order: &str, quantity: i64, left: i64, epoch: i64) -> Admitted {
         left,
         epoch,
         booked: false,
+        replication: Replication::NotAsked,
     }
 }
 

@@ -9,14 +9,14 @@
 //!   entry). Logical TTLs carry ±`MALL_PRODUCT_L2_JITTER` so entries written together do not
 //!   expire together; the physical TTL adds a grace period so a stale value is there to serve.
 //! - **Rebuild**: on an L2 miss or a logically expired value, one instance in the cluster takes
-//!   `product:lock:<key>` (SET NX PX + token, lease renewed while loading, compare-and-delete
-//!   release) and reloads from Postgres. The others serve the stale value, or, with none, wait
+//!   `product:lock:{<key>}` (in the slot of the value, `product:{<key>}`; SET NX PX + token,
+//!   lease renewed while loading, compare-and-delete release) and reloads from Postgres. The others serve the stale value, or, with none, wait
 //!   up to `MALL_PRODUCT_LOCK_WAIT` for the new one.
 //! - **Redis down**: reads go to Postgres through a semaphore of `MALL_PRODUCT_DB_CONCURRENCY`
 //!   permits (L1 still absorbs repeats), so an outage cannot become a database storm; a read that
 //!   cannot get a permit quickly is a 503.
 //! - **Writes** commit to Postgres, delete the L2 keys, tell every instance to drop its L1 copy
-//!   (Redis pub/sub), and repeat the delete a moment later, which closes the race with a rebuild
+//!   (Redis pub/sub, sharded on a cluster), and repeat the delete a moment later, which closes the race with a rebuild
 //!   that read the old row just before the commit.
 
 use std::sync::Arc;
@@ -236,7 +236,8 @@ impl Catalog {
     }
 
     fn l2_key(&self, key: &CacheKey) -> String {
-        self.inner.redis.key(&format!("product:{}", key.name()))
+        // `{name}`: the value and its rebuild lock share a cluster slot.
+        self.inner.redis.key(&format!("product:{{{}}}", key.name()))
     }
 
     async fn l2_get(&self, key: &CacheKey) -> Result<Option<(u64, Cached)>, RedisError> {
@@ -301,7 +302,7 @@ impl Catalog {
                 return self.load_db_limited(key).await;
             }
         };
-        let lock_name = format!("product:lock:{}", key.name());
+        let lock_name = format!("product:lock:{{{}}}", key.name());
         match found {
             Some((exp, value)) if exp > now_ms() => {
                 self.count("product_cache_hits_total", Some(("layer", "l2")));
@@ -533,17 +534,12 @@ impl Catalog {
     }
 
     async fn broadcast(&self, messages: &[String]) {
-        let sent: Result<(), RedisError> = async {
-            let mut conn = self.inner.redis.conn().await?;
-            let _: i64 = client::cmd("PUBLISH")
-                .arg(self.channel())
-                .arg(messages.join(" "))
-                .query_async(&mut *conn)
-                .await?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = sent {
+        if let Err(e) = self
+            .inner
+            .redis
+            .publish(&self.channel(), &messages.join(" "))
+            .await
+        {
             tracing::warn!(error = %e, "invalidation not broadcast; other instances catch up within the L1 TTL");
         }
     }
@@ -572,9 +568,9 @@ impl Catalog {
 
     /// Keeps this instance in step: builds or loads the bloom filters, refreshes them, and
     /// applies invalidations from other instances, until `cancel`.
-    pub async fn run_background(self, redis_url: url::Url, cancel: CancellationToken) {
+    pub async fn run_background(self, cancel: CancellationToken) {
         let sync = self.clone().sync_blooms(cancel.clone());
-        let listen = self.clone().listen(redis_url, cancel);
+        let listen = self.clone().listen(cancel);
         tokio::join!(sync, listen);
     }
 
@@ -636,21 +632,17 @@ impl Catalog {
         built
     }
 
-    async fn listen(self, redis_url: url::Url, cancel: CancellationToken) {
+    async fn listen(self, cancel: CancellationToken) {
         loop {
             let subscribed = async {
-                let client = client::Client::open(redis_url.as_str())?;
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(self.channel()).await?;
-                let mut messages = pubsub.on_message();
-                while let Some(msg) = messages.next().await {
-                    let text: String = msg.get_payload().unwrap_or_default();
+                let mut messages = self.inner.redis.subscribe(&self.channel()).await?;
+                while let Some(text) = messages.next().await {
                     for key in self.apply(&text) {
                         self.inner.l1.invalidate(&key).await;
                         self.count("product_invalidations_received_total", None);
                     }
                 }
-                Ok::<(), client::RedisError>(())
+                Ok::<(), RedisError>(())
             };
             tokio::select! {
                 () = cancel.cancelled() => return,

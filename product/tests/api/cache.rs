@@ -50,7 +50,7 @@ async fn five_hundred_concurrent_reads_of_an_expired_hot_key_over_two_instances_
     let a = spawn(&env, settings(&env, &[])).await;
     let b = spawn(&env, settings(&env, &[])).await;
     let redis = Redis::connect_lazy(&env.platform_settings(&DEFAULTS).redis).unwrap();
-    let l2_key = redis.key("product:sku:7");
+    let l2_key = redis.key("product:{sku:7}");
 
     for (label, expire) in [("logically expired", true), ("missing from L2", false)] {
         assert_eq!(get(&a, "/api/skus/7").await.0, 200);
@@ -126,7 +126,7 @@ async fn entries_written_together_expire_spread_over_the_jitter_window() {
         assert_eq!(get(&app, &format!("/api/skus/{id}")).await.0, 200);
         let mut conn = redis.conn().await.unwrap();
         let raw: Vec<u8> = client::cmd("GET")
-            .arg(redis.key(&format!("product:sku:{id}")))
+            .arg(redis.key(&format!("product:{{sku:{id}}}")))
             .query_async(&mut *conn)
             .await
             .unwrap();
