@@ -67,10 +67,12 @@ pub struct FlashSettings {
     /// `MALL_FLASHSALE_DELIVERY_LIMIT` (5): deliveries of an order event before it is
     /// dead-lettered.
     pub delivery_limit: u32,
-    /// `MALL_FLASHSALE_REPLICA_ACKS` (1 on a Redis Cluster, else 0) and
-    /// `MALL_FLASHSALE_REPLICA_WAIT` (50ms): replicas that must hold an admission before it is
-    /// promised, and the longest wait for them (see `store::replica`).
-    pub replica_acks: ReplicaAcks,
+    /// `MALL_FLASHSALE_REPLICA_ACKS`: replicas that must hold an admission before it is
+    /// promised (see `store::replica`); unset, 1 on a Redis Cluster and 0 on one node (decided
+    /// at start-up, see [`FlashSettings::replica_acks`]).
+    pub replica_acks: Option<u32>,
+    /// `MALL_FLASHSALE_REPLICA_WAIT` (50ms): the longest wait for them.
+    pub replica_wait: Duration,
 }
 
 /// Everything mall-flashsale reads at start-up.
@@ -82,6 +84,16 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// The sale.
     pub flash: FlashSettings,
+}
+
+impl FlashSettings {
+    /// What an admission waits for on `redis`.
+    pub fn replica_acks(&self, redis: &mall_common::redis::Redis) -> ReplicaAcks {
+        ReplicaAcks {
+            replicas: self.replica_acks.unwrap_or(u32::from(redis.is_cluster())),
+            wait: self.replica_wait,
+        }
+    }
 }
 
 impl Settings {
@@ -124,17 +136,16 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        let platform = PlatformSettings::from_vars(vars, &DEFAULTS)?;
-        let on_cluster = !platform.redis.cluster_nodes.is_empty();
-        let replica_acks = ReplicaAcks {
-            replicas: vars.parse("MALL_FLASHSALE_REPLICA_ACKS", u32::from(on_cluster))?,
-            wait: positive(
-                "MALL_FLASHSALE_REPLICA_WAIT",
-                vars.duration("MALL_FLASHSALE_REPLICA_WAIT", Duration::from_millis(50))?,
-            )?,
+        let replica_acks = match vars.get("MALL_FLASHSALE_REPLICA_ACKS") {
+            None => None,
+            Some(_) => Some(vars.parse("MALL_FLASHSALE_REPLICA_ACKS", 0)?),
         };
+        let replica_wait = positive(
+            "MALL_FLASHSALE_REPLICA_WAIT",
+            vars.duration("MALL_FLASHSALE_REPLICA_WAIT", Duration::from_millis(50))?,
+        )?;
         Ok(Self {
-            platform,
+            platform: PlatformSettings::from_vars(vars, &DEFAULTS)?,
             telemetry: TelemetrySettings::from_vars(vars, "mall-flashsale")?,
             flash: FlashSettings {
                 inventory_urls,
@@ -167,6 +178,7 @@ impl Settings {
                 )?,
                 delivery_limit,
                 replica_acks,
+                replica_wait,
             },
         })
     }

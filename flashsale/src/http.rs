@@ -58,6 +58,8 @@ pub struct Shared {
     pub inventory: Peer,
     /// The sale's settings.
     pub flash: FlashSettings,
+    /// What an admission waits for before its 202 (from `flash` and the Redis in use).
+    pub replica_acks: crate::store::replica::ReplicaAcks,
     /// Verifies the gateway-asserted identity of purchases.
     pub identity: mall_common::identity::IdentityKey,
     /// Signs and verifies purchase tokens (`MALL_FLASHSALE_TOKEN_SECRET`, prepared once).
@@ -443,7 +445,7 @@ async fn admit(
     // on every poll (nothing inside logs), which cost an enter and exit per poll in every layer.
     let outcome = tokio::time::timeout(
         ADMIT_TIMEOUT,
-        admission::admit_with(&shared.redis, &keys, attempt, shared.flash.replica_acks),
+        admission::admit_with(&shared.redis, &keys, attempt, shared.replica_acks),
     )
     .await;
     let verdict = match outcome {

@@ -114,6 +114,7 @@ impl Application {
             cancel: cancel.clone(),
             identity,
             token_key: crate::domain::TokenKey::new(flash.token_secret.expose().as_bytes()),
+            replica_acks: flash.replica_acks(platform.redis().expect("declared")),
             flash,
             // After Platform::start, so they belong to the installed recorder.
             sold_out_answers: metrics::counter!("flashsale_sold_out_answers_total"),

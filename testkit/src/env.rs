@@ -64,10 +64,22 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh env; creates the test database if needed and sweeps stale leftovers once.
     pub async fn new() -> Self {
+        let cluster = if std::env::var("MALL_TEST_REDIS").is_ok_and(|v| v == "cluster") {
+            Some(RedisCluster::shared().await.seeds())
+        } else {
+            None
+        };
+        Self::with_redis_cluster(cluster).await
+    }
+
+    /// A fresh env whose services use `cluster` (a test that breaks its own cluster).
+    pub async fn on_cluster(cluster: &RedisCluster) -> Self {
+        Self::with_redis_cluster(Some(cluster.seeds())).await
+    }
+
+    async fn with_redis_cluster(seeds: Option<String>) -> Self {
         let mut infra = Infra::get();
-        if std::env::var("MALL_TEST_REDIS").is_ok_and(|v| v == "cluster") {
-            infra.redis_cluster = Some(RedisCluster::shared().await.seeds());
-        }
+        infra.redis_cluster = seeds;
         ensure_database(&infra.database_url).await;
         static SWEEP: Once = Once::new();
         SWEEP.call_once(|| {

@@ -3,6 +3,7 @@
 mod admission;
 mod cluster;
 mod degrade;
+mod failover;
 mod helpers;
 mod platform;
 mod recovery;
