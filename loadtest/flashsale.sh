@@ -18,9 +18,14 @@
 # The paths compared in 2. and 3. are measured in alternating rounds (BENCH_ROUNDS, default 3):
 # on these shared cores the same binary drifts by 10-15% between two back-to-back measurements,
 # so each round's pair gives a ratio and the report takes the median of the rounds.
-# Writes results/flashsale-<timestamp>.md (and flashsale-latest.md).
+# BENCH_REDIS=cluster runs it all on a six-node Redis Cluster of its own (see lib.sh), where
+# every admission also waits for its replica (WAIT; MALL_FLASHSALE_REPLICA_ACKS=0 turns that off,
+# to measure what it costs); the ceiling's script then runs on the node owning the item.
+# Writes results/flashsale-<timestamp>.md (and flashsale-latest.md); on a cluster
+# flashsale-cluster-*.md.
 #
 #   loadtest/flashsale.sh                       # 10 s per oha/redis-benchmark measurement
+#   BENCH_REDIS=cluster loadtest/flashsale.sh
 #   BENCH_USERS=20000 BENCH_UNITS=2000 loadtest/flashsale.sh
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -42,6 +47,7 @@ ensure_ports_free $GATEWAY_PORT $PRODUCT_PORT $INVENTORY_PORT $ORDER_PORT "${FLA
 build_and_deps
 
 fresh_prefix "$PREFIX" ${PREFIX}_product ${PREFIX}_inventory ${PREFIX}_orders ${PREFIX}_flashsale
+bench_redis
 export MALL_REDIS_PREFIX=$PREFIX: MALL_AMQP_PREFIX=$PREFIX. RUST_LOG=warn
 
 # The catalog inventory asks before stocking SKUs 1 and 2.
@@ -146,16 +152,17 @@ rate_body="{\"session_id\":$ceiling_session,\"sku_id\":2,\"quantity\":1,\"token\
 direct="http://127.0.0.1:${FLASH_PORTS[0]}/api/flashsale/purchase"
 first=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$direct" "${curl_headers[@]}" -H "$json" -d "$rate_body")
 [ "$first" = 202 ] || { echo "the ceiling's first purchase answered $first" >&2; exit 1; }
-order_id=$(redis-cli HGET "$PREFIX:fs:{fs:$ceiling_session:2}:requests" "10:bench-rate:ceiling" | cut -d: -f3)
-sha=$(redis-cli SCRIPT LOAD "$(cat "$ROOT/lua/flashsale/admit.lua")")
+order_id=$("${RCLI[@]}" HGET "$PREFIX:fs:{fs:$ceiling_session:2}:requests" "10:bench-rate:ceiling" | cut -d: -f3)
 k="$PREFIX:fs:{fs:$ceiling_session:2}"
+owner=$(owner_port "$k:meta")
+sha=$(redis-cli -p "$owner" SCRIPT LOAD "$(cat "$ROOT/lua/flashsale/admit.lua")")
 ROUNDS=${BENCH_ROUNDS:-3}
 for ((r = 1; r <= ROUNDS; r++)); do
   group="" && [ "$r" = 1 ] && group="the purchase endpoint (admission repeat), one instance"
   SAMPLE_GROUP=$group SAMPLE_LABEL=endpoint SAMPLE_URLS=http://127.0.0.1:${FLASH_PORTS[0]} MEASURE_PIDS=$FLASH_PID \
     measure_wrk "endpoint-$r" "$CONC" POST "$direct" "$rate_body" "${rate_headers[@]}" "$json"
   say "redis-benchmark: the admission script, $CONC connections (round $r)"
-  redis-benchmark -c "$CONC" -n "${BENCH_REDIS_REQUESTS:-300000}" --csv \
+  redis-benchmark -p "$owner" -c "$CONC" -n "${BENCH_REDIS_REQUESTS:-300000}" --csv \
     EVALSHA "$sha" 4 "$k:meta" "$k:stock" "$k:users" "$k:requests" \
     bench-rate ceiling 1 "$(date +%s%3N)" "$order_id" >"$RUN/redis-benchmark-$r.csv"
 done
@@ -193,17 +200,18 @@ done
 
 mkdir -p "$RESULTS"
 stamp=$(date -u +%Y%m%d-%H%M%S)
-report="$RESULTS/flashsale-$stamp.md"
+name=flashsale && [ "$REDIS_MODE" = cluster ] && name=flashsale-cluster
+report="$RESULTS/$name-$stamp.md"
 status=0
-python3 - "$RUN" "$PG" "$PREFIX" "$crowd_session" "$UNITS" "$USERS" "$CONC" "$DURATION" "$ROUNDS" >"$report" <<'PY' || status=$?
-import csv, json, statistics, subprocess, sys
+REDIS_MODE=$REDIS_MODE RCLI="${RCLI[*]}" python3 - "$RUN" "$PG" "$PREFIX" "$crowd_session" "$UNITS" "$USERS" "$CONC" "$DURATION" "$ROUNDS" >"$report" <<'PY' || status=$?
+import csv, json, os, statistics, subprocess, sys
 run, pg, prefix, session, units, users, conc, duration, rounds = sys.argv[1:10]
 rounds = range(1, int(rounds) + 1)
 units, users = int(units), int(users)
 def sql(q):
     return subprocess.run(["psql", pg, "-Atc", q], capture_output=True, text=True, check=True).stdout.strip()
 def redis(*args):
-    return subprocess.run(["redis-cli", *args], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run([*os.environ["RCLI"].split(), *args], capture_output=True, text=True, check=True).stdout.strip()
 crowd = json.load(open(f"{run}/crowd.json"))
 by = crowd["by_status"]
 admitted_client = set(crowd["order_ids"])
@@ -266,6 +274,11 @@ print("# Flash-sale benchmark\n")
 print(f"Two flashsale instances behind mall-gateway, one order, one inventory; every process and the load")
 print(f"generators share this 2-core machine. Concurrency {conc}; wrk (2 threads) for {duration} and redis-benchmark for a fixed count, the")
 print(f"compared paths alternating over {len(rounds)} rounds (the ratios are the median of the rounds' ratios).\n")
+if os.environ.get("REDIS_MODE") == "cluster":
+    acks = os.environ.get("MALL_FLASHSALE_REPLICA_ACKS", "1 (the default on a cluster)")
+    print(f"Redis: a six-node Redis Cluster (three masters, a replica each); replicas waited for per admission: {acks}.\n")
+else:
+    print("Redis: one node.\n")
 print(f"## The crowd: {users} distinct buyers, {units} units, limit 1, through the gateway\n")
 print("| answers | count | p50 ms | p99 ms |\n|---|---:|---:|---:|")
 for code, v in sorted(by.items()):
@@ -300,11 +313,14 @@ if so_cpu:
     print(f"Server CPU per answer, sold out / gateway 404: median {statistics.median(so_cpu):.2f} (rounds: {', '.join(f'{x:.2f}' for x in so_cpu)}; below 1 means the sold-out answer costs its server less).")
 print("Server CPU is the measured process's user + system time (all its threads, from `/proc/<pid>/stat`) during the run, divided by the requests answered.\n")
 ok = all(checks.values())
-print(f"Invariants: {'PASS' if ok else 'FAIL'}. Reproduce: `loadtest/flashsale.sh`.")
+how = "BENCH_REDIS=cluster " if os.environ.get("REDIS_MODE") == "cluster" else ""
+if "MALL_FLASHSALE_REPLICA_ACKS" in os.environ:
+    how += f"MALL_FLASHSALE_REPLICA_ACKS={os.environ['MALL_FLASHSALE_REPLICA_ACKS']} "
+print(f"Invariants: {'PASS' if ok else 'FAIL'}. Reproduce: `{how}loadtest/flashsale.sh`.")
 sys.exit(0 if ok else 1)
 PY
-charts flashsale "$stamp" >>"$report"
-cp "$report" "$RESULTS/flashsale-latest.md"
+charts "$name" "$stamp" >>"$report"
+cp "$report" "$RESULTS/$name-latest.md"
 cat "$report"
 echo
 echo "report: $report"

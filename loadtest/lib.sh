@@ -92,6 +92,7 @@ charts() { # scenario stamp : one PNG per sampled group into $RESULTS, and their
 }
 
 ensure_ports_free() {
+  local port
   for port in "$@"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "port $port is in use; stop whatever listens there and run again" >&2
@@ -226,6 +227,56 @@ PY
   wrk -t 2 -c "$c" -d "$DURATION" -s "$RUN/$name.lua" "$url" | tail -n 1 >"$RUN/$name-$c.json"
   sample_stop
   cpu_end "$RUN/$name-$c.cpu"
+}
+
+# BENCH_REDIS=cluster runs a scenario on a Redis Cluster of its own: six redis-server nodes
+# (three masters, a replica each) on BENCH_CLUSTER_PORT (17100) and the five ports after it,
+# stopped with the scenario. Sets RCLI (redis-cli for the scenario's keys, following redirects),
+# REDIS_MODE (single or cluster, the report's name suffix) and exports MALL_REDIS_CLUSTER_NODES.
+REDIS_MODE=${BENCH_REDIS:-single}
+RCLI=(redis-cli)
+bench_redis() {
+  case $REDIS_MODE in
+    single) return 0 ;;
+    cluster) ;;
+    *) echo "BENCH_REDIS must be single or cluster" >&2; exit 2 ;;
+  esac
+  local base=${BENCH_CLUSTER_PORT:-17100} port addrs=() seeds=()
+  say "a Redis Cluster of six nodes on ports $base-$((base + 5))"
+  for port in $(seq "$base" $((base + 5))); do
+    ensure_ports_free "$port" $((port + 10000))
+    mkdir -p "$RUN/redis-$port"
+    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-node-timeout 5000 --save "" --appendonly no --dir "$RUN/redis-$port" \
+      --logfile "$RUN/redis-$port.log" &
+    PIDS+=($!)
+    addrs+=("127.0.0.1:$port")
+    seeds+=("redis://127.0.0.1:$port")
+  done
+  for port in $(seq "$base" $((base + 5))); do
+    for ((i = 0; i < 100; i++)); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$RUN/cluster-create.log"
+  # Ready when every node serves every slot and each master has its replica.
+  for port in $(seq "$base" $((base + 5))); do
+    for ((i = 0; i < 300; i++)); do
+      redis-cli -p "$port" cluster info | grep -q '^cluster_state:ok' &&
+        [ "$(redis-cli -p "$port" cluster nodes | grep -c slave)" = 3 ] && break
+      sleep 0.1
+    done
+  done
+  RCLI=(redis-cli -c -p "$base")
+  MALL_REDIS_CLUSTER_NODES=$(IFS=,; echo "${seeds[*]}")
+  export MALL_REDIS_CLUSTER_NODES
+}
+
+owner_port() { # key : the port of the node serving it (the one Redis on a single node)
+  if [ "$REDIS_MODE" = single ]; then echo 6379; return; fi
+  local slot
+  slot=$("${RCLI[@]}" cluster keyslot "$1")
+  "${RCLI[@]}" cluster nodes | awk -v slot="$slot" '$3 ~ /master/ {
+    for (i = 9; i <= NF; i++) { n = split($i, r, "-"); lo = r[1]; hi = (n > 1 ? r[2] : r[1]);
+      if (slot + 0 >= lo + 0 && slot + 0 <= hi + 0) { split($2, a, "[:@]"); print a[2]; exit } } }'
 }
 
 fresh_prefix() { # prefix schema... : drops a scenario's schemas (in $PG), Redis keys and queues

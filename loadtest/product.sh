@@ -6,7 +6,8 @@
 #   zipf     a Zipf-like mix (s = 1.1) over all 100,000 SKUs
 #   unknown  a flood of ids that do not exist
 # Reports requests/s, p50/p99, the L1/L2/database shares and database loads per 1,000 requests
-# (from the instances' /metrics) in results/product-<timestamp>.md.
+# (from the instances' /metrics) in results/product-<timestamp>.md; BENCH_REDIS=cluster runs it on
+# a six-node Redis Cluster of its own (see lib.sh) and writes results/product-cluster-*.md.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 GATEWAY_PORT=18080
@@ -22,6 +23,7 @@ say "a fresh catalog of $SKUS SKUs in schema $SCHEMA"
 psql "postgres://postgres:postgres@127.0.0.1:5432/mall?sslmode=disable" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1
 redis-cli --scan --pattern 'benchp:*' | xargs -r redis-cli del >/dev/null
 export MALL_DATABASE_SCHEMA=$SCHEMA MALL_REDIS_PREFIX=benchp: MALL_AMQP_PREFIX=benchp.
+bench_redis
 "$ROOT/target/release/mall-product" seed --skus "$SKUS"
 
 upstreams=""
@@ -71,8 +73,9 @@ done
 
 mkdir -p "$RESULTS"
 stamp=$(date -u +%Y%m%d-%H%M%S)
-report="$RESULTS/product-$stamp.md"
-python3 - "$RUN" "$CONNECTIONS" "$DURATION" "$SKUS" >"$report" <<'PY'
+name=product && [ "$REDIS_MODE" = cluster ] && name=product-cluster
+report="$RESULTS/$name-$stamp.md"
+REDIS_MODE=$REDIS_MODE python3 - "$RUN" "$CONNECTIONS" "$DURATION" "$SKUS" >"$report" <<'PY'
 import json, os, re, sys
 run, conns, duration, skus = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4]
 def counters(path):
@@ -92,7 +95,8 @@ print("# Product benchmark\n")
 print(f"Through mall-gateway to two mall-product instances over a seeded catalog of {skus} SKUs; oha,")
 print(f"{duration} per measurement after a warm-up; every process and the load generator share this machine.")
 print("Shares are of all requests in the measurement (L1: in-process, L2: Redis, db: Postgres loads,")
-print("bloom: answered 404 by the filter alone).\n")
+print("bloom: answered 404 by the filter alone).")
+print("Redis: " + ("a six-node Redis Cluster (three masters, a replica each).\n" if os.environ.get("REDIS_MODE") == "cluster" else "one node.\n"))
 print("| connections | scenario | requests/s | p50 ms | p99 ms | L1 | L2 | db | bloom | db loads / 1000 req |")
 print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 ratios = []
@@ -115,10 +119,10 @@ print()
 for c, r in ratios:
     print(f"- {c} connections: " + (f"hot SKU / fixed answer throughput = {r:.2f}" if isinstance(r, float) else r))
 print("\nTargets: hot SKU >= 0.90 of the fixed answer's throughput; unknown-id flood < 1% to Postgres.")
-print("Reproduce: `loadtest/product.sh` (`BENCH_DURATION=30s` for longer runs).")
+print("Reproduce: `loadtest/product.sh` (`BENCH_DURATION=30s` for longer runs; `BENCH_REDIS=cluster` on a Redis Cluster).")
 PY
-charts product "$stamp" >>"$report"
-cp "$report" "$RESULTS/product-latest.md"
+charts "$name" "$stamp" >>"$report"
+cp "$report" "$RESULTS/$name-latest.md"
 cat "$report"
 echo
 echo "report: $report"

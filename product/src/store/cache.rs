@@ -10,14 +10,15 @@
 //!   expire together; the physical TTL adds a grace period so a stale value is there to serve.
 //! - **Rebuild**: on an L2 miss or a logically expired value, one instance in the cluster takes
 //!   `product:lock:{<key>}` (in the slot of the value, `product:{<key>}`; SET NX PX + token,
-//!   lease renewed while loading, compare-and-delete release) and reloads from Postgres. The others serve the stale value, or, with none, wait
-//!   up to `MALL_PRODUCT_LOCK_WAIT` for the new one.
+//!   lease renewed while loading, compare-and-delete release) and reloads from Postgres. The
+//!   others serve the stale value, or, with none, wait up to `MALL_PRODUCT_LOCK_WAIT` for the
+//!   new one.
 //! - **Redis down**: reads go to Postgres through a semaphore of `MALL_PRODUCT_DB_CONCURRENCY`
 //!   permits (L1 still absorbs repeats), so an outage cannot become a database storm; a read that
 //!   cannot get a permit quickly is a 503.
 //! - **Writes** commit to Postgres, delete the L2 keys, tell every instance to drop its L1 copy
-//!   (Redis pub/sub, sharded on a cluster), and repeat the delete a moment later, which closes the race with a rebuild
-//!   that read the old row just before the commit.
+//!   (Redis pub/sub, sharded on a cluster), and repeat the delete a moment later, which closes
+//!   the race with a rebuild that read the old row just before the commit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
