@@ -74,6 +74,9 @@ pub fn is_dead_connection(e: &client::RedisError) -> bool {
     e.is_io_error() || e.is_unrecoverable_error()
 }
 
+/// Connections per serving thread for commands that hold theirs ([`Redis::blocking_conn`]).
+pub const BLOCKING_LANES: usize = 4;
+
 /// What the connections are made from.
 enum Backend {
     Node {
@@ -115,6 +118,9 @@ pub struct Redis {
 thread_local! {
     /// A serving thread's own connections, one per `Redis` handle it used.
     static THREAD_CONNECTIONS: RefCell<Vec<(usize, Connection)>> = const { RefCell::new(Vec::new()) };
+    /// A serving thread's lanes for commands that hold their connection ([`Redis::blocking_conn`]),
+    /// per `Redis` handle, with the next one to use.
+    static THREAD_LANES: RefCell<Vec<(usize, Vec<Connection>, usize)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl std::fmt::Debug for Redis {
@@ -217,6 +223,30 @@ impl Redis {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
         Ok(Conn(self.connections[i].clone()))
+    }
+
+    /// A connection for a command that holds it until something else happens (`WAIT` answers
+    /// once replicas confirm): one of [`BLOCKING_LANES`] per serving thread, in turn, so one
+    /// such command does not hold back the thread's other commands or all of its kind.
+    pub async fn blocking_conn(&self) -> Result<Conn, RedisError> {
+        if !crate::server::on_serving_thread() {
+            return self.conn().await;
+        }
+        THREAD_LANES.with_borrow_mut(|mine| {
+            let i = match mine.iter().position(|(id, _, _)| *id == self.id) {
+                Some(i) => i,
+                None => {
+                    let lanes = (0..BLOCKING_LANES)
+                        .map(|_| self.backend.connect())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    mine.push((self.id, lanes, 0));
+                    mine.len() - 1
+                }
+            };
+            let (_, lanes, next) = &mut mine[i];
+            *next = (*next + 1) % lanes.len();
+            Ok(Conn(lanes[*next].clone()))
+        })
     }
 
     fn thread_conn(&self) -> Result<Connection, RedisError> {

@@ -136,7 +136,13 @@ pub async fn admit_with(
     a: Attempt<'_>,
     acks: ReplicaAcks,
 ) -> Result<Admission, RedisError> {
-    let mut conn = redis.conn().await?;
+    // The replica wait holds its connection: it gets one of the thread's lanes, not the one
+    // every other command of the thread shares.
+    let mut conn = if acks.replicas > 0 {
+        redis.blocking_conn().await?
+    } else {
+        redis.conn().await?
+    };
     let run = |mut conn: Conn| async move {
         let mut inv = ADMIT.prepare();
         inv.key(&keys.meta)
