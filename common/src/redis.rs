@@ -4,7 +4,8 @@
 //! Every key a service touches is `prefix + rest` (default prefix `mall:`), so tests isolate
 //! themselves with a prefix of their own and nothing else changes. Keys a script or a
 //! multi-key command uses together share a hash tag (`{...}` in `rest`), so they live in one
-//! cluster slot; `tests/platform/slots.rs` checks every script's keys. Scripts are embedded at
+//! cluster slot; in debug builds a script call whose keys do not is refused
+//! ([`script_keys_in_one_slot`]). Scripts are embedded at
 //! compile time from `lua/` and loaded at start-up: a script Redis refuses to compile stops the
 //! service from starting, rather than failing the first sale.
 //!
@@ -264,12 +265,21 @@ impl Redis {
     /// on the same connection, which is reconnecting by then: a connection whose last attempt
     /// was refused while Redis was down fails its next command once even though Redis is back.
     /// Only for operations that are safe to repeat (reads, scripts idempotent by request id).
-    pub async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, RedisError>
+    pub async fn retrying<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
     where
         F: FnMut(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let conn = self.conn().await?;
+        Self::retrying_on(self.conn().await?, op).await
+    }
+
+    /// [`Redis::retrying`] on a connection the caller keeps using afterwards (`WAIT` must follow
+    /// on the connection that wrote).
+    pub async fn retrying_on<T, F, Fut>(conn: Conn, mut op: F) -> Result<T, RedisError>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         match op(conn.clone()).await {
             Err(RedisError::Command(e)) if is_dead_connection(&e) => op(conn).await,
             other => other,

@@ -136,10 +136,11 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        let replica_acks = match vars.get("MALL_FLASHSALE_REPLICA_ACKS") {
-            None => None,
-            Some(_) => Some(vars.parse("MALL_FLASHSALE_REPLICA_ACKS", 0)?),
-        };
+        // Unset: decided at start-up by the Redis in use.
+        let replica_acks = vars
+            .get("MALL_FLASHSALE_REPLICA_ACKS")
+            .map(|_| vars.parse("MALL_FLASHSALE_REPLICA_ACKS", 0))
+            .transpose()?;
         let replica_wait = positive(
             "MALL_FLASHSALE_REPLICA_WAIT",
             vars.duration("MALL_FLASHSALE_REPLICA_WAIT", Duration::from_millis(50))?,

@@ -286,15 +286,18 @@ fn reject(reason: &'static str, e: ApiError) -> ApiError {
     e
 }
 
-/// 503 `not_ready` while an item is (re)loaded into Redis: every instance would answer the
-/// same, so it is marked a shared outage, and the buyer retries in a second.
-fn not_ready(message: &'static str) -> ApiError {
+/// 503 `code` (also the rejection's reason), which the buyer retries in a second.
+fn retry_soon(code: &'static str, message: &'static str) -> ApiError {
     reject(
-        "not_ready",
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
-            .as_dependency_outage()
-            .with_retry_after(1),
+        code,
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).with_retry_after(1),
     )
+}
+
+/// 503 `not_ready` while an item is (re)loaded into Redis: every instance would answer the
+/// same, so it is marked a shared outage.
+fn not_ready(message: &'static str) -> ApiError {
+    retry_soon("not_ready", message).as_dependency_outage()
 }
 
 /// The request body in one piece, through axum's extractor (a body over the stack's limit is
@@ -397,27 +400,11 @@ async fn admit(
     parent: &opentelemetry::Context,
 ) -> Result<Response, ApiError> {
     let Ok(_permit) = shared.permits.try_acquire() else {
-        return Err(reject(
-            "overloaded",
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "too many purchases in flight; retry",
-            )
-            .with_retry_after(1),
-        ));
+        return Err(retry_soon("overloaded", "too many purchases in flight; retry"));
     };
     let permit = shared.breaker.permit();
     if permit == Permit::Open {
-        return Err(reject(
-            "unavailable",
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the sale's store is failing; retry",
-            )
-            .with_retry_after(1),
-        ));
+        return Err(retry_soon("unavailable", "the sale's store is failing; retry"));
     }
 
     let span = tracing::info_span!(
@@ -543,14 +530,9 @@ async fn book_admission(
             // again (its first answer) and waits for the replica once more.
             shared.uncertain.add(user_id, &p.request_id);
             span.record("result", "replica_lagging");
-            return Err(reject(
+            return Err(retry_soon(
                 "unavailable",
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the purchase is not yet safe on a Redis replica; retry",
-                )
-                .with_retry_after(1),
+                "the purchase is not yet safe on a Redis replica; retry",
             ));
         }
     }

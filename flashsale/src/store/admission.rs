@@ -7,7 +7,7 @@
 
 use std::sync::LazyLock;
 
-use mall_common::redis::{Conn, LuaScript, Redis, RedisError, client, is_dead_connection};
+use mall_common::redis::{LuaScript, Redis, RedisError, client};
 
 use crate::store::replica::{ReplicaAcks, Replication, wait_for_replicas};
 
@@ -143,25 +143,22 @@ pub async fn admit_with(
     } else {
         redis.conn().await?
     };
-    let run = |mut conn: Conn| async move {
-        let mut inv = ADMIT.prepare();
-        inv.key(&keys.meta)
-            .key(&keys.stock)
-            .key(&keys.users)
-            .key(&keys.requests);
-        inv.arg(a.user_id)
-            .arg(a.request_id)
-            .arg(a.quantity)
-            .arg(a.now_ms)
-            .arg(a.order_id);
-        inv.invoke_async(&mut *conn).await
-    };
     // Safe to send twice: a repeat of the request id gets the first answer.
     let (code, order_id, left, epoch, quantity, booked): (i64, String, i64, i64, i64, i64) =
-        match run(conn.clone()).await {
-            Err(e) if is_dead_connection(&e) => run(conn.clone()).await?,
-            other => other?,
-        };
+        Redis::retrying_on(conn.clone(), |mut conn| async move {
+            let mut inv = ADMIT.prepare();
+            inv.key(&keys.meta)
+                .key(&keys.stock)
+                .key(&keys.users)
+                .key(&keys.requests);
+            inv.arg(a.user_id)
+                .arg(a.request_id)
+                .arg(a.quantity)
+                .arg(a.now_ms)
+                .arg(a.order_id);
+            Ok(inv.invoke_async(&mut *conn).await?)
+        })
+        .await?;
     let replication = if code == 1 || (code == 2 && booked == 0) {
         wait_for_replicas(&mut conn, &keys.meta, acks).await?
     } else {
