@@ -20,8 +20,8 @@ use mall_common::redis::lock::{self, LockGuard};
 use mall_common::redis::{Redis, client};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::Shared;
-use crate::live::{self, catalog_key};
+use crate::live::{self, on_sale_key};
+use crate::state::AppState;
 use crate::store::admission::{self, ItemKeys, Load};
 use crate::store::book;
 use crate::store::sessions::{self, Item, Session};
@@ -87,29 +87,29 @@ impl Leadership {
 }
 
 /// Refreshes this instance's snapshot every `job_interval`.
-pub async fn refresh(shared: Arc<Shared>, cancel: CancellationToken) {
+pub async fn refresh(state: Arc<AppState>, cancel: CancellationToken) {
     loop {
-        match live::load(&shared.redis).await {
-            Ok(Some(s)) => shared.catalog.set(s),
+        match live::load(&state.redis).await {
+            Ok(Some(s)) => state.on_sale.set(s),
             Ok(None) => tracing::debug!("no catalog in Redis; keeping the last one"),
             Err(e) => tracing::debug!(error = %e, "catalog refresh failed; keeping the last one"),
         }
-        if !pause(&cancel, shared.flash.job_interval).await {
+        if !pause(&cancel, state.flash.job_interval).await {
             return;
         }
     }
 }
 
 /// The warm-up / catalog / settle job, on one instance at a time.
-pub async fn leader(shared: Arc<Shared>, cancel: CancellationToken) {
-    let lease = (shared.flash.job_interval * 6).max(Duration::from_secs(3));
-    let mut leadership = Leadership::new(shared.redis.clone(), "fs:lock:jobs", lease);
+pub async fn leader(state: Arc<AppState>, cancel: CancellationToken) {
+    let lease = (state.flash.job_interval * 6).max(Duration::from_secs(3));
+    let mut leadership = Leadership::new(state.redis.clone(), "fs:lock:jobs", lease);
     let mut outage = Outage::new("flash-sale jobs");
-    while pause(&cancel, shared.flash.job_interval).await {
+    while pause(&cancel, state.flash.job_interval).await {
         if !leadership.hold().await {
             continue;
         }
-        match run_jobs(&shared).await {
+        match run_jobs(&state).await {
             Ok(()) => outage.succeeded(),
             Err(e) => outage.failed(&e),
         }
@@ -117,19 +117,19 @@ pub async fn leader(shared: Arc<Shared>, cancel: CancellationToken) {
     leadership.release().await;
 }
 
-async fn run_jobs(shared: &Shared) -> anyhow::Result<()> {
-    let mut open = sessions::open(&shared.db).await?;
+async fn run_jobs(state: &AppState) -> anyhow::Result<()> {
+    let mut open = sessions::open(&state.db).await?;
     let now = Utc::now();
-    let lead = chrono::Duration::from_std(shared.flash.warm_lead)?;
-    let tail = chrono::Duration::from_std(shared.flash.key_tail)?;
-    let settle_after = chrono::Duration::from_std(shared.flash.settle_after)?;
+    let lead = chrono::Duration::from_std(state.flash.warm_lead)?;
+    let tail = chrono::Duration::from_std(state.flash.key_tail)?;
+    let settle_after = chrono::Duration::from_std(state.flash.settle_after)?;
 
     for s in open.iter().filter(|s| s.status == "creating") {
-        if sessions::creating_for_longer_than(&shared.db, s.session_id, STALE_CREATING_SECS).await? {
+        if sessions::creating_for_longer_than(&state.db, s.session_id, STALE_CREATING_SECS).await? {
             for item in &s.items {
-                crate::inventory::release(&shared.inventory, item.reservation_id).await?;
+                crate::peers::release(&state.inventory, item.reservation_id).await?;
             }
-            sessions::finish_creating(&shared.db, s.session_id, "failed").await?;
+            sessions::finish_creating(&state.db, s.session_id, "failed").await?;
             tracing::warn!(
                 session_id = s.session_id,
                 "a session stuck in creation was failed and its stock released"
@@ -144,58 +144,58 @@ async fn run_jobs(shared: &Shared) -> anyhow::Result<()> {
         .map(|s| s.session_id)
         .collect();
     if !selling.is_empty() {
-        let epochs = book::epochs(&shared.db, &selling).await?;
+        let epochs = book::epochs(&state.db, &selling).await?;
         for s in open.iter_mut().filter(|s| selling.contains(&s.session_id)) {
             let keys: Vec<ItemKeys> = s
                 .items
                 .iter()
-                .map(|i| ItemKeys::new(&shared.redis, s.session_id, i.sku_id))
+                .map(|i| ItemKeys::new(&state.redis, s.session_id, i.sku_id))
                 .collect();
-            let loaded = admission::loaded(&shared.redis, &keys).await?;
-            let run_ids = admission::run_ids(&shared.redis, &keys).await?;
+            let loaded = admission::loaded(&state.redis, &keys).await?;
+            let run_ids = admission::run_ids(&state.redis, &keys).await?;
             for (((item, keys), seen), run_id) in s.items.iter().zip(&keys).zip(loaded).zip(run_ids) {
                 let epoch = epochs.get(&(s.session_id, item.sku_id)).copied().unwrap_or(0);
                 let current = seen
                     .as_ref()
                     .is_some_and(|(e, r)| *e == epoch && epoch > 0 && *r == run_id);
                 if !current {
-                    load(shared, s, item, keys, seen, &run_id, tail).await?;
+                    load(state, s, item, keys, seen, &run_id, tail).await?;
                 }
             }
             if !s.warmed {
-                sessions::mark_warmed(&shared.db, s.session_id).await?;
+                sessions::mark_warmed(&state.db, s.session_id).await?;
                 s.warmed = true;
                 tracing::info!(session_id = s.session_id, "session loaded into Redis");
             }
         }
     }
-    let (backlog, oldest) = book::backlog(&shared.db).await?;
+    let (backlog, oldest) = book::backlog(&state.db).await?;
     metrics::gauge!("flashsale_handoff_backlog").set(backlog as f64);
     metrics::gauge!("flashsale_handoff_oldest_age_seconds").set(oldest);
 
     let catalog = serde_json::to_string(&open)?;
     {
-        let mut conn = shared.redis.conn().await?;
+        let mut conn = state.redis.conn().await?;
         let () = client::cmd("SET")
-            .arg(catalog_key(&shared.redis))
+            .arg(on_sale_key(&state.redis))
             .arg(catalog)
             .query_async(&mut *conn)
             .await?;
     }
 
     for s in open.iter().filter(|s| s.ends_at + settle_after <= now) {
-        settle(shared, s).await?;
+        settle(state, s).await?;
     }
     Ok(())
 }
 
 /// Gives an ended session's unsold units back to inventory, item by item, once every admission
 /// of the item was handed off (an order still to be created needs the session's reservation).
-async fn settle(shared: &Shared, s: &Session) -> anyhow::Result<()> {
+async fn settle(state: &AppState, s: &Session) -> anyhow::Result<()> {
     for item in s.items.iter().filter(|i| !i.released) {
         // The book, not Redis, says what is still to be handed off: a Redis that lost its
         // state would say nothing is.
-        let (booked, handed) = book::counts(&shared.db, s.session_id, item.sku_id).await?;
+        let (booked, handed) = book::counts(&state.db, s.session_id, item.sku_id).await?;
         if booked > handed {
             tracing::info!(
                 session_id = s.session_id,
@@ -205,10 +205,10 @@ async fn settle(shared: &Shared, s: &Session) -> anyhow::Result<()> {
             );
             continue;
         }
-        crate::inventory::release(&shared.inventory, item.reservation_id).await?;
-        sessions::mark_released(&shared.db, s.session_id, item.sku_id).await?;
+        crate::peers::release(&state.inventory, item.reservation_id).await?;
+        sessions::mark_released(&state.db, s.session_id, item.sku_id).await?;
     }
-    if sessions::settle_if_released(&shared.db, s.session_id).await? {
+    if sessions::settle_if_released(&state.db, s.session_id).await? {
         tracing::info!(
             session_id = s.session_id,
             "session settled; unsold units are back in inventory"
@@ -220,7 +220,7 @@ async fn settle(shared: &Shared, s: &Session) -> anyhow::Result<()> {
 /// Loads an item into Redis from the book: the first time, or again because Redis lost it
 /// (`seen` is `None`), holds an older load, or restarted since (another `run_id`).
 async fn load(
-    shared: &Shared,
+    state: &AppState,
     s: &Session,
     item: &Item,
     keys: &ItemKeys,
@@ -229,7 +229,7 @@ async fn load(
     tail: chrono::Duration,
 ) -> anyhow::Result<()> {
     let books = book::begin_load(
-        &shared.db,
+        &state.db,
         s.session_id,
         item.sku_id,
         seen.as_ref().map(|(e, _)| *e),
@@ -245,7 +245,7 @@ async fn load(
         run_id,
         booked: &books.booked,
     };
-    admission::load_item(&shared.redis, keys, &l).await?;
+    admission::load_item(&state.redis, keys, &l).await?;
     if books.epoch > 1 {
         let why = match &seen {
             None => "Redis lost the item",
@@ -262,6 +262,6 @@ async fn load(
             "item reloaded into Redis from the book of admissions"
         );
     }
-    shared.sold_out.clear(s.session_id, item.sku_id);
+    state.sold_out.clear(s.session_id, item.sku_id);
     Ok(())
 }

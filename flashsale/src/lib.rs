@@ -6,25 +6,32 @@
 //! # Layout
 //!
 //! - [`config`]: [`Settings`] from `MALL_*` variables.
+//! - [`startup`]: building and running the service.
+//! - [`state`]: [`AppState`], what the handlers, the consumer and the jobs share.
+//! - [`error`]: [`error::FlashError`], status and stable code.
+//! - `http`: admin sessions, browsing and tokens (`http/sessions.rs`), purchase
+//!   (`http/purchase.rs`).
 //! - [`domain`]: new sessions, purchases and their validation; purchase tokens.
-//! - [`store`]: sessions SQL; the Redis scripts (admit, warm, restock) and the admission stream.
-//! - [`live`]: the in-memory catalog, sold-out flags and the Redis breaker of the hot path.
-//! - [`jobs`]: catalog refresh, the warm-up/settle job and the hand-off to RabbitMQ.
+//! - [`store`]: sessions SQL, the Redis scripts (load, admit, restock), the book of admissions,
+//!   the replica wait.
+//! - [`live`]: in memory for the hot path: the sessions on sale, sold-out flags, uncertain
+//!   purchases, the Redis breaker.
+//! - [`jobs`]: the refresh of the sessions on sale, the load/settle job (one leader).
 //! - [`mq`]: cancelled flash orders give their units back.
-//! - [`inventory`]: the session reservations at inventory.
-//! - `http`: admin sessions, browsing, tokens, purchase.
-//! - [`startup`]: [`Application`]: build (bind, pools, migrations, topology, tasks) and run.
+//! - [`peers`]: the session reservations at inventory.
 
 pub mod config;
 pub mod domain;
+pub mod error;
 mod http;
-pub mod inventory;
 pub mod jobs;
 pub mod live;
 pub mod mq;
+pub mod peers;
 pub mod startup;
+pub mod state;
 pub mod store;
 
 pub use config::Settings;
-pub use http::Shared;
 pub use startup::Application;
+pub use state::AppState;

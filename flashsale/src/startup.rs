@@ -14,9 +14,9 @@ use sqlx::migrate::Migrator;
 use tokio::sync::Semaphore;
 
 use crate::config::{DEFAULTS, DEV_TOKEN_SECRET, Settings};
-use crate::http::Shared;
-use crate::live::{Breaker, Catalog, SoldOut};
+use crate::live::{Breaker, OnSale, SoldOut};
 use crate::mq::{self, ORDER_EVENTS_QUEUE};
+use crate::state::AppState;
 
 /// This service's own migrations (the platform's outbox and inbox tables are added to them).
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
@@ -97,7 +97,7 @@ impl Application {
             ),
         ]);
         metrics::gauge!("flashsale_redis_breaker_open").set(0.0);
-        let shared = Arc::new(Shared {
+        let state = Arc::new(AppState {
             db: platform.db().expect("declared").clone(),
             redis: platform.redis().expect("declared").clone(),
             amqp: platform.amqp().expect("declared").clone(),
@@ -106,7 +106,7 @@ impl Application {
                 client(flash.peer_timeout),
                 flash.inventory_urls.clone(),
             ),
-            catalog: Catalog::default(),
+            on_sale: OnSale::default(),
             sold_out: SoldOut::new(flash.sold_out_ttl),
             uncertain: Default::default(),
             breaker: Breaker::new(flash.breaker_failures, flash.breaker_open),
@@ -121,30 +121,30 @@ impl Application {
             sold_out_rejections: metrics::counter!("flashsale_rejections_total", "reason" => "sold_out"),
         });
         let tasks = platform.tasks();
-        tasks.spawn(crate::jobs::refresh(shared.clone(), cancel.clone()));
-        tasks.spawn(crate::jobs::leader(shared.clone(), cancel.clone()));
+        tasks.spawn(crate::jobs::refresh(state.clone(), cancel.clone()));
+        tasks.spawn(crate::jobs::leader(state.clone(), cancel.clone()));
         // The hand-off: every booked admission's event is an outbox row.
         tasks.spawn(mall_common::outbox::relay(
-            shared.db.clone(),
-            shared.amqp.clone(),
-            shared.flash.handoff_interval,
+            state.db.clone(),
+            state.amqp.clone(),
+            state.flash.handoff_interval,
             cancel.clone(),
         ));
-        let consumer = shared.clone();
+        let consumer = state.clone();
         tasks.spawn(consume(
-            shared.amqp.clone(),
+            state.amqp.clone(),
             ORDER_EVENTS_QUEUE,
             "mall-flashsale",
             cancel,
             move |d| {
-                let shared = consumer.clone();
+                let state = consumer.clone();
                 async move {
-                    let outcome = mq::handle(&shared, &d).await;
+                    let outcome = mq::handle(&state, &d).await;
                     (d, outcome)
                 }
             },
         ));
-        let server = Server::bind(platform, crate::http::router(shared)).await?;
+        let server = Server::bind(platform, crate::http::router(state)).await?;
         Ok(Self { server })
     }
 

@@ -91,6 +91,22 @@ pub enum Admission {
     BadQuantity,
 }
 
+impl Admission {
+    /// The verdict's name, as the admission span records it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Admitted(_) => "admitted",
+            Self::Repeat(_) => "repeat",
+            Self::NotWarmed => "not_warmed",
+            Self::NotStarted => "not_started",
+            Self::Ended => "ended",
+            Self::SoldOut { .. } => "sold_out",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::BadQuantity => "bad_quantity",
+        }
+    }
+}
+
 /// What the script admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
