@@ -22,6 +22,8 @@
 //! - [`peer`]: calling another service's `/internal/...` endpoints with fail-over.
 //! - [`platform`]: wires the dependencies a service declares into one handle.
 //! - [`server`]: binds, serves and stops a service within a bounded time.
+//! - [`service`]: the built [`service::Application`] every service returns, and the loop of
+//!   its periodic jobs.
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
 
 pub mod amqp;
@@ -38,6 +40,8 @@ pub mod peer;
 pub mod platform;
 pub mod redis;
 pub mod server;
+pub mod service;
+mod serving_thread;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(test)]

@@ -219,7 +219,7 @@ impl Redis {
     /// A connection (the next one in turn). Never waits: connecting happens on the first
     /// command, whose error says when Redis cannot be reached.
     pub async fn conn(&self) -> Result<Conn, RedisError> {
-        if crate::server::on_serving_thread() {
+        if crate::serving_thread::current() {
             return self.thread_conn().map(Conn);
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
@@ -230,7 +230,7 @@ impl Redis {
     /// once replicas confirm): one of [`BLOCKING_LANES`] per serving thread, in turn, so one
     /// such command does not hold back the thread's other commands or all of its kind.
     pub async fn blocking_conn(&self) -> Result<Conn, RedisError> {
-        if !crate::server::on_serving_thread() {
+        if !crate::serving_thread::current() {
             return self.conn().await;
         }
         THREAD_LANES.with_borrow_mut(|mine| {

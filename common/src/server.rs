@@ -182,16 +182,6 @@ impl Server {
     }
 }
 
-thread_local! {
-    static SERVING_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether this thread is one of the serving threads (`MALL_HTTP_THREADS` > 0), whose runtime
-/// serves only its own connections: what a handler opens here stays here (see `redis`).
-pub(crate) fn on_serving_thread() -> bool {
-    SERVING_THREAD.get()
-}
-
 /// The accept loops still running; each yields how it ended.
 struct AcceptLoops(FuturesUnordered<oneshot::Receiver<std::io::Result<()>>>);
 
@@ -265,7 +255,7 @@ fn serve_per_thread(
                         return;
                     }
                 };
-                SERVING_THREAD.set(true);
+                crate::serving_thread::mark();
                 runtime.block_on(async move {
                     let abort = serving.abort.clone();
                     let served = accept_loop(listener, serving).await;

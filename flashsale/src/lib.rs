@@ -33,5 +33,6 @@ pub mod state;
 pub mod store;
 
 pub use config::Settings;
-pub use startup::Application;
+pub use mall_common::service::Application;
+pub use startup::build;
 pub use state::AppState;

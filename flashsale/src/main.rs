@@ -1,6 +1,6 @@
 //! The `mall-flashsale` process: settings from the environment, telemetry, serve until SIGTERM.
 
-use mall_flashsale::{Application, Settings};
+use mall_flashsale::Settings;
 
 // glibc's allocator contends on its arena locks under many small per-request allocations:
 // mimalloc replaces the C `malloc` (its `override` feature), which Rust's default allocator
@@ -11,6 +11,6 @@ use mimalloc as _;
 async fn main() -> anyhow::Result<()> {
     let settings = mall_common::config::or_exit("mall-flashsale", Settings::from_env());
     let _telemetry = mall_common::telemetry::init(&settings.telemetry)?;
-    let app = Application::build(settings).await?;
+    let app = mall_flashsale::build(settings).await?;
     app.run_until_stopped(mall_common::shutdown::signal()).await
 }

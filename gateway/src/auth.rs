@@ -8,11 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use mall_common::error::ApiError;
 use mall_common::identity::Identity;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AuthSettings;
+use crate::error::GatewayError;
 use crate::routes::Access;
 
 /// The claims mall tokens carry.
@@ -71,7 +71,7 @@ impl Verifier {
     }
 
     /// The identity of a bearer token, `Ok(None)` without one.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, ApiError> {
+    pub fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, GatewayError> {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
             return Ok(None);
         };
@@ -102,24 +102,20 @@ impl Verifier {
     }
 
     /// Applies a route's access rule.
-    pub fn authorize(&self, access: Access, headers: &HeaderMap) -> Result<Option<Identity>, ApiError> {
+    pub fn authorize(&self, access: Access, headers: &HeaderMap) -> Result<Option<Identity>, GatewayError> {
         let identity = self.identify(headers)?;
         match (access, &identity) {
             (Access::Public, _) => Ok(identity),
             (Access::User | Access::Admin, None) => Err(unauthorized("this route needs a bearer token")),
             (Access::User, Some(_)) => Ok(identity),
             (Access::Admin, Some(id)) if id.has_role("admin") => Ok(identity),
-            (Access::Admin, Some(_)) => Err(ApiError::new(
-                http::StatusCode::FORBIDDEN,
-                "forbidden",
-                "this route needs the admin role",
-            )),
+            (Access::Admin, Some(_)) => Err(GatewayError::Forbidden),
         }
     }
 }
 
-fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(http::StatusCode::UNAUTHORIZED, "unauthorized", message)
+fn unauthorized(message: &str) -> GatewayError {
+    GatewayError::Unauthorized(message.to_owned())
 }
 
 /// Mints a token: HS256 with `secret`, or RS256 with a PEM private key.

@@ -23,7 +23,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt as _, LengthLimitError};
 use tower::BoxError;
 
-use crate::upstream::find_cause;
+use crate::error::find_cause;
 
 /// What the client did wrong with its body.
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use mall_common::config::{Vars, parse_duration};
+use mall_gateway::Settings;
 use mall_gateway::auth::{MintKey, mint};
-use mall_gateway::{Application, Settings};
 
 #[derive(Parser)]
 #[command(name = "mall-gateway", about = "The edge of mall", version)]
@@ -87,6 +87,6 @@ async fn main() -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     let settings = mall_common::config::or_exit("mall-gateway", Settings::from_env());
     let _telemetry = mall_common::telemetry::init(&settings.telemetry)?;
-    let app = Application::build(settings).await?;
+    let app = mall_gateway::build(settings).await?;
     app.run_until_stopped(mall_common::shutdown::signal()).await
 }

@@ -12,10 +12,10 @@ use axum::routing::get;
 use futures_util::future::try_join_all;
 use http::Request;
 use http_body_util::{BodyExt, Limited};
-use mall_common::error::ApiError;
 use mall_common::http::openapi::{self, BEARER};
 use serde_json::{Map, Value, json};
 
+use crate::error::GatewayError;
 use crate::routes::{Access, PoolName, ROUTES, Route};
 use crate::upstream::Pool;
 
@@ -47,15 +47,10 @@ async fn document(pools: HashMap<PoolName, Pool>) -> Response {
     }
 }
 
-async fn fetch(name: PoolName, pool: Pool) -> Result<(PoolName, Value), ApiError> {
-    let unavailable = |cause: String| {
-        let message = format!(
-            "the {} service's document cannot be had now; retry",
-            name.as_str()
-        );
-        ApiError::new(http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-            .with_cause(cause)
-            .with_retry_after(1)
+async fn fetch(name: PoolName, pool: Pool) -> Result<(PoolName, Value), GatewayError> {
+    let unavailable = |cause: String| GatewayError::DocumentUnavailable {
+        service: name.as_str(),
+        cause,
     };
     let req = Request::get("/openapi.json")
         .body(Body::empty())

@@ -16,9 +16,9 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use foldhash::fast::RandomState;
-
-use mall_common::error::ApiError;
 use mall_common::redis::{LuaScript, Redis};
+
+use crate::error::GatewayError;
 
 /// `lua/gateway/rate_limit.lua`.
 pub static CLUSTER_BUCKET: LazyLock<LuaScript> =
@@ -126,20 +126,17 @@ pub struct RateLimiter {
 }
 
 /// Why a request was refused.
-fn refused(scope: Scope, retry_after: Duration) -> ApiError {
-    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+fn refused(scope: Scope, retry_after: Duration) -> GatewayError {
     let label = match scope {
         Scope::Client => "client",
         Scope::Route => "route",
         Scope::Cluster => "cluster",
     };
     metrics::counter!("gateway_rate_limited_total", "scope" => label).increment(1);
-    ApiError::new(
-        http::StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        format!("too many requests ({label} limit)"),
-    )
-    .with_retry_after(secs)
+    GatewayError::RateLimited {
+        scope: label,
+        retry_after,
+    }
 }
 
 impl RateLimiter {
@@ -178,7 +175,7 @@ impl RateLimiter {
     }
 
     /// Checks every rule matching `path` for `client`.
-    pub async fn check(&self, path: &str, client: Client<'_>) -> Result<(), ApiError> {
+    pub async fn check(&self, path: &str, client: Client<'_>) -> Result<(), GatewayError> {
         // One buffer for every local rule's key, built in place (no format! per rule), with room
         // for a usual key from the start (growing it from empty reallocated twice a request).
         let mut key = String::with_capacity(64);
@@ -200,7 +197,7 @@ impl RateLimiter {
         Ok(())
     }
 
-    async fn cluster(&self, rule: &RateLimitRule, path: &str) -> Result<(), ApiError> {
+    async fn cluster(&self, rule: &RateLimitRule, path: &str) -> Result<(), GatewayError> {
         // The hash tag keeps the bucket on one Redis Cluster slot.
         let key = self.redis.key(&format!("gw:rl:{{{}}}", route_key(rule, path)));
         let asked: Result<(i64, i64), mall_common::redis::RedisError> = async {

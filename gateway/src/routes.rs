@@ -1,23 +1,8 @@
-//! The route table: path prefix -> upstream pool and who may call it (DESIGN.md, "Gateway"),
-//! and the axum router made of it.
+//! The route table: path prefix -> upstream pool and who may call it (DESIGN.md, "Gateway");
+//! the axum router made of it is in `http`.
 //!
 //! `/internal/...` is never routed. Anything not listed is a JSON 404 from the gateway itself;
 //! `/openapi.json` and `/docs` are the gateway's own ([`crate::openapi`]).
-
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::response::Response;
-use axum::routing::any;
-use futures_util::future::BoxFuture;
-use http::Request;
-
-use crate::proxy::{self, Proxy};
-use crate::upstream::Pool;
 
 /// An upstream pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,42 +92,3 @@ pub const ROUTES: &[Route] = &[
     prefix("/admin/orders", PoolName::Order, Access::Admin),
     prefix("/admin/flashsale", PoolName::Flashsale, Access::Admin),
 ];
-
-/// The gateway's router: every route of the table (a prefix also matches everything below it,
-/// `{prefix}/{*rest}`, as its metrics and spans are labelled) forwarding to its pool, and a
-/// catch-all answering 404 with an access line, each handler first running the edge checks
-/// ([`proxy::edge_checks`]; in the handler, not a `from_fn` layer, which clones the boxed
-/// route on every request). The health routes are added by the server.
-pub fn router(proxy: Arc<Proxy>, pool_of: impl Fn(PoolName) -> Pool) -> Router {
-    let max_header_bytes = proxy.max_header_bytes;
-    let pools: HashMap<PoolName, Pool> = PoolName::ALL
-        .into_iter()
-        .map(|name| (name, pool_of(name)))
-        .collect();
-    let mut router = crate::openapi::router(pools.clone());
-    for route in ROUTES {
-        let pool = pools[&route.pool].clone();
-        let proxy = proxy.clone();
-        let forward = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| {
-            let forwarded: BoxFuture<'static, Response> = match proxy::edge_checks(&req, max_header_bytes) {
-                None => {
-                    let (proxy, pool) = (proxy.clone(), pool.clone());
-                    Box::pin(async move { proxy::forward(&proxy, &pool, route, peer, req).await })
-                }
-                Some(refused) => Box::pin(std::future::ready(refused)),
-            };
-            forwarded
-        };
-        router = router.route(route.path, any(forward.clone()));
-        if route.prefix {
-            router = router.route(&format!("{}/{{*rest}}", route.path), any(forward));
-        }
-    }
-    let unrouted = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| async move {
-        match proxy::edge_checks(&req, max_header_bytes) {
-            None => proxy::unrouted(peer, &req),
-            Some(refused) => refused,
-        }
-    };
-    router.route("/", any(unrouted)).route("/{*rest}", any(unrouted))
-}

@@ -44,7 +44,7 @@ use crate::layers::retry::{Deadline, RetryPolicy};
 use crate::routes::PoolName;
 
 pub use connections::SendError;
-pub use endpoint::{EndpointError, Upstream};
+pub use endpoint::Upstream;
 pub use health::Registry;
 
 /// The health checks' HTTP/1.1 client (requests go out on `connections.rs`, on the thread that
@@ -146,18 +146,4 @@ impl Pool {
             .insert(Deadline(Instant::now() + pool.upstream_timeout));
         Box::pin(pool.stack.clone().oneshot(req))
     }
-}
-
-/// The first error of type `T` in `error`'s source chain (tower layers wrap errors).
-pub fn find_cause<'a, T: std::error::Error + 'static>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
 }

@@ -9,22 +9,28 @@
 //! # Layout
 //!
 //! - [`config`]: [`Settings`] from `MALL_*` variables.
-//! - [`domain`]: quantities, reservation requests and states.
-//! - [`store`]: the stock SQL (receive, reserve, settle, sweep, events with the inbox).
-//! - [`mq`]: the order-event consumer.
-//! - [`catalog`]: asking the product service whether a SKU exists.
+//! - [`startup`]: [`build`]ing the service (its migrations, topology, tasks).
+//! - [`state`]: what the handlers share.
 //! - [`error`]: [`error::InventoryError`], status and stable code.
-//! - `http`: public, admin and internal routes.
-//! - [`startup`]: building and running the [`Application`].
+//! - `http`: stock (public and admin), reservations (internal), `/openapi.json`.
+//! - [`domain`]: quantities, reservation requests and states.
+//! - [`store`]: the stock SQL (receive, ledger) and reservations (reserve, settle, carve,
+//!   sweep, events with the inbox).
+//! - [`mq`]: the order-event consumer.
+//! - [`jobs`]: the sweeper of expired reservations.
+//! - [`peers`]: asking the product service whether a SKU exists.
 
-pub mod catalog;
 pub mod config;
 pub mod domain;
 pub mod error;
 mod http;
+pub mod jobs;
 pub mod mq;
+pub mod peers;
 pub mod startup;
+pub mod state;
 pub mod store;
 
 pub use config::Settings;
-pub use startup::Application;
+pub use mall_common::service::Application;
+pub use startup::build;

@@ -1,21 +1,19 @@
 //! Building and running mall-inventory.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mall_common::amqp::Topology;
 use mall_common::amqp::consumer::consume;
-use mall_common::db::Db;
 use mall_common::events::{ORDER_CANCELLED, ORDER_EVENTS, ORDER_PAID};
 use mall_common::platform::{Needs, Platform};
 use mall_common::server::Server;
+use mall_common::service::Application;
 use sqlx::migrate::Migrator;
-use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
 use crate::config::{DEFAULTS, Settings};
 use crate::mq::{self, ORDER_EVENTS_QUEUE};
+use crate::peers::Product;
+use crate::state::AppState;
 
 /// This service's own migrations (the platform's outbox and inbox tables are added to them).
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
@@ -35,105 +33,60 @@ pub fn topology(delivery_limit: u32) -> Topology {
         )
 }
 
-/// A built mall-inventory: listener bound, pool created, consumer and sweeper started.
-pub struct Application {
-    server: Server,
-}
+/// Binds, creates the lazy Postgres pool, starts migrations, the AMQP connection, the
+/// order-event consumer and the reservation sweeper. Never waits on a dependency that is
+/// down: `/readyz` reports it instead.
+pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    let needs = Needs {
+        postgres: Some(&MIGRATIONS),
+        redis: None,
+        amqp: Some(topology(settings.delivery_limit)),
+    };
+    let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
+    mall_common::health::declare_counters(&[
+        (
+            "inventory_reservations_total",
+            "Reservations, by outcome.",
+            Some(("outcome", &["created"])),
+        ),
+        (
+            "inventory_reservations_expired_total",
+            "Expired reservations released by the sweeper.",
+            None,
+        ),
+        // Paged on: the flash sale admitted more units than its session holds.
+        (
+            "inventory_oversell_refused_total",
+            "Carves refused because the session had no unit left.",
+            None,
+        ),
+    ]);
+    let db = platform.db().expect("declared").clone();
+    let amqp = platform.amqp().expect("declared").clone();
+    let cancel = platform.cancel_token();
 
-impl Application {
-    /// Binds, creates the lazy Postgres pool, starts migrations, the AMQP connection, the
-    /// order-event consumer and the reservation sweeper. Never waits on a dependency that is
-    /// down: `/readyz` reports it instead.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let needs = Needs {
-            postgres: Some(&MIGRATIONS),
-            redis: None,
-            amqp: Some(topology(settings.delivery_limit)),
-        };
-        let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
-        mall_common::health::declare_counters(&[
-            (
-                "inventory_reservations_total",
-                "Reservations, by outcome.",
-                Some(("outcome", &["created"])),
-            ),
-            (
-                "inventory_reservations_expired_total",
-                "Expired reservations released by the sweeper.",
-                None,
-            ),
-            // Paged on: the flash sale admitted more units than its session holds.
-            (
-                "inventory_oversell_refused_total",
-                "Carves refused because the session had no unit left.",
-                None,
-            ),
-        ]);
-        let db = platform.db().expect("declared").clone();
-        let amqp = platform.amqp().expect("declared").clone();
-        let cancel = platform.cancel_token();
-
-        let consumer_db = db.clone();
-        platform.tasks().spawn(consume(
-            amqp,
-            ORDER_EVENTS_QUEUE,
-            "mall-inventory",
-            cancel.clone(),
-            move |d| {
-                let db = consumer_db.clone();
-                async move {
-                    let outcome = mq::handle(&db, &d).await;
-                    (d, outcome)
-                }
-            },
-        ));
-        platform.tasks().spawn(sweep(
-            db.clone(),
-            settings.sweep_interval,
-            settings.sweep_batch,
-            cancel,
-        ));
-        let catalog = Arc::new(Catalog::new(settings.product_urls.clone(), settings.peer_timeout));
-        let state = crate::http::AppState { db, catalog };
-        let server = Server::bind(platform, crate::http::router(state)).await?;
-        Ok(Self { server })
-    }
-
-    /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Serves until `shutdown` resolves, then drains within `MALL_SHUTDOWN_TIMEOUT`.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        Ok(self.server.run_until_stopped(shutdown).await?)
-    }
-
-    /// The underlying server (tests run it through `mall-testkit`).
-    pub fn into_server(self) -> Server {
-        self.server
-    }
-}
-
-/// Releases reservations past their expiry that no `order.paid` confirmed (an order that was
-/// never written, or whose cancellation event was lost). Every instance sweeps; `SKIP LOCKED`
-/// gives each reservation to one of them.
-async fn sweep(db: Db, every: Duration, batch: i64, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        match crate::store::sweep_expired(&db, batch).await {
-            Ok(0) => {}
-            Ok(n) => {
-                metrics::counter!("inventory_reservations_expired_total").increment(n);
-                tracing::info!(released = n, "expired reservations released");
+    let consumer_db = db.clone();
+    platform.tasks().spawn(consume(
+        amqp,
+        ORDER_EVENTS_QUEUE,
+        "mall-inventory",
+        cancel.clone(),
+        move |d| {
+            let db = consumer_db.clone();
+            async move {
+                let outcome = mq::handle(&db, &d).await;
+                (d, outcome)
             }
-            Err(e) => tracing::warn!(error = %e, "reservation sweep failed; retrying"),
-        }
-    }
+        },
+    ));
+    platform.tasks().spawn(crate::jobs::sweep(
+        db.clone(),
+        settings.sweep_interval,
+        settings.sweep_batch,
+        cancel,
+    ));
+    let product = Arc::new(Product::new(settings.product_urls.clone(), settings.peer_timeout));
+    let state = AppState { db, product };
+    let server = Server::bind(platform, crate::http::router(state)).await?;
+    Ok(Application::new(server))
 }

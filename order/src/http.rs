@@ -6,26 +6,10 @@ mod openapi;
 mod orders;
 mod payments;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::routing::{get, post, put};
-use mall_common::db::Db;
-use mall_common::redis::Redis;
 
-use crate::peers::Peers;
-
-/// What the handlers share.
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub(crate) db: Db,
-    pub(crate) redis: Redis,
-    pub(crate) peers: Arc<Peers>,
-    pub(crate) order_ttl_secs: u64,
-    pub(crate) reservation_grace_secs: u64,
-    pub(crate) timeout_queue: String,
-    pub(crate) payment_secret: Arc<[u8]>,
-}
+use crate::state::AppState;
 
 /// The service's own routes.
 pub(crate) fn router(state: AppState) -> Router {

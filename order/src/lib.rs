@@ -9,21 +9,26 @@
 //!
 //! - [`config`]: [`Settings`] from `MALL_*` variables.
 //! - [`domain`]: checkout requests, order states, payment callbacks and signatures.
-//! - [`store`]: the order SQL (idempotency keys, orders, payments, timeouts).
+//! - [`store`]: the order SQL: checkout (idempotency keys), orders (timeouts, cancels), payments.
 //! - [`peers`]: calls to product and inventory.
-//! - [`mq`]: the timeout consumer.
+//! - [`mq`]: the timeout and flash-admission consumers.
+//! - [`jobs`]: the sweeper of expired orders.
+//! - [`state`]: what the handlers share.
 //! - [`error`]: [`error::OrderError`], status and stable code.
 //! - `http`: checkout, orders, cart, payment callback.
-//! - [`startup`]: building and running the [`Application`].
+//! - [`startup`]: [`build`]ing the service.
 
 pub mod config;
 pub mod domain;
 pub mod error;
 mod http;
+pub mod jobs;
 pub mod mq;
 pub mod peers;
 pub mod startup;
+pub mod state;
 pub mod store;
 
 pub use config::Settings;
-pub use startup::Application;
+pub use mall_common::service::Application;
+pub use startup::build;

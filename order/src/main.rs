@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use mall_common::config::Vars;
-use mall_order::{Application, Settings};
+use mall_order::Settings;
 
 // glibc's allocator contends on its arena locks under many small per-request allocations:
 // mimalloc replaces the C `malloc` (its `override` feature), which Rust's default allocator
@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let settings = mall_common::config::or_exit("mall-order", Settings::from_env());
             let _telemetry = mall_common::telemetry::init(&settings.telemetry)?;
-            let app = Application::build(settings).await?;
+            let app = mall_order::build(settings).await?;
             app.run_until_stopped(mall_common::shutdown::signal()).await
         }
         Command::SignCallback { body } => {

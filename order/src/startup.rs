@@ -1,22 +1,19 @@
 //! Building and running mall-order.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mall_common::amqp::Topology;
 use mall_common::amqp::consumer::{consume, consume_parallel};
-use mall_common::db::Db;
 use mall_common::events::{FLASHSALE_ADMITTED, FLASHSALE_EVENTS, ORDER_EVENTS, ORDER_TIMEOUT};
 use mall_common::platform::{Needs, Platform};
 use mall_common::server::Server;
+use mall_common::service::Application;
 use sqlx::migrate::Migrator;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{DEFAULTS, DEV_PAYMENT_SECRET, Settings};
-use crate::http::AppState;
 use crate::mq::{self, ADMISSIONS_QUEUE, AdmissionContext, TIMEOUTS_QUEUE, hold_queue};
 use crate::peers::Peers;
+use crate::state::AppState;
 
 /// This service's own migrations (the platform's outbox and inbox tables are added to them).
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
@@ -41,148 +38,106 @@ pub fn topology(order_ttl_secs: u64, delivery_limit: u32) -> Topology {
         )
 }
 
-/// A built mall-order.
-pub struct Application {
-    server: Server,
-}
-
-impl Application {
-    /// Binds, creates lazy pools, starts migrations, the AMQP connection, the outbox relay, the
-    /// timeout consumer and the expiry sweeper. Never waits on a dependency that is down.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let o = settings.order;
-        if o.payment_secret.expose() == DEV_PAYMENT_SECRET {
-            tracing::warn!(
-                "MALL_PAYMENT_SECRET is the development default; set your own outside development"
-            );
-        }
-        let ttl_secs = o.order_ttl.as_secs();
-        let needs = Needs {
-            postgres: Some(&MIGRATIONS),
-            redis: Some(Vec::new()),
-            amqp: Some(topology(ttl_secs, o.delivery_limit)),
-        };
-        let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
-        let db = platform.db().expect("declared").clone();
-        let amqp = platform.amqp().expect("declared").clone();
-        let cancel = platform.cancel_token();
-        mall_common::health::declare_counters(&[
-            ("orders_placed_total", "Orders placed through the API.", None),
-            (
-                "orders_cancelled_total",
-                "Orders cancelled, by reason.",
-                Some(("reason", &["buyer", "timeout"])),
-            ),
-            (
-                "payments_total",
-                "Payment callbacks, by outcome.",
-                Some(("outcome", &["applied", "late", "mismatch"])),
-            ),
-            (
-                "flash_orders_created_total",
-                "Orders created from flash-sale admissions.",
-                None,
-            ),
-            // An admission answered 202 that became no order: paged on.
-            (
-                "flash_orders_failed_total",
-                "Flash-sale admissions that could not become an order.",
-                None,
-            ),
-        ]);
-
-        platform.tasks().spawn(mall_common::outbox::relay(
-            db.clone(),
-            amqp.clone(),
-            o.outbox_interval,
-            cancel.clone(),
-        ));
-        let peers = Arc::new(Peers::new(o.product_urls, o.inventory_urls, o.peer_timeout));
-        let admissions = Arc::new(AdmissionContext {
-            db: db.clone(),
-            peers: peers.clone(),
-            order_ttl_secs: ttl_secs,
-            reservation_grace_secs: o.reservation_grace.as_secs(),
-            timeout_queue: hold_queue(ttl_secs),
-            cancel: cancel.clone(),
-        });
-        // Admissions are independent of each other: a few at once keeps the hand-off of a crowd
-        // short (each waits on a carve at inventory and an insert).
-        platform.tasks().spawn(consume_parallel(
-            amqp.clone(),
-            ADMISSIONS_QUEUE,
-            "mall-order",
-            8,
-            cancel.clone(),
-            move |d| {
-                let ctx = admissions.clone();
-                async move {
-                    let outcome = mq::handle_admission(&ctx, &d).await;
-                    (d, outcome)
-                }
-            },
-        ));
-        let consumer_db = db.clone();
-        platform.tasks().spawn(consume(
-            amqp,
-            TIMEOUTS_QUEUE,
-            "mall-order",
-            cancel.clone(),
-            move |d| {
-                let db = consumer_db.clone();
-                async move {
-                    let outcome = mq::handle(&db, &d).await;
-                    (d, outcome)
-                }
-            },
-        ));
-        platform
-            .tasks()
-            .spawn(sweep(db.clone(), o.sweep_interval, cancel));
-
-        let state = AppState {
-            db,
-            redis: platform.redis().expect("declared").clone(),
-            peers,
-            order_ttl_secs: ttl_secs,
-            reservation_grace_secs: o.reservation_grace.as_secs(),
-            timeout_queue: hold_queue(ttl_secs),
-            payment_secret: o.payment_secret.expose().as_bytes().into(),
-        };
-        let server = Server::bind(platform, crate::http::router(state)).await?;
-        Ok(Self { server })
+/// Binds, creates lazy pools, starts migrations, the AMQP connection, the outbox relay, the
+/// timeout consumer and the expiry sweeper. Never waits on a dependency that is down.
+pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    let o = settings.order;
+    if o.payment_secret.expose() == DEV_PAYMENT_SECRET {
+        tracing::warn!("MALL_PAYMENT_SECRET is the development default; set your own outside development");
     }
+    let ttl_secs = o.order_ttl.as_secs();
+    let needs = Needs {
+        postgres: Some(&MIGRATIONS),
+        redis: Some(Vec::new()),
+        amqp: Some(topology(ttl_secs, o.delivery_limit)),
+    };
+    let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
+    let db = platform.db().expect("declared").clone();
+    let amqp = platform.amqp().expect("declared").clone();
+    let cancel = platform.cancel_token();
+    mall_common::health::declare_counters(&[
+        ("orders_placed_total", "Orders placed through the API.", None),
+        (
+            "orders_cancelled_total",
+            "Orders cancelled, by reason.",
+            Some(("reason", &["buyer", "timeout"])),
+        ),
+        (
+            "payments_total",
+            "Payment callbacks, by outcome.",
+            Some(("outcome", &["applied", "late", "mismatch"])),
+        ),
+        (
+            "flash_orders_created_total",
+            "Orders created from flash-sale admissions.",
+            None,
+        ),
+        // An admission answered 202 that became no order: paged on.
+        (
+            "flash_orders_failed_total",
+            "Flash-sale admissions that could not become an order.",
+            None,
+        ),
+    ]);
 
-    /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
+    platform.tasks().spawn(mall_common::outbox::relay(
+        db.clone(),
+        amqp.clone(),
+        o.outbox_interval,
+        cancel.clone(),
+    ));
+    let peers = Arc::new(Peers::new(o.product_urls, o.inventory_urls, o.peer_timeout));
+    let admissions = Arc::new(AdmissionContext {
+        db: db.clone(),
+        peers: peers.clone(),
+        order_ttl_secs: ttl_secs,
+        reservation_grace_secs: o.reservation_grace.as_secs(),
+        timeout_queue: hold_queue(ttl_secs),
+        cancel: cancel.clone(),
+    });
+    // Admissions are independent of each other: a few at once keeps the hand-off of a crowd
+    // short (each waits on a carve at inventory and an insert).
+    platform.tasks().spawn(consume_parallel(
+        amqp.clone(),
+        ADMISSIONS_QUEUE,
+        "mall-order",
+        8,
+        cancel.clone(),
+        move |d| {
+            let ctx = admissions.clone();
+            async move {
+                let outcome = mq::handle_admission(&ctx, &d).await;
+                (d, outcome)
+            }
+        },
+    ));
+    let consumer_db = db.clone();
+    platform.tasks().spawn(consume(
+        amqp,
+        TIMEOUTS_QUEUE,
+        "mall-order",
+        cancel.clone(),
+        move |d| {
+            let db = consumer_db.clone();
+            async move {
+                let outcome = mq::handle(&db, &d).await;
+                (d, outcome)
+            }
+        },
+    ));
+    platform
+        .tasks()
+        .spawn(crate::jobs::sweep(db.clone(), o.sweep_interval, cancel));
 
-    /// Serves until `shutdown` resolves, then drains within `MALL_SHUTDOWN_TIMEOUT`.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        Ok(self.server.run_until_stopped(shutdown).await?)
-    }
-
-    /// The underlying server (tests run it through `mall-testkit`).
-    pub fn into_server(self) -> Server {
-        self.server
-    }
-}
-
-/// The backstop for lost timeout messages: cancels unpaid orders past their expiry.
-async fn sweep(db: Db, every: Duration, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        match crate::store::sweep_expired(&db, 100).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(cancelled = n, "expired orders cancelled by the sweeper"),
-            Err(e) => tracing::warn!(error = %e, "order sweep failed; retrying"),
-        }
-    }
+    let state = AppState {
+        db,
+        redis: platform.redis().expect("declared").clone(),
+        peers,
+        order_ttl_secs: ttl_secs,
+        reservation_grace_secs: o.reservation_grace.as_secs(),
+        timeout_queue: hold_queue(ttl_secs),
+        payment_secret: o.payment_secret.expose().as_bytes().into(),
+    };
+    let server = Server::bind(platform, crate::http::router(state)).await?;
+    Ok(Application::new(server))
 }

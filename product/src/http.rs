@@ -9,10 +9,10 @@ mod openapi;
 use axum::Router;
 use axum::routing::{get, patch, post};
 
-use crate::store::Catalog;
+use crate::state::AppState;
 
 /// The service's own routes.
-pub(crate) fn router(catalog: Catalog) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/categories", get(catalog::categories))
         .route("/api/products", get(catalog::list))
@@ -22,5 +22,5 @@ pub(crate) fn router(catalog: Catalog) -> Router {
         .route("/admin/skus/{sku_id}", patch(admin::patch).delete(admin::delist))
         .route("/internal/prices", post(internal::prices))
         .route("/openapi.json", get(openapi::document))
-        .with_state(catalog)
+        .with_state(state)
 }

@@ -8,17 +8,23 @@
 //!
 //! - [`config`]: [`Settings`] from `MALL_*` variables.
 //! - [`domain`]: products, patches, queries, cursors, and their rules.
-//! - [`store`]: catalog SQL, bloom filters, the layered cache, the demo-data generator.
+//! - [`store`]: catalog SQL, bloom filters, the layered cache (reads, rebuilds, changes and
+//!   their invalidation), the demo-data generator.
+//! - [`state`]: what the handlers share.
+//! - [`jobs`]: the bloom filters kept in step, invalidations from other instances applied.
 //! - [`error`]: [`error::ProductError`], status and stable code.
 //! - `http`: routes (public reads, admin writes, internal prices, `/openapi.json`).
-//! - [`startup`]: building and running the [`Application`].
+//! - [`startup`]: [`build`]ing the service.
 
 pub mod config;
 pub mod domain;
 pub mod error;
 mod http;
+pub mod jobs;
 pub mod startup;
+pub mod state;
 pub mod store;
 
 pub use config::Settings;
-pub use startup::Application;
+pub use mall_common::service::Application;
+pub use startup::build;

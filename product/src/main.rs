@@ -2,8 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use mall_common::db::Db;
+use mall_product::Settings;
 use mall_product::store::seed::{Seeded, seed};
-use mall_product::{Application, Settings};
 
 // glibc's allocator contends on its arena locks under many small per-request allocations:
 // mimalloc replaces the C `malloc` (its `override` feature), which Rust's default allocator
@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let _telemetry = mall_common::telemetry::init(&settings.telemetry)?;
-            let app = Application::build(settings).await?;
+            let app = mall_product::build(settings).await?;
             app.run_until_stopped(mall_common::shutdown::signal()).await
         }
         Command::Seed { skus } => {

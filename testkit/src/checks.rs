@@ -417,7 +417,7 @@ macro_rules! platform_conformance {
             settings.platform = env.platform_settings(&$krate::config::DEFAULTS);
             settings.telemetry = ::mall_common::telemetry::TelemetrySettings::local($bin);
             tweak(&mut settings.platform);
-            $krate::Application::build(settings)
+            $krate::build(settings)
                 .await
                 .expect("the service builds")
                 .into_server()

@@ -50,7 +50,7 @@ pub(crate) async fn sale(env: &TestEnv, skus: &[i64], stock: i64, opts: Options<
     };
     let inventory = env
         .start(
-            mall_inventory::Application::build(inventory_settings)
+            mall_inventory::build(inventory_settings)
                 .await
                 .unwrap()
                 .into_server(),
@@ -78,12 +78,7 @@ pub(crate) async fn sale(env: &TestEnv, skus: &[i64], stock: i64, opts: Options<
     order_settings.platform = env.platform_settings(&mall_order::config::DEFAULTS);
     order_settings.telemetry = TelemetrySettings::local("mall-order");
     let order = env
-        .start(
-            mall_order::Application::build(order_settings)
-                .await
-                .unwrap()
-                .into_server(),
-        )
+        .start(mall_order::build(order_settings).await.unwrap().into_server())
         .await;
 
     let mut tweak = opts.tweak_first;
@@ -100,7 +95,7 @@ pub(crate) async fn sale(env: &TestEnv, skus: &[i64], stock: i64, opts: Options<
         if let Some(t) = tweak.take() {
             t(&mut s);
         }
-        let app = mall_flashsale::Application::build(s).await.unwrap();
+        let app = mall_flashsale::build(s).await.unwrap();
         fs.push(env.start(app.into_server()).await);
     }
     Sale {

@@ -20,8 +20,8 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::client_body::Replay;
 use crate::config::Resilience;
+use crate::error::{EndpointError, find_cause};
 use crate::routes::PoolName;
-use crate::upstream::{EndpointError, find_cause};
 
 /// When the request's attempts must all be over (`MALL_GW_UPSTREAM_TIMEOUT` after it reached
 /// the pool), carried in its extensions.

@@ -19,30 +19,11 @@ use tower::{BoxError, Service};
 
 use super::connections::Connections;
 use crate::client_body::{BodyProgress, client_fault};
+use crate::error::EndpointError;
 
 /// Which instance answered (`host:port`), in the answer's extensions: the access line names it.
 #[derive(Debug, Clone)]
 pub struct Upstream(pub Arc<str>);
-
-/// A transport failure talking to one instance (refused, reset, closed early).
-#[derive(Debug, thiserror::Error)]
-#[error("upstream {instance}: {source}")]
-pub struct EndpointError {
-    /// `host:port` of the instance.
-    pub instance: Arc<str>,
-    /// Whether the connection could not be made, so nothing was sent.
-    pub connect: bool,
-    /// The client's error.
-    #[source]
-    pub source: BoxError,
-}
-
-impl EndpointError {
-    /// Whether the connection could not be made, so nothing was sent.
-    pub fn is_connect(&self) -> bool {
-        self.connect
-    }
-}
 
 /// Counts consecutive failed requests and asks the health task to eject the instance once they
 /// reach the threshold; notes the health-check rounds in which the instance answered requests.

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use mall_common::config::Vars;
 use mall_common::telemetry::TelemetrySettings;
-use mall_gateway::Application;
 use mall_gateway::auth::{MintKey, mint};
 use mall_gateway::config::{DEFAULTS, DEV_JWT_SECRET, Settings};
 use mall_testkit::upstream::FakeUpstream;
@@ -44,7 +43,7 @@ pub(crate) static GAUGES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_n
 pub(crate) async fn spawn(env: &TestEnv, settings: Settings) -> TestServer {
     let app = {
         let _building = GAUGES.read().await;
-        Application::build(settings).await.expect("gateway builds")
+        mall_gateway::build(settings).await.expect("gateway builds")
     };
     env.start(app.into_server()).await
 }

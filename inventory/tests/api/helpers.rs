@@ -3,8 +3,8 @@
 use mall_common::config::Vars;
 use mall_common::db::Db;
 use mall_common::telemetry::TelemetrySettings;
+use mall_inventory::Settings;
 use mall_inventory::config::DEFAULTS;
-use mall_inventory::{Application, Settings};
 use mall_testkit::{TestEnv, TestServer};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -24,7 +24,7 @@ pub(crate) fn settings(env: &TestEnv, extra: &[(&str, &str)]) -> Settings {
 
 /// Builds and starts an instance.
 pub(crate) async fn spawn(env: &TestEnv, settings: Settings) -> TestServer {
-    let app = Application::build(settings).await.expect("inventory builds");
+    let app = mall_inventory::build(settings).await.expect("inventory builds");
     env.start(app.into_server()).await
 }
 

@@ -9,9 +9,9 @@ use mall_common::redis::client;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use crate::domain::{self, Item};
 use crate::error::OrderError;
+use crate::state::AppState;
 
 fn key(state: &AppState, user: &str) -> String {
     state.redis.key(&format!("order:cart:{{{user}}}"))

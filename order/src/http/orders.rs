@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::AppState;
 use crate::domain::{self, CheckoutRequest, Item};
 use crate::error::OrderError;
 use crate::peers::Reserved;
+use crate::state::AppState;
 use crate::store::{self, Begin, Order};
 
 fn summary(order: &Order) -> Value {

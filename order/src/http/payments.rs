@@ -6,9 +6,9 @@ use http::HeaderMap;
 use mall_common::http::Json;
 use serde_json::{Value, json};
 
-use super::AppState;
 use crate::domain::{self, PaymentCallback};
 use crate::error::OrderError;
+use crate::state::AppState;
 use crate::store;
 
 /// The payment provider's result.

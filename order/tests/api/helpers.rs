@@ -39,12 +39,7 @@ pub(crate) async fn mall_with(
     db.migrate(&mall_product::startup::MIGRATIONS).await.unwrap();
     mall_product::store::seed::seed(&db, skus).await.unwrap();
     let product = env
-        .start(
-            mall_product::Application::build(product_settings)
-                .await
-                .unwrap()
-                .into_server(),
-        )
+        .start(mall_product::build(product_settings).await.unwrap().into_server())
         .await;
 
     let inventory_settings = {
@@ -56,7 +51,7 @@ pub(crate) async fn mall_with(
     };
     let inventory = env
         .start(
-            mall_inventory::Application::build(inventory_settings)
+            mall_inventory::build(inventory_settings)
                 .await
                 .unwrap()
                 .into_server(),
@@ -86,12 +81,7 @@ pub(crate) async fn mall_with(
     order_settings.telemetry = TelemetrySettings::local("mall-order");
     tweak(&mut order_settings);
     let order = env
-        .start(
-            mall_order::Application::build(order_settings)
-                .await
-                .unwrap()
-                .into_server(),
-        )
+        .start(mall_order::build(order_settings).await.unwrap().into_server())
         .await;
     Mall {
         product,

@@ -20,24 +20,26 @@
 //!   (Redis pub/sub, sharded on a cluster), and repeat the delete a moment later, which closes
 //!   the race with a rebuild that read the old row just before the commit.
 
+mod changes;
+mod rebuild;
+mod sync;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use mall_common::db::Db;
-use mall_common::redis::{Redis, RedisError, client, lock};
+use mall_common::redis::{Redis, RedisError, client};
 use mall_common::telemetry::store_span;
 use metrics::SharedString;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::bloom::{Bloom, BloomKind};
-use super::catalog::{self, Price, WriteError};
+use super::catalog::{self, Price};
 use super::views::Page;
-use crate::domain::{NewProduct, SearchQuery, SkuPatch};
+use crate::domain::SearchQuery;
 
 /// The cache's knobs (`MALL_PRODUCT_*`).
 #[derive(Debug, Clone)]
@@ -294,158 +296,6 @@ impl Catalog {
         .await
     }
 
-    async fn load(&self, key: &CacheKey) -> Result<Cached, ReadError> {
-        let found = match self.l2_get(key).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::debug!(error = %e, "L2 unavailable; reading the database");
-                self.count("product_redis_fallbacks_total", None);
-                return self.load_db_limited(key).await;
-            }
-        };
-        let lock_name = format!("product:lock:{{{}}}", key.name());
-        match found {
-            Some((exp, value)) if exp > now_ms() => {
-                self.count("product_cache_hits_total", Some(("layer", "l2")));
-                Ok(value)
-            }
-            Some((_, stale)) => {
-                // Expired: one instance rebuilds in the background; everyone serves the stale
-                // value meanwhile, so an expiring hot key never stalls a request.
-                self.count("product_stale_served_total", None);
-                if let Ok(Some(guard)) =
-                    lock::try_acquire(&self.inner.redis, &lock_name, self.inner.settings.lock_lease)
-                        .instrument(store_span("redis", "SET NX"))
-                        .await
-                {
-                    self.count("product_lock_acquired_total", None);
-                    let this = self.clone();
-                    let key = key.clone();
-                    // The rebuild stays in the request's trace.
-                    tokio::spawn(
-                        async move {
-                            if let Err(e) = this.rebuild(&key, guard).await {
-                                tracing::warn!(error = %e, "background rebuild failed");
-                            }
-                        }
-                        .in_current_span(),
-                    );
-                }
-                Ok(stale)
-            }
-            None => {
-                match lock::try_acquire(&self.inner.redis, &lock_name, self.inner.settings.lock_lease)
-                    .instrument(store_span("redis", "SET NX"))
-                    .await
-                {
-                    Ok(Some(guard)) => {
-                        self.count("product_lock_acquired_total", None);
-                        self.rebuild(key, guard).await
-                    }
-                    Ok(None) => self.wait_for_rebuild(key).await,
-                    Err(_) => self.load_db_limited(key).await,
-                }
-            }
-        }
-    }
-
-    /// Another instance holds the lock: poll L2 for its result rather than load ourselves.
-    async fn wait_for_rebuild(&self, key: &CacheKey) -> Result<Cached, ReadError> {
-        self.count("product_lock_waits_total", None);
-        let deadline = tokio::time::Instant::now() + self.inner.settings.lock_wait;
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(15)).await;
-            if let Ok(Some((_, value))) = self.l2_get(key).await {
-                return Ok(value);
-            }
-        }
-        self.count("product_lock_wait_timeouts_total", None);
-        self.load_db_limited(key).await
-    }
-
-    /// Loads from Postgres and writes L2, renewing the lock's lease while it works.
-    async fn rebuild(&self, key: &CacheKey, guard: lock::LockGuard) -> Result<Cached, ReadError> {
-        // Checked again under the lock: another instance may have rebuilt and released between
-        // our miss and our acquisition, and the whole point is one database load per expiry.
-        if let Ok(Some((exp, value))) = self.l2_get(key).await
-            && exp > now_ms()
-        {
-            let _ = guard.release().await;
-            return Ok(value);
-        }
-        let renew_every = guard.lease() / 3;
-        let loaded = {
-            let load = self.load_db(key);
-            tokio::pin!(load);
-            loop {
-                tokio::select! {
-                    r = &mut load => break r,
-                    () = tokio::time::sleep(renew_every) => {
-                        if !guard.renew().await.unwrap_or(false) {
-                            tracing::warn!(key = %key.name(), "rebuild lock lost while loading");
-                        }
-                    }
-                }
-            }
-        };
-        let result = match loaded {
-            Ok(value) => {
-                if let Err(e) = self.l2_put(key, &value).await {
-                    tracing::warn!(error = %e, "could not write L2");
-                }
-                Ok(value)
-            }
-            // Given up on error: the lock is released below so another instance can try.
-            Err(e) => Err(e),
-        };
-        let _ = guard.release().await;
-        result
-    }
-
-    async fn load_db_limited(&self, key: &CacheKey) -> Result<Cached, ReadError> {
-        let permit = tokio::time::timeout(Duration::from_millis(250), self.inner.db_permits.acquire())
-            .await
-            .map_err(|_| ReadError::Saturated)?
-            .map_err(|_| ReadError::Saturated)?;
-        let result = self.load_db(key).await;
-        drop(permit);
-        result
-    }
-
-    async fn load_db(&self, key: &CacheKey) -> Result<Cached, ReadError> {
-        let inflight = self.inner.db_inflight.fetch_add(1, Ordering::AcqRel) + 1;
-        let peak = self
-            .inner
-            .db_inflight_peak
-            .fetch_max(inflight, Ordering::AcqRel)
-            .max(inflight);
-        metrics::gauge!("product_db_inflight_peak", "scope" => self.inner.scope.clone()).set(peak as f64);
-        self.count("product_db_loads_total", Some(("kind", key.kind())));
-        let span = store_span("postgresql", "SELECT");
-        let result = match key {
-            CacheKey::Sku(id) => catalog::sku(&self.inner.db, *id)
-                .instrument(span)
-                .await
-                .map(|v| v.map(|v| to_json(&v))),
-            CacheKey::Spu(id) => catalog::spu(&self.inner.db, *id)
-                .instrument(span)
-                .await
-                .map(|v| v.map(|v| to_json(&v))),
-            CacheKey::Categories => catalog::categories(&self.inner.db)
-                .instrument(span)
-                .await
-                .map(|v| Some(to_json(&v))),
-        };
-        self.inner.db_inflight.fetch_sub(1, Ordering::AcqRel);
-        result.map_err(|e| {
-            if mall_common::db::is_unavailable(&e) {
-                ReadError::Unavailable(e.to_string())
-            } else {
-                ReadError::Db(e.to_string())
-            }
-        })
-    }
-
     /// The listing (not cached).
     pub async fn search(&self, q: &SearchQuery) -> Result<Page, sqlx::Error> {
         catalog::search(&self.inner.db, q)
@@ -458,204 +308,6 @@ impl Catalog {
         catalog::prices(&self.inner.db, ids)
             .instrument(store_span("postgresql", "SELECT"))
             .await
-    }
-
-    /// Creates a product and makes its ids known to every instance's filters.
-    pub async fn create(&self, p: &NewProduct) -> Result<(i64, Vec<i64>), WriteError> {
-        let (spu_id, sku_ids) = catalog::create(&self.inner.db, p)
-            .instrument(store_span("postgresql", "INSERT"))
-            .await?;
-        let mut notes = vec![format!("bloom:spu:{spu_id}")];
-        self.add_to_bloom(&self.inner.spus, spu_id).await;
-        for id in &sku_ids {
-            self.add_to_bloom(&self.inner.skus, *id).await;
-            notes.push(format!("bloom:sku:{id}"));
-        }
-        // A negative entry may exist from before (someone asked for this id); drop it.
-        let mut keys = vec![CacheKey::Spu(spu_id)];
-        keys.extend(sku_ids.iter().map(|id| CacheKey::Sku(*id)));
-        self.invalidate(keys, notes).await;
-        Ok((spu_id, sku_ids))
-    }
-
-    async fn add_to_bloom(&self, bloom: &Bloom, id: i64) {
-        if let Err(e) = bloom.add(&self.inner.redis, id).await {
-            // The local bit is set; the next rebuild from the database restores Redis.
-            tracing::warn!(error = %e, id, kind = bloom.kind().as_str(), "could not add to the Redis bloom filter");
-        }
-    }
-
-    /// Patches a SKU, then invalidates it and its SPU everywhere.
-    pub async fn patch(&self, sku_id: i64, p: &SkuPatch) -> Result<(), WriteError> {
-        let spu_id = catalog::patch(&self.inner.db, sku_id, p)
-            .instrument(store_span("postgresql", "UPDATE"))
-            .await?;
-        self.invalidate(vec![CacheKey::Sku(sku_id), CacheKey::Spu(spu_id)], Vec::new())
-            .await;
-        Ok(())
-    }
-
-    /// Deletes L2, drops L1 here, tells every other instance, and repeats the delete shortly
-    /// after (a rebuild that read the old row before our commit may write it back meanwhile).
-    async fn invalidate(&self, keys: Vec<CacheKey>, notes: Vec<String>) {
-        for k in &keys {
-            self.inner.l1.invalidate(k).await;
-        }
-        self.delete_l2(&keys).await;
-        let mut messages: Vec<String> = keys.iter().map(CacheKey::name).collect();
-        messages.extend(notes);
-        self.broadcast(&messages).await;
-        let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            this.delete_l2(&keys).await;
-            for k in &keys {
-                this.inner.l1.invalidate(k).await;
-            }
-            this.broadcast(&keys.iter().map(CacheKey::name).collect::<Vec<_>>())
-                .await;
-        });
-    }
-
-    async fn delete_l2(&self, keys: &[CacheKey]) {
-        let names: Vec<String> = keys.iter().map(|k| self.l2_key(k)).collect();
-        let deleted: Result<(), RedisError> = async {
-            let mut conn = self.inner.redis.conn().await?;
-            let _: i64 = client::cmd("DEL").arg(&names).query_async(&mut *conn).await?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = deleted {
-            tracing::warn!(error = %e, "could not delete L2 entries; they expire on their own");
-        }
-    }
-
-    fn channel(&self) -> String {
-        self.inner.redis.key("product:invalidate")
-    }
-
-    async fn broadcast(&self, messages: &[String]) {
-        if let Err(e) = self
-            .inner
-            .redis
-            .publish(&self.channel(), &messages.join(" "))
-            .await
-        {
-            tracing::warn!(error = %e, "invalidation not broadcast; other instances catch up within the L1 TTL");
-        }
-    }
-
-    fn apply(&self, message: &str) -> Vec<CacheKey> {
-        let mut invalidated = Vec::new();
-        for item in message.split_whitespace() {
-            if let Some(rest) = item.strip_prefix("bloom:") {
-                match rest.split_once(':') {
-                    Some(("sku", id)) => id
-                        .parse()
-                        .into_iter()
-                        .for_each(|id| self.inner.skus.insert_local(id)),
-                    Some(("spu", id)) => id
-                        .parse()
-                        .into_iter()
-                        .for_each(|id| self.inner.spus.insert_local(id)),
-                    _ => {}
-                }
-            } else if let Some(key) = CacheKey::parse(item) {
-                invalidated.push(key);
-            }
-        }
-        invalidated
-    }
-
-    /// Keeps this instance in step: builds or loads the bloom filters, refreshes them, and
-    /// applies invalidations from other instances, until `cancel`.
-    pub async fn run_background(self, cancel: CancellationToken) {
-        let sync = self.clone().sync_blooms(cancel.clone());
-        let listen = self.clone().listen(cancel);
-        tokio::join!(sync, listen);
-    }
-
-    async fn sync_blooms(self, cancel: CancellationToken) {
-        loop {
-            for bloom in [&self.inner.skus, &self.inner.spus] {
-                if let Err(e) = self.sync_bloom(bloom).await {
-                    tracing::debug!(error = %e, kind = bloom.kind().as_str(), "bloom filter sync failed; retrying");
-                }
-            }
-            let pause = if self.blooms_ready() {
-                Duration::from_secs(10)
-            } else {
-                Duration::from_millis(200)
-            };
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
-    }
-
-    async fn sync_bloom(&self, bloom: &Bloom) -> Result<(), String> {
-        if bloom.load(&self.inner.redis).await.map_err(|e| e.to_string())? {
-            return Ok(());
-        }
-        // Nothing in Redis: one instance builds it from the database.
-        let name = format!("product:lock:bloom:{}", bloom.kind().as_str());
-        let Some(guard) = lock::try_acquire(&self.inner.redis, &name, Duration::from_secs(60))
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(());
-        };
-        let table = match bloom.kind() {
-            BloomKind::Sku => "skus",
-            BloomKind::Spu => "spus",
-        };
-        let built = async {
-            let ids = catalog::all_ids(&self.inner.db, table)
-                .await
-                .map_err(|e| e.to_string())?;
-            for id in &ids {
-                bloom.insert_local(*id);
-            }
-            bloom
-                .publish_built(&self.inner.redis)
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::info!(
-                kind = bloom.kind().as_str(),
-                ids = ids.len(),
-                "bloom filter built from the database"
-            );
-            Ok::<(), String>(())
-        }
-        .await;
-        let _ = guard.release().await;
-        built
-    }
-
-    async fn listen(self, cancel: CancellationToken) {
-        loop {
-            let subscribed = async {
-                let mut messages = self.inner.redis.subscribe(&self.channel()).await?;
-                while let Some(text) = messages.next().await {
-                    for key in self.apply(&text) {
-                        self.inner.l1.invalidate(&key).await;
-                        self.count("product_invalidations_received_total", None);
-                    }
-                }
-                Ok::<(), RedisError>(())
-            };
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                r = subscribed => if let Err(e) = r {
-                    tracing::debug!(error = %e, "invalidation channel lost; resubscribing");
-                },
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-        }
     }
 }
 

@@ -5,9 +5,9 @@ use std::time::Duration;
 use mall_common::config::Vars;
 use mall_common::db::Db;
 use mall_common::telemetry::TelemetrySettings;
+use mall_product::Settings;
 use mall_product::config::DEFAULTS;
 use mall_product::store::seed::seed;
-use mall_product::{Application, Settings};
 use mall_testkit::{TestEnv, TestServer};
 
 /// Settings for this env with a short L1 TTL, plus `extra` variables.
@@ -31,7 +31,7 @@ pub(crate) async fn seed_catalog(env: &TestEnv, skus: usize) -> Db {
 
 /// Builds and starts an instance.
 pub(crate) async fn spawn(env: &TestEnv, settings: Settings) -> TestServer {
-    let app = Application::build(settings).await.expect("product builds");
+    let app = mall_product::build(settings).await.expect("product builds");
     env.start(app.into_server()).await
 }
 

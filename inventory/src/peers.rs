@@ -12,11 +12,11 @@ use serde_json::json;
 use url::Url;
 
 /// A client of product's `POST /internal/prices`.
-pub struct Catalog {
+pub struct Product {
     product: Peer,
 }
 
-impl Catalog {
+impl Product {
     /// Product's instances at `urls`, each call bounded by `timeout`.
     pub fn new(urls: Vec<Url>, timeout: Duration) -> Self {
         Self {
