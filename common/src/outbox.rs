@@ -138,25 +138,7 @@ pub async fn relay_batch(db: &Db, amqp: &Amqp, limit: i64) -> Result<u64, String
     // Claim whole aggregates first (oldest waiting first), then take only their rows: a relay
     // that holds an aggregate holds all of its unsent rows, so no other relay can publish a
     // later event of it while an earlier one waits.
-    let candidates: Vec<String> = sqlx::query_scalar(
-        "SELECT aggregate_id FROM outbox WHERE sent_at IS NULL
-          GROUP BY aggregate_id ORDER BY min(created_at) LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut claimed = Vec::with_capacity(candidates.len());
-    for aggregate in candidates {
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(&aggregate)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| e.to_string())?;
-        if got {
-            claimed.push(aggregate);
-        }
-    }
+    let claimed = claim(&mut tx, limit).await.map_err(|e| e.to_string())?;
     let rows = sqlx::query(
         "SELECT id, aggregate_id, exchange, routing_key, payload, headers FROM outbox
           WHERE sent_at IS NULL AND aggregate_id = ANY($1) ORDER BY created_at, id LIMIT $2 FOR UPDATE",
@@ -176,46 +158,7 @@ pub async fn relay_batch(db: &Db, amqp: &Amqp, limit: i64) -> Result<u64, String
             continue;
         }
         let id: Uuid = row.get("id");
-        let exchange: String = row.get("exchange");
-        let routing_key: String = row.get("routing_key");
-        let payload: Value = row.get("payload");
-        let headers: Value = row.get("headers");
-        let mut table = FieldTable::default();
-        if let Value::Object(map) = headers {
-            for (k, v) in map {
-                if let Value::String(s) = v {
-                    table.insert(ShortString::from(k), AMQPValue::LongString(s.into()));
-                }
-            }
-        }
-        let body = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
-        // A producer span in the trace of the request that wrote the event; the message carries
-        // this span's context, so the consumer's span hangs below it.
-        let target = if exchange.is_empty() {
-            routing_key.as_str()
-        } else {
-            exchange.as_str()
-        };
-        let span = tracing::info_span!(
-            "outbox.publish",
-            otel.name = %format_args!("{target} publish"),
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.destination.name = %target,
-            messaging.rabbitmq.destination.routing_key = %routing_key,
-            messaging.message.id = %id,
-        );
-        let _ = span.set_parent(crate::telemetry::propagation::extract_amqp(&table));
-        span.in_scope(|| crate::telemetry::propagation::inject_amqp(&mut table));
-        let published = if exchange.is_empty() {
-            amqp.publish_to_queue(&routing_key, &id.to_string(), &body, table)
-                .instrument(span)
-                .await
-        } else {
-            amqp.publish(&exchange, &routing_key, &id.to_string(), &body, table)
-                .instrument(span)
-                .await
-        };
+        let published = publish(amqp, &row, id).await?;
         match published {
             Ok(()) => sent.push(id),
             Err(e) => {
@@ -249,4 +192,77 @@ pub async fn relay_batch(db: &Db, amqp: &Amqp, limit: i64) -> Result<u64, String
         Some(e) if sent.is_empty() => Err(e),
         _ => Ok(sent.len() as u64),
     }
+}
+
+/// Locks up to `limit` aggregates with unsent rows, oldest waiting first, for this
+/// transaction; aggregates another relay holds are skipped.
+async fn claim(conn: &mut sqlx::PgConnection, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+    let candidates: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM outbox WHERE sent_at IS NULL
+          GROUP BY aggregate_id ORDER BY min(created_at) LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut claimed = Vec::with_capacity(candidates.len());
+    for aggregate in candidates {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(&aggregate)
+            .fetch_one(&mut *conn)
+            .await?;
+        if got {
+            claimed.push(aggregate);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Publishes one outbox row in a producer span; the outer error is a row that cannot be sent
+/// at all, the inner one the broker's answer.
+async fn publish(
+    amqp: &Amqp,
+    row: &sqlx::postgres::PgRow,
+    id: Uuid,
+) -> Result<Result<(), PublishError>, String> {
+    let exchange: String = row.get("exchange");
+    let routing_key: String = row.get("routing_key");
+    let payload: Value = row.get("payload");
+    let headers: Value = row.get("headers");
+    let mut table = FieldTable::default();
+    if let Value::Object(map) = headers {
+        for (k, v) in map {
+            if let Value::String(s) = v {
+                table.insert(ShortString::from(k), AMQPValue::LongString(s.into()));
+            }
+        }
+    }
+    let body = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
+    // A producer span in the trace of the request that wrote the event; the message carries
+    // this span's context, so the consumer's span hangs below it.
+    let target = if exchange.is_empty() {
+        routing_key.as_str()
+    } else {
+        exchange.as_str()
+    };
+    let span = tracing::info_span!(
+        "outbox.publish",
+        otel.name = %format_args!("{target} publish"),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.destination.name = %target,
+        messaging.rabbitmq.destination.routing_key = %routing_key,
+        messaging.message.id = %id,
+    );
+    let _ = span.set_parent(crate::telemetry::propagation::extract_amqp(&table));
+    span.in_scope(|| crate::telemetry::propagation::inject_amqp(&mut table));
+    let published = if exchange.is_empty() {
+        amqp.publish_to_queue(&routing_key, &id.to_string(), &body, table)
+            .instrument(span)
+            .await
+    } else {
+        amqp.publish(&exchange, &routing_key, &id.to_string(), &body, table)
+            .instrument(span)
+            .await
+    };
+    Ok(published)
 }

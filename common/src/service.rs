@@ -1,12 +1,15 @@
-//! What every service's start-up shares: the built application, and the loop of its
-//! periodic jobs.
+//! What every service's start-up shares: the built application, the [`Service`] a harness
+//! starts it through, and the loop of its periodic jobs.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{ConfigError, Vars};
+use crate::platform::{PlatformSettings, ServiceDefaults};
 use crate::server::Server;
+use crate::telemetry::TelemetrySettings;
 
 /// A built service: listener bound, pools created, background work started.
 pub struct Application {
@@ -36,6 +39,63 @@ impl Application {
     pub fn into_server(self) -> Server {
         self.server
     }
+}
+
+/// A mall service as a harness sees it: settings from variables, the parts every service
+/// shares, and the build (testkit's `TestEnv::spawn` starts any service through it).
+pub trait Service {
+    /// Its settings.
+    type Settings: Send + 'static;
+    /// Its name, port and schema.
+    const DEFAULTS: ServiceDefaults;
+    /// Its binary's name (the service name its telemetry reports).
+    const BINARY: &'static str;
+
+    /// Settings from variables, as the binary reads its environment.
+    fn settings(vars: &Vars) -> Result<Self::Settings, ConfigError>;
+
+    /// The shared settings and the telemetry settings within `settings`.
+    fn platform(settings: &mut Self::Settings) -> (&mut PlatformSettings, &mut TelemetrySettings);
+
+    /// Binds, creates its pools and starts its background work.
+    fn build(settings: Self::Settings) -> impl Future<Output = anyhow::Result<Application>> + Send;
+}
+
+/// Declares `$name`, the invoking crate's [`Service`], from its `config::Settings` (with
+/// `platform` and `telemetry` fields), `config::DEFAULTS` and `startup::build`.
+// `crate` here is the invoking service's crate, on purpose.
+#[allow(clippy::crate_in_macro_def)]
+#[macro_export]
+macro_rules! service {
+    ($name:ident, $binary:literal) => {
+        #[doc = concat!("`", $binary, "` as a harness starts it.")]
+        pub struct $name;
+
+        impl $crate::service::Service for $name {
+            type Settings = crate::config::Settings;
+            const DEFAULTS: $crate::platform::ServiceDefaults = crate::config::DEFAULTS;
+            const BINARY: &'static str = $binary;
+
+            fn settings(vars: &$crate::config::Vars) -> Result<Self::Settings, $crate::config::ConfigError> {
+                crate::config::Settings::from_vars(vars)
+            }
+
+            fn platform(
+                settings: &mut Self::Settings,
+            ) -> (
+                &mut $crate::platform::PlatformSettings,
+                &mut $crate::telemetry::TelemetrySettings,
+            ) {
+                (&mut settings.platform, &mut settings.telemetry)
+            }
+
+            fn build(
+                settings: Self::Settings,
+            ) -> impl Future<Output = anyhow::Result<$crate::service::Application>> + Send {
+                crate::startup::build(settings)
+            }
+        }
+    };
 }
 
 /// Runs `tick` every `period` (the first after one period) until `cancel` fires; a tick in

@@ -35,4 +35,6 @@ pub mod store;
 pub use config::Settings;
 pub use mall_common::service::Application;
 pub use startup::build;
+
+mall_common::service!(Flashsale, "mall-flashsale");
 pub use state::AppState;

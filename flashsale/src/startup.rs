@@ -58,39 +58,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let identity = IdentityKey::new(settings.platform.internal_secret.expose().as_bytes());
     let platform = Platform::start(DEFAULTS.name, settings.platform, needs).await?;
     let cancel = platform.cancel_token();
-    mall_common::health::declare_counters(&[
-        (
-            "flashsale_admissions_total",
-            "Purchases admitted (answered 202).",
-            None,
-        ),
-        (
-            "flashsale_reloads_total",
-            "Items loaded into Redis again from the book of admissions (Redis lost or rewound them).",
-            None,
-        ),
-        (
-            "flashsale_unreplicated_admissions_total",
-            "Admissions promised while their Redis master had no replica to wait for.",
-            None,
-        ),
-        (
-            "flashsale_sold_out_answers_total",
-            "Purchases answered sold out by the in-memory flag.",
-            None,
-        ),
-        (
-            "flashsale_restocks_total",
-            "Units returned to a running session.",
-            None,
-        ),
-        (
-            "flashsale_sessions_created_total",
-            "Flash-sale sessions created.",
-            None,
-        ),
-    ]);
-    metrics::gauge!("flashsale_redis_breaker_open").set(0.0);
+    declare_metrics();
     let state = Arc::new(AppState {
         db: platform.db().expect("declared").clone(),
         redis: platform.redis().expect("declared").clone(),
@@ -140,4 +108,42 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     ));
     let server = Server::bind(platform, crate::http::router(state)).await?;
     Ok(Application::new(server))
+}
+
+/// The service's counters exported at 0 from the start, so dashboards and alerts find every
+/// series on an idle instance.
+fn declare_metrics() {
+    mall_common::health::declare_counters(&[
+        (
+            "flashsale_admissions_total",
+            "Purchases admitted (answered 202).",
+            None,
+        ),
+        (
+            "flashsale_reloads_total",
+            "Items loaded into Redis again from the book of admissions (Redis lost or rewound them).",
+            None,
+        ),
+        (
+            "flashsale_unreplicated_admissions_total",
+            "Admissions promised while their Redis master had no replica to wait for.",
+            None,
+        ),
+        (
+            "flashsale_sold_out_answers_total",
+            "Purchases answered sold out by the in-memory flag.",
+            None,
+        ),
+        (
+            "flashsale_restocks_total",
+            "Units returned to a running session.",
+            None,
+        ),
+        (
+            "flashsale_sessions_created_total",
+            "Flash-sale sessions created.",
+            None,
+        ),
+    ]);
+    metrics::gauge!("flashsale_redis_breaker_open").set(0.0);
 }

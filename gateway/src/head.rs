@@ -23,7 +23,7 @@ const MAX_TARGET: usize = 8 * 1024;
 /// 431 for more fields or bytes than the gateway passes on. hyper refused what it could not
 /// parse before this.
 /// Returns the refusal, if any.
-pub fn edge_checks(req: &Request<Body>, max_header_bytes: usize) -> Option<Response> {
+pub fn refusal(req: &Request<Body>, max_header_bytes: usize) -> Option<Response> {
     check_head(req, max_header_bytes).err().map(|e| {
         let mut res = e.into_response();
         res.headers_mut()

@@ -22,7 +22,7 @@ use crate::upstream::Pool;
 /// The gateway's router: every route of the table (a prefix also matches everything below it,
 /// `{prefix}/{*rest}`, as its metrics and spans are labelled) forwarding to its pool, and a
 /// catch-all answering 404 with an access line, each handler first running the edge checks
-/// ([`head::edge_checks`]; in the handler, not a `from_fn` layer, which clones the boxed
+/// ([`head::refusal`]; in the handler, not a `from_fn` layer, which clones the boxed
 /// route on every request). The health routes are added by the server.
 pub fn router(state: Arc<AppState>, pool_of: impl Fn(PoolName) -> Pool) -> Router {
     let max_header_bytes = state.max_header_bytes;
@@ -35,7 +35,7 @@ pub fn router(state: Arc<AppState>, pool_of: impl Fn(PoolName) -> Pool) -> Route
         let pool = pools[&route.pool].clone();
         let state = state.clone();
         let forward = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| {
-            let forwarded: BoxFuture<'static, Response> = match head::edge_checks(&req, max_header_bytes) {
+            let forwarded: BoxFuture<'static, Response> = match head::refusal(&req, max_header_bytes) {
                 None => {
                     let (state, pool) = (state.clone(), pool.clone());
                     Box::pin(async move { proxy::forward(&state, &pool, route, peer, req).await })
@@ -50,7 +50,7 @@ pub fn router(state: Arc<AppState>, pool_of: impl Fn(PoolName) -> Pool) -> Route
         }
     }
     let unrouted = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| async move {
-        match head::edge_checks(&req, max_header_bytes) {
+        match head::refusal(&req, max_header_bytes) {
             None => proxy::unrouted(peer, &req),
             Some(refused) => refused,
         }

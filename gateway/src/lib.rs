@@ -42,3 +42,5 @@ pub mod upstream;
 pub use config::Settings;
 pub use mall_common::service::Application;
 pub use startup::build;
+
+mall_common::service!(Gateway, "mall-gateway");

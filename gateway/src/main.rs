@@ -35,12 +35,9 @@ enum Command {
     },
 }
 
-// glibc's allocator contends on its arena locks under many small per-request allocations, so
-// the process allocates with mimalloc: its `override` feature makes it the C `malloc` itself,
-// which Rust's default allocator calls. Not `#[global_allocator] MiMalloc`: that crate asks for
-// every allocation through `mi_malloc_aligned`, whose path for blocks over 1 KiB over-allocates
-// and costs about ten times `malloc`'s (callgrind: ~1,800 instructions per proxied request).
-// The `use` links the library in; `allocator_is_mimalloc` in the tests checks that it took.
+// mimalloc as the C `malloc` (its `override` feature): glibc's arenas contend under many small
+// per-request allocations. Not `#[global_allocator] MiMalloc`, whose aligned path is far slower
+// for blocks over 1 KiB (docs/performance.md). The `use` links it in; a test checks it took.
 use mimalloc as _;
 
 #[tokio::main]

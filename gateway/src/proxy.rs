@@ -194,23 +194,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-async fn forward_inner(
+/// The fields that go upstream: the client's, less what belongs to its connection and what a
+/// client may not assert, plus the gateway's signed identity, forwarding fields and the span's
+/// trace context.
+fn upstream_headers(
     state: &AppState,
-    pool: &Pool,
-    route: &'static Route,
+    mut headers: HeaderMap,
+    who: Option<&identity::Identity>,
     client: &str,
-    req: Request<Body>,
     cx: &opentelemetry::Context,
-) -> Result<Response, GatewayError> {
-    let who = state.verifier.authorize(route.access, req.headers())?;
-    let client_key = match &who {
-        Some(id) => Client::User(&id.user_id),
-        None => Client::Ip(client),
-    };
-    state.limiter.check(req.uri().path(), client_key).await?;
-
-    let (parts, body) = req.into_parts();
-    let mut headers = parts.headers;
+) -> Result<HeaderMap, GatewayError> {
     strip_hop_by_hop(&mut headers);
     // Left out: the token (verified here, never passed on); what a client sends as identity
     // (only the gateway's signed copy reaches a service); what it sends as forwarding (we are
@@ -235,7 +228,7 @@ async fn forward_inner(
     for name in carried {
         headers.remove(name);
     }
-    if let Some(id) = &who {
+    if let Some(id) = who {
         // `identify` refused tokens that do not fit the header, so this holds; should it not,
         // the request must not go on as anonymous.
         let asserted = state
@@ -250,6 +243,26 @@ async fn forward_inner(
     // One span per request, as Envoy does by default: the upstream continues the gateway's
     // server span directly.
     propagation::inject_http_formats(cx, state.propagation, &mut headers);
+    Ok(headers)
+}
+
+async fn forward_inner(
+    state: &AppState,
+    pool: &Pool,
+    route: &'static Route,
+    client: &str,
+    req: Request<Body>,
+    cx: &opentelemetry::Context,
+) -> Result<Response, GatewayError> {
+    let who = state.verifier.authorize(route.access, req.headers())?;
+    let client_key = match &who {
+        Some(id) => Client::User(&id.user_id),
+        None => Client::Ip(client),
+    };
+    state.limiter.check(req.uri().path(), client_key).await?;
+
+    let (parts, body) = req.into_parts();
+    let headers = upstream_headers(state, parts.headers, who.as_ref(), client, cx)?;
 
     // Read before anything goes upstream when small: a broken, oversized or trickling body is
     // the client's 400, 413 or 408, and a whole one can be sent again.

@@ -69,7 +69,7 @@ pub fn http_client() -> HttpClient {
 pub struct NoHealthyInstance;
 
 /// The balancer with its discovery stream, behind its shared handle.
-type Balancer = balancer::Shared<Balance<health::DiscoverStream, Request<Body>>>;
+type Balancer = balancer::Locked<Balance<health::DiscoverStream, Request<Body>>>;
 
 /// The pool's whole stack (see the module docs for the order). Concrete, not boxed: it is
 /// cloned for every request.
@@ -108,7 +108,7 @@ impl Pool {
             .timeout(r.upstream_timeout)
             .retry(RetryPolicy::new(name, r))
             .timeout(r.try_timeout)
-            .service(balancer::Shared::new(Balance::new(discover)));
+            .service(balancer::Locked::new(Balance::new(discover)));
         (
             Self(Arc::new(Inner {
                 name,

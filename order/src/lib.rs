@@ -32,3 +32,5 @@ pub mod store;
 pub use config::Settings;
 pub use mall_common::service::Application;
 pub use startup::build;
+
+mall_common::service!(Order, "mall-order");

@@ -5,9 +5,7 @@ use clap::{Parser, Subcommand};
 use mall_common::config::Vars;
 use mall_order::Settings;
 
-// glibc's allocator contends on its arena locks under many small per-request allocations:
-// mimalloc replaces the C `malloc` (its `override` feature), which Rust's default allocator
-// calls; the `use` links it in. Why not `#[global_allocator] MiMalloc`: see mall-gateway's main.rs.
+// mimalloc as the C `malloc`, linked in by the `use` (why: mall-gateway's main.rs).
 use mimalloc as _;
 
 #[derive(Parser)]

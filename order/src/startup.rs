@@ -55,30 +55,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let db = platform.db().expect("declared").clone();
     let amqp = platform.amqp().expect("declared").clone();
     let cancel = platform.cancel_token();
-    mall_common::health::declare_counters(&[
-        ("orders_placed_total", "Orders placed through the API.", None),
-        (
-            "orders_cancelled_total",
-            "Orders cancelled, by reason.",
-            Some(("reason", &["buyer", "timeout"])),
-        ),
-        (
-            "payments_total",
-            "Payment callbacks, by outcome.",
-            Some(("outcome", &["applied", "late", "mismatch"])),
-        ),
-        (
-            "flash_orders_created_total",
-            "Orders created from flash-sale admissions.",
-            None,
-        ),
-        // An admission answered 202 that became no order: paged on.
-        (
-            "flash_orders_failed_total",
-            "Flash-sale admissions that could not become an order.",
-            None,
-        ),
-    ]);
+    declare_metrics();
 
     platform.tasks().spawn(mall_common::outbox::relay(
         db.clone(),
@@ -140,4 +117,33 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     };
     let server = Server::bind(platform, crate::http::router(state)).await?;
     Ok(Application::new(server))
+}
+
+/// The service's counters exported at 0 from the start, so dashboards and alerts find every
+/// series on an idle instance.
+fn declare_metrics() {
+    mall_common::health::declare_counters(&[
+        ("orders_placed_total", "Orders placed through the API.", None),
+        (
+            "orders_cancelled_total",
+            "Orders cancelled, by reason.",
+            Some(("reason", &["buyer", "timeout"])),
+        ),
+        (
+            "payments_total",
+            "Payment callbacks, by outcome.",
+            Some(("outcome", &["applied", "late", "mismatch"])),
+        ),
+        (
+            "flash_orders_created_total",
+            "Orders created from flash-sale admissions.",
+            None,
+        ),
+        // An admission answered 202 that became no order: paged on.
+        (
+            "flash_orders_failed_total",
+            "Flash-sale admissions that could not become an order.",
+            None,
+        ),
+    ]);
 }

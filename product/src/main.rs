@@ -5,10 +5,7 @@ use mall_common::db::Db;
 use mall_product::Settings;
 use mall_product::store::seed::{Seeded, seed};
 
-// glibc's allocator contends on its arena locks under many small per-request allocations:
-// mimalloc replaces the C `malloc` (its `override` feature), which Rust's default allocator
-// calls; the `use` links it in. Why not `#[global_allocator] MiMalloc`: see mall-gateway's main.rs
-// (here it was about 2,800 instructions of every request, callgrind).
+// mimalloc as the C `malloc`, linked in by the `use` (why: mall-gateway's main.rs).
 use mimalloc as _;
 
 #[derive(Parser)]

@@ -298,7 +298,12 @@ pub async fn drains_in_flight_then_refuses(mut app: TestServer, proxy: &ChaosPro
     let url = app.url("/readyz");
     let started = Instant::now();
     let in_flight = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    crate::eventually(
+        Duration::from_secs(5),
+        "the readiness check is in flight",
+        || async { if proxy.holding() { Ok(()) } else { Err("not yet") } },
+    )
+    .await;
     app.begin_shutdown();
 
     let status = in_flight
@@ -401,33 +406,29 @@ pub fn allocates_with_mimalloc(binary: &str) {
 ///
 /// ```ignore
 /// mall_testkit::platform_conformance! {
-///     krate: mall_product, binary: "mall-product", dependencies: [postgres, redis, rabbitmq]
+///     service: mall_product::Product, binary: "mall-product", dependencies: [postgres, redis, rabbitmq]
 /// }
 /// ```
 #[macro_export]
 macro_rules! platform_conformance {
-    (krate: $krate:ident, binary: $bin:literal, dependencies: [$first:ident $(, $rest:ident)* $(,)?]) => {
+    (service: $svc:path, binary: $bin:literal, dependencies: [$first:ident $(, $rest:ident)* $(,)?]) => {
+        /// Defaults for everything, then the env's isolated platform settings and `tweak`.
         async fn __conformance_build(
             env: &$crate::TestEnv,
             tweak: impl FnOnce(&mut ::mall_common::platform::PlatformSettings),
         ) -> ::mall_common::server::Server {
-            // Defaults for everything, then the env's isolated platform settings.
-            let mut settings = $krate::Settings::from_vars(&::mall_common::config::Vars::default())
-                .expect("default settings are valid");
-            settings.platform = env.platform_settings(&$krate::config::DEFAULTS);
-            settings.telemetry = ::mall_common::telemetry::TelemetrySettings::local($bin);
-            tweak(&mut settings.platform);
-            $krate::build(settings)
+            env.build::<$svc>(&[], |s| tweak(<$svc as ::mall_common::service::Service>::platform(s).0))
                 .await
-                .expect("the service builds")
-                .into_server()
         }
+
+        const __DEFAULTS: ::mall_common::platform::ServiceDefaults =
+            <$svc as ::mall_common::service::Service>::DEFAULTS;
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn serves_health_readiness_metrics_and_json_errors() {
             let env = $crate::TestEnv::new().await;
             let app = env.start(__conformance_build(&env, |_| {}).await).await;
-            $crate::checks::serves_health_readiness_and_metrics(&app, $krate::config::DEFAULTS.name).await;
+            $crate::checks::serves_health_readiness_and_metrics(&app, __DEFAULTS.name).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,7 +436,7 @@ macro_rules! platform_conformance {
             let env = $crate::TestEnv::new().await;
             $crate::collector();
             let app = env.start(__conformance_build(&env, |_| {}).await).await;
-            $crate::checks::continues_the_callers_trace(&app, $krate::config::DEFAULTS.name).await;
+            $crate::checks::continues_the_callers_trace(&app, __DEFAULTS.name).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,7 +444,7 @@ macro_rules! platform_conformance {
             let env = $crate::TestEnv::new().await;
             // The first dependency is slowed so /readyz is still running when shutdown begins.
             let dependency = stringify!($first);
-            let mut target = env.platform_settings(&$krate::config::DEFAULTS);
+            let mut target = env.platform_settings(&__DEFAULTS);
             let (proxy, url) =
                 $crate::ChaosProxy::for_url($crate::checks::dependency_url(&mut target, dependency)).await;
             let server = __conformance_build(&env, |s| {
@@ -459,8 +460,8 @@ macro_rules! platform_conformance {
             $crate::checks::rejects_bad_configuration(env!(concat!("CARGO_BIN_EXE_", $bin)));
         }
 
-        $crate::__readiness_test!($krate, $first);
-        $( $crate::__readiness_test!($krate, $rest); )*
+        $crate::__readiness_test!($first);
+        $( $crate::__readiness_test!($rest); )*
     };
 }
 
@@ -468,13 +469,13 @@ macro_rules! platform_conformance {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __readiness_test {
-    ($krate:ident, $dep:ident) => {
+    ($dep:ident) => {
         mod $dep {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn readyz_reports_it_down_while_unreachable_and_recovers() {
                 let env = $crate::TestEnv::new().await;
                 let dependency = stringify!($dep);
-                let mut target = env.platform_settings(&$krate::config::DEFAULTS);
+                let mut target = env.platform_settings(&super::__DEFAULTS);
                 let (proxy, url) =
                     $crate::ChaosProxy::for_url($crate::checks::dependency_url(&mut target, dependency))
                         .await;

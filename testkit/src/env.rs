@@ -12,6 +12,8 @@ use mall_common::amqp::Amqp;
 use mall_common::config::Vars;
 use mall_common::platform::{PlatformSettings, ServiceDefaults};
 use mall_common::server::Server;
+use mall_common::service::Service;
+use mall_common::telemetry::TelemetrySettings;
 use url::Url;
 
 use crate::redis_cluster::RedisCluster;
@@ -128,6 +130,45 @@ impl TestEnv {
             ("MALL_SHUTDOWN_TIMEOUT", "5s".to_owned()),
         ]);
         PlatformSettings::from_vars(&vars, defaults).expect("test settings are valid")
+    }
+
+    /// `S`'s settings from `vars` over its defaults, on this env's platform (isolated schema,
+    /// prefixes, port 0) and with test-captured telemetry.
+    pub fn settings<S: Service>(&self, vars: &[(&str, &str)]) -> S::Settings {
+        let mut settings = S::settings(&Vars::from_pairs(vars.iter().copied())).expect("valid test settings");
+        let (platform, telemetry) = S::platform(&mut settings);
+        *platform = self.platform_settings(&S::DEFAULTS);
+        *telemetry = TelemetrySettings::local(S::BINARY);
+        settings
+    }
+
+    /// Builds and starts an `S` with [`TestEnv::settings`], waiting until it is ready.
+    pub async fn spawn<S: Service>(&self, vars: &[(&str, &str)]) -> TestServer {
+        self.spawn_with::<S>(vars, |_| {}).await
+    }
+
+    /// [`TestEnv::spawn`], with `tweak` changing the settings last (a proxy in front of a
+    /// dependency, a changed URL).
+    pub async fn spawn_with<S: Service>(
+        &self,
+        vars: &[(&str, &str)],
+        tweak: impl FnOnce(&mut S::Settings),
+    ) -> TestServer {
+        self.start(self.build::<S>(vars, tweak).await).await
+    }
+
+    /// Builds an `S` (not started): for tests of a service whose dependency is down.
+    pub async fn build<S: Service>(
+        &self,
+        vars: &[(&str, &str)],
+        tweak: impl FnOnce(&mut S::Settings),
+    ) -> Server {
+        let mut settings = self.settings::<S>(vars);
+        tweak(&mut settings);
+        S::build(settings)
+            .await
+            .unwrap_or_else(|e| panic!("{} builds: {e:#}", S::BINARY))
+            .into_server()
     }
 
     /// Runs `server` in this process and waits until it is ready (30 s at most).

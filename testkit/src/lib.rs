@@ -33,4 +33,4 @@ pub use proxy::ChaosProxy;
 pub use redis_cluster::RedisCluster;
 pub use server::TestServer;
 pub use spans::collector;
-pub use wait::eventually;
+pub use wait::{eventually, outbox_drained};

@@ -31,7 +31,7 @@ pub struct Seen {
     pub headers: HeaderMap,
 }
 
-struct Shared {
+struct Knobs {
     name: String,
     hits: AtomicU64,
     delay_ms: AtomicU64,
@@ -45,7 +45,7 @@ struct Shared {
 /// A controllable upstream on a loopback port.
 pub struct FakeUpstream {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    knobs: Arc<Knobs>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -56,7 +56,7 @@ impl FakeUpstream {
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
-        let shared = Arc::new(Shared {
+        let knobs = Arc::new(Knobs {
             name: name.to_owned(),
             hits: AtomicU64::new(0),
             delay_ms: AtomicU64::new(0),
@@ -66,10 +66,10 @@ impl FakeUpstream {
             healthy: AtomicBool::new(true),
             seen: Mutex::new(Vec::new()),
         });
-        let task = serve(listener, shared.clone());
+        let task = serve(listener, knobs.clone());
         Self {
             addr,
-            shared,
+            knobs,
             task: Mutex::new(Some(task)),
         }
     }
@@ -81,17 +81,17 @@ impl FakeUpstream {
 
     /// Requests answered (health checks excluded).
     pub fn hits(&self) -> u64 {
-        self.shared.hits.load(Ordering::SeqCst)
+        self.knobs.hits.load(Ordering::SeqCst)
     }
 
     /// Requests seen so far (health checks excluded).
     pub fn seen(&self) -> Vec<Seen> {
-        self.shared.seen.lock().expect("seen").clone()
+        self.knobs.seen.lock().expect("seen").clone()
     }
 
     /// Delays every answer (health checks excluded).
     pub fn set_delay(&self, delay: Duration) {
-        self.shared.delay_ms.store(
+        self.knobs.delay_ms.store(
             u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             Ordering::SeqCst,
         );
@@ -99,7 +99,7 @@ impl FakeUpstream {
 
     /// Delays `/healthz` answers only (an instance so busy its health check waits behind traffic).
     pub fn set_health_delay(&self, delay: Duration) {
-        self.shared.health_delay_ms.store(
+        self.knobs.health_delay_ms.store(
             u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             Ordering::SeqCst,
         );
@@ -107,7 +107,7 @@ impl FakeUpstream {
 
     /// Answers every request (health checks excluded) with `status`, or normally with `None`.
     pub fn set_failing(&self, status: Option<u16>) {
-        self.shared
+        self.knobs
             .fail_status
             .store(status.unwrap_or(0), Ordering::SeqCst);
     }
@@ -115,14 +115,14 @@ impl FakeUpstream {
     /// Answers every request (health checks excluded) with `status` at once, without reading
     /// its body, as a handler refusing an upload does; `None` reads bodies again.
     pub fn set_early_answer(&self, status: Option<u16>) {
-        self.shared
+        self.knobs
             .early_status
             .store(status.unwrap_or(0), Ordering::SeqCst);
     }
 
     /// Makes `/healthz` answer 503 (`false`) or 200 (`true`).
     pub fn set_healthy(&self, healthy: bool) {
-        self.shared.healthy.store(healthy, Ordering::SeqCst);
+        self.knobs.healthy.store(healthy, Ordering::SeqCst);
     }
 
     /// Drops the listener and every open connection, like a crash.
@@ -141,7 +141,7 @@ impl FakeUpstream {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        *self.task.lock().expect("task") = Some(serve(listener, self.shared.clone()));
+        *self.task.lock().expect("task") = Some(serve(listener, self.knobs.clone()));
     }
 }
 
@@ -151,8 +151,8 @@ impl Drop for FakeUpstream {
     }
 }
 
-fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
-    let app = Router::new().fallback(handle).with_state(shared);
+fn serve(listener: tokio::net::TcpListener, knobs: Arc<Knobs>) -> JoinHandle<()> {
+    let app = Router::new().fallback(handle).with_state(knobs);
     tokio::spawn(async move {
         // Connections live in this task's JoinSet: aborting the task drops them all.
         let mut connections = tokio::task::JoinSet::new();
@@ -173,34 +173,34 @@ fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> JoinHandle<(
     })
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response {
+async fn handle(State(knobs): State<Arc<Knobs>>, req: Request<Body>) -> Response {
     if req.uri().path() == "/healthz" {
-        let delay = shared.health_delay_ms.load(Ordering::SeqCst);
+        let delay = knobs.health_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        return if shared.healthy.load(Ordering::SeqCst) {
+        return if knobs.healthy.load(Ordering::SeqCst) {
             StatusCode::OK.into_response()
         } else {
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         };
     }
-    shared.hits.fetch_add(1, Ordering::SeqCst);
+    knobs.hits.fetch_add(1, Ordering::SeqCst);
     let path = req
         .uri()
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_default();
-    shared.seen.lock().expect("seen").push(Seen {
+    knobs.seen.lock().expect("seen").push(Seen {
         method: req.method().to_string(),
         path: path.clone(),
         headers: req.headers().clone(),
     });
-    let delay = shared.delay_ms.load(Ordering::SeqCst);
+    let delay = knobs.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let early = shared.early_status.load(Ordering::SeqCst);
+    let early = knobs.early_status.load(Ordering::SeqCst);
     if early != 0 {
         let status = StatusCode::from_u16(early).unwrap_or(StatusCode::PAYLOAD_TOO_LARGE);
         let body = serde_json::json!({"code": "payload_too_large", "message": "refused unread"});
@@ -211,7 +211,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Respon
         .await
         .map(|b| b.len())
         .unwrap_or(0);
-    let fail = shared.fail_status.load(Ordering::SeqCst);
+    let fail = knobs.fail_status.load(Ordering::SeqCst);
     let status = if fail == 0 {
         StatusCode::OK
     } else {
@@ -220,7 +220,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Respon
     (
         status,
         axum::Json(serde_json::json!({
-            "instance": shared.name,
+            "instance": knobs.name,
             "method": method,
             "path": path,
             "body_bytes": body,

@@ -22,3 +22,20 @@ where
         }
     }
 }
+
+/// Waits until the outbox of `db`'s schema has no unsent row: every event its service wrote
+/// has been published.
+pub async fn outbox_drained(db: &mall_common::db::Db, within: Duration) {
+    eventually(within, "every outbox row sent", || async {
+        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(db.pool())
+            .await
+            .map_err(|e| e.to_string())?;
+        if unsent == 0 {
+            Ok(())
+        } else {
+            Err(format!("{unsent} unsent"))
+        }
+    })
+    .await;
+}

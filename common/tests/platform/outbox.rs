@@ -8,7 +8,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use mall_common::amqp::{Amqp, Topology};
 use mall_common::db::Db;
 use mall_common::outbox::{Destination, enqueue, relay};
-use mall_testkit::{TestEnv, eventually};
+use mall_testkit::TestEnv;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
@@ -57,18 +57,7 @@ async fn two_relays_send_each_row_once_and_keep_each_aggregates_order() {
             relays.clone(),
         ));
     }
-    eventually(Duration::from_secs(20), "every row relayed", || async {
-        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-            .fetch_one(db.pool())
-            .await
-            .map_err(|e| e.to_string())?;
-        if unsent == 0 {
-            Ok(())
-        } else {
-            Err(format!("{unsent} unsent"))
-        }
-    })
-    .await;
+    mall_testkit::outbox_drained(&db, Duration::from_secs(20)).await;
     relays.cancel();
 
     let channel = amqp.channel().await.unwrap();

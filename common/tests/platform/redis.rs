@@ -55,11 +55,14 @@ async fn a_holder_whose_lease_ran_out_cannot_release_or_renew_the_next_holders_l
     );
 
     // The first holder "dies": its lease runs out and another instance takes over.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let second = lock::try_acquire(&redis, "lock:warmup", Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("taken over after the lease");
+    let second = mall_testkit::eventually(Duration::from_secs(5), "taken over after the lease", || async {
+        match lock::try_acquire(&redis, "lock:warmup", Duration::from_secs(5)).await {
+            Ok(Some(guard)) => Ok(guard),
+            Ok(None) => Err("still held".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
     assert!(!first.renew().await.unwrap(), "a stale holder cannot renew");
     assert!(!first.release().await.unwrap(), "a stale holder cannot release");
     assert!(

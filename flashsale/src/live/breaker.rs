@@ -1,7 +1,10 @@
 //! The Redis circuit breaker of the purchase path.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, which a test can pause and advance.
+use tokio::time::Instant;
 
 /// A circuit breaker around Redis on the purchase path: after `threshold` consecutive
 /// failures it opens for `open_for`, answering at once instead of queueing on a sick Redis;
@@ -91,8 +94,8 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_breaker_opens_after_the_threshold_probes_once_and_closes_on_success() {
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_opens_after_the_threshold_probes_once_and_closes_on_success() {
         let b = Breaker::new(3, Duration::from_millis(30));
         for _ in 0..2 {
             assert_eq!(b.permit(), Permit::Call);
@@ -101,12 +104,12 @@ mod tests {
         assert_eq!(b.permit(), Permit::Call);
         b.record(Permit::Call, false);
         assert_eq!(b.permit(), Permit::Open, "open after 3 failures");
-        std::thread::sleep(Duration::from_millis(40));
+        tokio::time::advance(Duration::from_millis(40)).await;
         assert_eq!(b.permit(), Permit::Probe);
         assert_eq!(b.permit(), Permit::Open, "one probe at a time");
         b.record(Permit::Probe, false);
         assert_eq!(b.permit(), Permit::Open, "a failed probe reopens");
-        std::thread::sleep(Duration::from_millis(40));
+        tokio::time::advance(Duration::from_millis(40)).await;
         assert_eq!(b.permit(), Permit::Probe);
         b.record(Permit::Probe, true);
         assert_eq!(b.permit(), Permit::Call, "a good probe closes");

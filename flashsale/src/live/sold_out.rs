@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, which a test can pause and advance.
+use tokio::time::Instant;
 
 /// Items known to be sold out, remembered for a short time so late buyers are answered
 /// without Redis. Short, because units of cancelled orders come back.
@@ -136,18 +139,18 @@ impl SoldOut {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_expired_flag_is_rechecked_once_while_every_purchase_is_answered() {
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_flag_is_rechecked_once_while_every_purchase_is_answered() {
         let s = SoldOut::new(Duration::from_millis(20));
         assert_eq!(s.check(1, 2), Check::Open);
         s.set(1, 2);
         assert_eq!(s.check(1, 2), Check::SoldOut);
-        std::thread::sleep(Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(30)).await;
         assert_eq!(s.check(1, 2), Check::Recheck, "the flag ran out");
         assert_eq!(s.check(1, 2), Check::SoldOut, "one re-check at a time");
         s.learn(1, 2, 0);
         assert_eq!(s.check(1, 2), Check::SoldOut, "still none left: renewed");
-        std::thread::sleep(Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(30)).await;
         assert_eq!(s.check(1, 2), Check::Recheck, "expired again");
         s.renew(1, 2);
         assert_eq!(
@@ -155,7 +158,7 @@ mod tests {
             Check::SoldOut,
             "a re-check that read nothing keeps the last answer"
         );
-        std::thread::sleep(Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(30)).await;
         assert_eq!(s.check(1, 2), Check::Recheck, "and tries again after a ttl");
         s.learn(1, 2, 3);
         assert_eq!(s.check(1, 2), Check::Open, "units came back: dropped");
@@ -170,13 +173,13 @@ mod tests {
         assert!(matches!(s.check(1, 2), Check::Open));
     }
 
-    #[test]
-    fn sold_out_flags_expire() {
+    #[tokio::test(start_paused = true)]
+    async fn sold_out_flags_expire() {
         let s = SoldOut::new(Duration::from_millis(20));
         s.set(1, 2);
         assert!(matches!(s.check(1, 2), Check::SoldOut));
         assert!(matches!(s.check(1, 3), Check::Open));
-        std::thread::sleep(Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(30)).await;
         assert_eq!(s.check(1, 2), Check::Recheck);
         s.set(1, 2);
         s.clear(1, 2);

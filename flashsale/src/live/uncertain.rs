@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, which a test can pause and advance.
+use tokio::time::Instant;
 
 /// Purchases whose admission call may have run in Redis although this instance never got the
 /// answer (a timeout, or an error after the command was sent). The sold-out flag must not

@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mall_common::config::Vars;
 use mall_common::db::Db;
 use mall_common::redis::{Redis, client};
-use mall_common::telemetry::TelemetrySettings;
 use mall_flashsale::store::admission::ItemKeys;
 use mall_testkit::{TestEnv, TestServer, eventually};
 use serde_json::{Value, json};
@@ -41,20 +39,9 @@ pub(crate) struct Options<'a> {
 
 /// Starts inventory with `skus` (each with `stock` units), order, and two flashsale instances.
 pub(crate) async fn sale(env: &TestEnv, skus: &[i64], stock: i64, opts: Options<'_>) -> Sale {
-    let inventory_settings = {
-        let catalog = [("MALL_PRODUCT_URLS", mall_testkit::catalog::catalog_url())];
-        let mut s = mall_inventory::Settings::from_vars(&Vars::from_pairs(catalog)).unwrap();
-        s.platform = env.platform_settings(&mall_inventory::config::DEFAULTS);
-        s.telemetry = TelemetrySettings::local("mall-inventory");
-        s
-    };
+    let catalog = mall_testkit::catalog::catalog_url();
     let inventory = env
-        .start(
-            mall_inventory::build(inventory_settings)
-                .await
-                .unwrap()
-                .into_server(),
-        )
+        .spawn::<mall_inventory::Inventory>(&[("MALL_PRODUCT_URLS", &catalog)])
         .await;
     for sku in skus {
         let res = admin(
@@ -69,34 +56,31 @@ pub(crate) async fn sale(env: &TestEnv, skus: &[i64], stock: i64, opts: Options<
         assert_eq!(res.status(), 200);
     }
 
-    let mut pairs: Vec<(String, String)> = vec![
-        ("MALL_INVENTORY_URLS".into(), inventory.url("")),
-        ("MALL_OUTBOX_INTERVAL".into(), "50ms".into()),
+    let inventory_urls = inventory.url("");
+    let mut vars = vec![
+        ("MALL_INVENTORY_URLS", inventory_urls.as_str()),
+        ("MALL_OUTBOX_INTERVAL", "50ms"),
     ];
-    pairs.extend(opts.order.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let mut order_settings = mall_order::Settings::from_vars(&Vars::from_pairs(pairs)).unwrap();
-    order_settings.platform = env.platform_settings(&mall_order::config::DEFAULTS);
-    order_settings.telemetry = TelemetrySettings::local("mall-order");
-    let order = env
-        .start(mall_order::build(order_settings).await.unwrap().into_server())
-        .await;
+    vars.extend_from_slice(opts.order);
+    let order = env.spawn::<mall_order::Order>(&vars).await;
 
     let mut tweak = opts.tweak_first;
     let mut fs = Vec::new();
+    let mut vars = vec![
+        ("MALL_INVENTORY_URLS", inventory_urls.as_str()),
+        ("MALL_FLASHSALE_JOB_INTERVAL", "100ms"),
+    ];
+    vars.extend_from_slice(opts.flash);
     for _ in 0..if opts.single { 1 } else { 2 } {
-        let mut pairs: Vec<(String, String)> = vec![
-            ("MALL_INVENTORY_URLS".into(), inventory.url("")),
-            ("MALL_FLASHSALE_JOB_INTERVAL".into(), "100ms".into()),
-        ];
-        pairs.extend(opts.flash.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        let mut s = mall_flashsale::Settings::from_vars(&Vars::from_pairs(pairs)).unwrap();
-        s.platform = env.platform_settings(&mall_flashsale::config::DEFAULTS);
-        s.telemetry = TelemetrySettings::local("mall-flashsale");
-        if let Some(t) = tweak.take() {
-            t(&mut s);
-        }
-        let app = mall_flashsale::build(s).await.unwrap();
-        fs.push(env.start(app.into_server()).await);
+        let tweak = tweak.take();
+        let instance = env
+            .spawn_with::<mall_flashsale::Flashsale>(&vars, |s| {
+                if let Some(t) = tweak {
+                    t(s);
+                }
+            })
+            .await;
+        fs.push(instance);
     }
     Sale {
         _inventory: inventory,

@@ -2,7 +2,7 @@
 //! JSON errors, trace continuation, graceful shutdown, start-up validation.
 
 mall_testkit::platform_conformance! {
-    krate: mall_flashsale, binary: "mall-flashsale", dependencies: [postgres, redis, rabbitmq]
+    service: mall_flashsale::Flashsale, binary: "mall-flashsale", dependencies: [postgres, redis, rabbitmq]
 }
 
 #[test]

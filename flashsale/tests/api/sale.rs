@@ -67,7 +67,8 @@ async fn two_thousand_buyers_for_a_hundred_units_make_exactly_a_hundred_orders()
     assert_eq!(recorded, admitted);
     // The orders' units are carved out of the session's reservation: counters unchanged.
     assert_eq!(stock(&env, 11).await, (50, 100, 0, 150));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every admission's event is published (none waits to be sent again), and each made one order.
+    mall_testkit::outbox_drained(&crate::helpers::flash_db(&env), Duration::from_secs(10)).await;
     assert_eq!(
         crate::helpers::flash_orders(&env, session).await.len(),
         100,
@@ -175,7 +176,16 @@ async fn admissions_made_while_rabbitmq_is_unreachable_become_orders_once_it_is_
         assert_eq!(status, 202, "admission does not need the broker: {body}");
         admitted.insert(body["order_id"].as_str().unwrap().to_owned());
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The relay has tried with these rows waiting a second (it reports their age each pass):
+    // without the broker, none went anywhere.
+    let schema = crate::helpers::flash_db(&env).schema().to_owned();
+    mall_testkit::eventually(Duration::from_secs(10), "the relay saw the rows wait", || async {
+        let age =
+            mall_testkit::checks::metric_sum(fs, "outbox_oldest_unsent_seconds", &[("schema", &schema)])
+                .await;
+        if age >= 1.0 { Ok(()) } else { Err(age) }
+    })
+    .await;
     assert!(
         crate::helpers::flash_orders(&env, session).await.is_empty(),
         "nothing handed off yet"
@@ -446,10 +456,13 @@ async fn bad_purchases_get_the_right_4xx_and_change_nothing() {
     let short = body["session_id"].as_i64().unwrap();
     wait_loaded(&sale, short).await;
     let t = token_ok(fs, "alice", short, 16).await;
-    let until_end = (ends_at - Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(until_end + Duration::from_millis(500)).await;
-    let (status, body) = token(fs, "alice", short, 16).await;
-    assert_eq!((status, body["code"].as_str()), (409, Some("ended")));
+    mall_testkit::eventually(Duration::from_secs(10), "the session ends", || async {
+        match token(fs, "alice", short, 16).await {
+            (409, body) if body["code"] == "ended" => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
     let (status, body) = buy(fs, "alice", purchase(short, 16, 1, &t, "h")).await;
     assert!(
         (status == 409 && body["code"] == "ended") || (status == 403 && body["code"] == "invalid_token"),

@@ -12,7 +12,10 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, which a test can pause and advance.
+use tokio::time::Instant;
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -357,8 +360,8 @@ mod tests {
         slow: false,
     };
 
-    #[test]
-    fn opens_on_errors_then_probes_and_closes() {
+    #[tokio::test(start_paused = true)]
+    async fn opens_on_errors_then_probes_and_closes() {
         let b = Breaker::new(PoolName::Product, cfg());
         for o in [OK, FAIL, OK] {
             b.record(b.admit().unwrap(), o);
@@ -368,7 +371,7 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.admit().is_err(), "open fails fast");
 
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         let p1 = b.admit().unwrap();
         let p2 = b.admit().unwrap();
         assert_eq!((p1, p2), (Ticket::Probe, Ticket::Probe));
@@ -378,25 +381,25 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
-    #[test]
-    fn a_failed_probe_opens_again() {
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_opens_again() {
         let b = Breaker::new(PoolName::Order, cfg());
         for _ in 0..4 {
             b.record(b.admit().unwrap(), FAIL);
         }
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         let probe = b.admit().unwrap();
         b.record(probe, FAIL);
         assert_eq!(b.state(), BreakerState::Open);
     }
 
-    #[test]
-    fn a_probe_dropped_unfinished_gives_its_place_back() {
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_dropped_unfinished_gives_its_place_back() {
         let b = Breaker::new(PoolName::Flashsale, cfg());
         for _ in 0..4 {
             b.record(b.admit().unwrap(), FAIL);
         }
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         let b = Arc::new(b);
         let lost = [b.enter().unwrap(), b.enter().unwrap()];
         assert!(b.enter().is_err(), "both probe places taken");

@@ -14,21 +14,21 @@ use futures_util::future::BoxFuture;
 use tower::{BoxError, Service};
 
 /// The shared handle; clones share the balancer.
-pub(crate) struct Shared<S>(Arc<Mutex<S>>);
+pub(crate) struct Locked<S>(Arc<Mutex<S>>);
 
-impl<S> Clone for Shared<S> {
+impl<S> Clone for Locked<S> {
     fn clone(&self) -> Self {
         Self(self.0.clone())
     }
 }
 
-impl<S> Shared<S> {
+impl<S> Locked<S> {
     pub(crate) fn new(service: S) -> Self {
         Self(Arc::new(Mutex::new(service)))
     }
 }
 
-impl<S, Req> Service<Req> for Shared<S>
+impl<S, Req> Service<Req> for Locked<S>
 where
     S: Service<Req, Error = BoxError> + Send + 'static,
     S::Future: Send + 'static,

@@ -194,73 +194,80 @@ pub(super) async fn run(registry: Arc<Registry>, settings: HealthSettings, cance
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            Some((id, why)) = ejections.recv() => {
-                let mut slots = registry.slots.lock().await;
-                if let Some(slot) = slots.get_mut(id) {
-                    if slot.in_rotation && registry.in_rotation() == 1 {
-                        // The last instance in rotation is left to the checks, which tell busy
-                        // from down (see the module docs): failed requests alone are no proof,
-                        // as a burst of connects to a saturated instance times some out, and
-                        // ejecting it answered every request 503 until the checks brought it
-                        // back. Envoy's outlier detection stops short of the last hosts likewise
-                        // (its panic threshold).
-                        tracing::warn!(
-                            pool = registry.pool.as_str(),
-                            instance = %slot.endpoint.instance(),
-                            why,
-                            "upstream instance failing requests left in rotation: it is the last one; the health checks decide"
-                        );
-                    } else {
-                        registry.set(slot, id, false, &why);
-                    }
-                }
-            }
+            Some((id, why)) = ejections.recv() => registry.eject(id, &why).await,
             _ = tick.tick() => {
                 // Never the `answered_in` mark's initial value, so a new instance starts unmarked.
                 round = round.wrapping_add(1) % u32::MAX;
-                let endpoints: Vec<Endpoint> = registry
-                    .slots
-                    .lock()
-                    .await
-                    .iter()
-                    .map(|s| {
-                        s.passive.begin_round(round);
-                        s.endpoint.clone()
-                    })
-                    .collect();
-                let results = join_all(endpoints.iter().map(|e| registry.probe(e, settings.timeout))).await;
-                let mut slots = registry.slots.lock().await;
-                for (id, probe) in results.into_iter().enumerate() {
-                    let slot = &mut slots[id];
-                    let Some(failed) = failed(&probe, slot.passive.answered_in(round)) else {
-                        tracing::debug!(
-                            pool = registry.pool.as_str(),
-                            instance = %slot.endpoint.instance(),
-                            "health check late while the instance answers requests; no verdict"
-                        );
-                        continue;
+                registry.check_round(round, &settings).await;
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// Takes an instance out of rotation on its failed requests (passive ejection).
+    async fn eject(&self, id: usize, why: &str) {
+        let mut slots = self.slots.lock().await;
+        let Some(slot) = slots.get_mut(id) else { return };
+        if slot.in_rotation && self.in_rotation() == 1 {
+            // The last instance in rotation is left to the checks, which tell busy from down
+            // (see the module docs): failed requests alone are no proof, as a burst of connects
+            // to a saturated instance times some out. Envoy's outlier detection stops short of
+            // the last hosts likewise (its panic threshold).
+            tracing::warn!(
+                pool = self.pool.as_str(),
+                instance = %slot.endpoint.instance(),
+                why,
+                "upstream instance failing requests left in rotation: it is the last one; the health checks decide"
+            );
+        } else {
+            self.set(slot, id, false, why);
+        }
+    }
+
+    /// Probes every instance once and applies the verdicts (`round` numbers the checks).
+    async fn check_round(&self, round: u32, settings: &HealthSettings) {
+        let endpoints: Vec<Endpoint> = self
+            .slots
+            .lock()
+            .await
+            .iter()
+            .map(|s| {
+                s.passive.begin_round(round);
+                s.endpoint.clone()
+            })
+            .collect();
+        let results = join_all(endpoints.iter().map(|e| self.probe(e, settings.timeout))).await;
+        let mut slots = self.slots.lock().await;
+        for (id, probe) in results.into_iter().enumerate() {
+            let slot = &mut slots[id];
+            let Some(failed) = failed(&probe, slot.passive.answered_in(round)) else {
+                tracing::debug!(
+                    pool = self.pool.as_str(),
+                    instance = %slot.endpoint.instance(),
+                    "health check late while the instance answers requests; no verdict"
+                );
+                continue;
+            };
+            if !failed {
+                // A passing probe clears the failure mark the balancer ranks by.
+                slot.passive.reset();
+                slot.failed = 0;
+                slot.passed += 1;
+                if !slot.in_rotation && slot.passed >= settings.healthy_after {
+                    let why = format!("{} passed health checks in a row", slot.passed);
+                    self.set(slot, id, true, &why);
+                }
+            } else {
+                slot.passed = 0;
+                slot.failed += 1;
+                if slot.in_rotation && slot.failed >= settings.unhealthy_after {
+                    let last = match &probe {
+                        Probe::Failed(why) => why.as_str(),
+                        _ => "no answer in time, and no request answered meanwhile",
                     };
-                    if !failed {
-                        // A passing probe clears the failure mark the balancer ranks by.
-                        slot.passive.reset();
-                        slot.failed = 0;
-                        slot.passed += 1;
-                        if !slot.in_rotation && slot.passed >= settings.healthy_after {
-                            let why = format!("{} passed health checks in a row", slot.passed);
-                            registry.set(slot, id, true, &why);
-                        }
-                    } else {
-                        slot.passed = 0;
-                        slot.failed += 1;
-                        if slot.in_rotation && slot.failed >= settings.unhealthy_after {
-                            let last = match &probe {
-                                Probe::Failed(why) => why.as_str(),
-                                _ => "no answer in time, and no request answered meanwhile",
-                            };
-                            let why = format!("{} failed health checks in a row, the last: {last}", slot.failed);
-                            registry.set(slot, id, false, &why);
-                        }
-                    }
+                    let why = format!("{} failed health checks in a row, the last: {last}", slot.failed);
+                    self.set(slot, id, false, &why);
                 }
             }
         }

@@ -73,17 +73,13 @@ async fn every_proxied_request_gets_one_json_access_line() {
         .expect("listening names its address")
         .to_owned();
     let client = reqwest::Client::new();
-    let ready = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("http://{addr}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < ready, "the gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    mall_testkit::eventually(Duration::from_secs(30), "the gateway is ready", || async {
+        match client.get(format!("http://{addr}/readyz")).send().await {
+            Ok(r) if r.status() == 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 
     let res = client
         .get(format!("http://{addr}/api/products/7"))

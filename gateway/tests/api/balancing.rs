@@ -5,7 +5,7 @@ use std::time::Duration;
 use mall_testkit::upstream::FakeUpstream;
 use mall_testkit::{TestEnv, eventually};
 
-use crate::helpers::{concurrent_gets, get, health_window, settings, spawn};
+use crate::helpers::{concurrent_gets, get, settings, spawn, until_rotation};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_spreads_a_dead_instance_leaves_rotation_and_a_restarted_one_returns() {
@@ -28,8 +28,9 @@ async fn traffic_spreads_a_dead_instance_leaves_rotation_and_a_restarted_one_ret
         );
     }
 
+    until_rotation(&gw, &ups[2], true).await;
     ups[2].kill();
-    health_window().await;
+    until_rotation(&gw, &ups[2], false).await;
     let before = ups[2].hits();
     for _ in 0..200 {
         let (status, body) = get(&gw, "/api/skus/1").await;
@@ -143,7 +144,7 @@ async fn a_busy_instance_whose_checks_are_late_stays_in_rotation_while_it_answer
 
     // Without traffic a late check is all there is to go on: the instance leaves rotation
     // (a hung instance must), and the next request is told so.
-    health_window().await;
+    until_rotation(&gw, &busy, false).await;
     let (status, body) = get(&gw, "/api/skus/1").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "upstream_unavailable");

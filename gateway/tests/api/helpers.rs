@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use mall_common::config::Vars;
-use mall_common::telemetry::TelemetrySettings;
+use mall_gateway::Gateway;
 use mall_gateway::auth::{MintKey, mint};
-use mall_gateway::config::{DEFAULTS, DEV_JWT_SECRET, Settings};
+use mall_gateway::config::{DEV_JWT_SECRET, Settings};
 use mall_testkit::upstream::FakeUpstream;
-use mall_testkit::{TestEnv, TestServer};
+use mall_testkit::{TestEnv, TestServer, eventually};
 
 /// Gateway settings with every pool pointed at `pools` (product first; the other pools get
 /// their own fake), quick health checks, and `extra` variables on top.
@@ -18,20 +17,18 @@ pub(crate) fn settings(
     extra: &[(&str, &str)],
 ) -> Settings {
     let product_urls: Vec<String> = product.iter().map(|u| u.url()).collect();
-    let mut pairs: Vec<(String, String)> = vec![
-        ("MALL_UPSTREAM_PRODUCT".into(), product_urls.join(",")),
-        ("MALL_UPSTREAM_INVENTORY".into(), others.url()),
-        ("MALL_UPSTREAM_ORDER".into(), others.url()),
-        ("MALL_UPSTREAM_FLASHSALE".into(), others.url()),
-        ("MALL_GW_HEALTH_INTERVAL".into(), "100ms".into()),
-        ("MALL_GW_HEALTH_TIMEOUT".into(), "100ms".into()),
-        ("MALL_GW_RATE_LIMITS".into(), "*:client:100000/s".into()),
+    let (product_urls, others) = (product_urls.join(","), others.url());
+    let mut vars = vec![
+        ("MALL_UPSTREAM_PRODUCT", product_urls.as_str()),
+        ("MALL_UPSTREAM_INVENTORY", others.as_str()),
+        ("MALL_UPSTREAM_ORDER", others.as_str()),
+        ("MALL_UPSTREAM_FLASHSALE", others.as_str()),
+        ("MALL_GW_HEALTH_INTERVAL", "100ms"),
+        ("MALL_GW_HEALTH_TIMEOUT", "100ms"),
+        ("MALL_GW_RATE_LIMITS", "*:client:100000/s"),
     ];
-    pairs.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let mut settings = Settings::from_vars(&Vars::from_pairs(pairs)).expect("valid gateway settings");
-    settings.platform = env.platform_settings(&DEFAULTS);
-    settings.telemetry = TelemetrySettings::local("mall-gateway");
-    settings
+    vars.extend_from_slice(extra);
+    env.settings::<Gateway>(&vars)
 }
 
 /// Held (shared) while a gateway is built and (exclusive) by a test that reads a gauge: the
@@ -41,11 +38,11 @@ pub(crate) static GAUGES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_n
 
 /// Builds and starts a gateway.
 pub(crate) async fn spawn(env: &TestEnv, settings: Settings) -> TestServer {
-    let app = {
+    let server = {
         let _building = GAUGES.read().await;
-        mall_gateway::build(settings).await.expect("gateway builds")
+        env.build::<Gateway>(&[], |s| *s = settings).await
     };
-    env.start(app.into_server()).await
+    env.start(server).await
 }
 
 /// A gateway in front of a product upstream and one upstream for the other pools.
@@ -77,9 +74,21 @@ pub(crate) async fn metric(gw: &TestServer, name: &str, labels: &[(&str, &str)])
     mall_testkit::checks::metric_sum(gw, name, labels).await
 }
 
-/// Sleeps long enough for several health-check rounds.
-pub(crate) async fn health_window() {
-    tokio::time::sleep(Duration::from_millis(600)).await;
+/// Waits until the gateway has `up` in rotation (`in_rotation`) or out of it, as its
+/// `gateway_upstream_in_rotation` gauge says (exported for every instance from the start).
+pub(crate) async fn until_rotation(gw: &TestServer, up: &FakeUpstream, in_rotation: bool) {
+    let url = up.url();
+    let instance = url.trim_start_matches("http://");
+    let want = if in_rotation { 1.0 } else { 0.0 };
+    eventually(
+        Duration::from_secs(5),
+        "the instance's rotation changes",
+        || async {
+            let got = metric(gw, "gateway_upstream_in_rotation", &[("upstream", instance)]).await;
+            if got == want { Ok(()) } else { Err(got) }
+        },
+    )
+    .await;
 }
 
 /// `rounds` rounds of `width` concurrent GETs of `path`; returns every status.

@@ -2,7 +2,7 @@
 //! trace continuation, graceful shutdown, start-up validation).
 
 mall_testkit::platform_conformance! {
-    krate: mall_gateway, binary: "mall-gateway", dependencies: [redis]
+    service: mall_gateway::Gateway, binary: "mall-gateway", dependencies: [redis]
 }
 
 #[test]

@@ -150,6 +150,34 @@ async fn repeat_of(db: &Db, id: Uuid, items: &[Item]) -> Result<(Reservation, bo
     Ok((existing, false))
 }
 
+/// Why a guarded transition moved nothing: no such reservation, the same transition made
+/// before (`false`), or the other one ([`StockError::WrongState`]).
+async fn unmoved(conn: &mut PgConnection, id: Uuid, to: ReservationStatus) -> Result<bool, StockError> {
+    let current: Option<String> = sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match current.as_deref().and_then(ReservationStatus::parse) {
+        None => Err(StockError::NotFound),
+        Some(s) if s == to => Ok(false),
+        Some(s) => Err(StockError::WrongState(s)),
+    }
+}
+
+/// Puts `qty` units of `sku` back into the reservation `parent` (a session's).
+async fn return_to(conn: &mut PgConnection, parent: Uuid, sku: i64, qty: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE reservation_items SET quantity = quantity + $3
+          WHERE reservation_id = $1 AND sku_id = $2",
+    )
+    .bind(parent)
+    .bind(sku)
+    .bind(qty)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Moves a reservation out of `reserved` exactly once: to `confirmed` (reserved -> sold) or
 /// `released` (reserved -> available). Repeating the same transition is a no-op that returns
 /// `false`; the other transition after one happened is [`StockError::WrongState`].
@@ -183,15 +211,7 @@ pub async fn settle(
     .rows_affected()
         == 1;
     if !moved {
-        let current: Option<String> = sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        return match current.as_deref().and_then(ReservationStatus::parse) {
-            None => Err(StockError::NotFound),
-            Some(s) if s == to => Ok(false),
-            Some(s) => Err(StockError::WrongState(s)),
-        };
+        return unmoved(conn, id, to).await;
     }
     // A flash order's reservation released while its session's reservation still holds goes
     // back into the session (the unit is for sale there again), not to available stock.
@@ -216,15 +236,7 @@ pub async fn settle(
     if let Some(parent) = parent {
         for row in items {
             let (sku, qty): (i64, i64) = (row.get("sku_id"), row.get("quantity"));
-            sqlx::query(
-                "UPDATE reservation_items SET quantity = quantity + $3
-                  WHERE reservation_id = $1 AND sku_id = $2",
-            )
-            .bind(parent)
-            .bind(sku)
-            .bind(qty)
-            .execute(&mut *conn)
-            .await?;
+            return_to(conn, parent, sku, qty).await?;
             ledger(conn, sku, "return", qty, Some(id), reason).await?;
         }
         return Ok(true);

@@ -1,10 +1,8 @@
 //! Spawning inventory instances and talking to them.
 
-use mall_common::config::Vars;
 use mall_common::db::Db;
-use mall_common::telemetry::TelemetrySettings;
-use mall_inventory::Settings;
 use mall_inventory::config::DEFAULTS;
+use mall_inventory::{Inventory, Settings};
 use mall_testkit::{TestEnv, TestServer};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -13,19 +11,14 @@ use uuid::Uuid;
 /// below [`mall_testkit::catalog::UNKNOWN_SKUS_FROM`].
 pub(crate) fn settings(env: &TestEnv, extra: &[(&str, &str)]) -> Settings {
     let catalog = mall_testkit::catalog::catalog_url();
-    let pairs = [("MALL_PRODUCT_URLS", catalog.as_str())]
-        .into_iter()
-        .chain(extra.iter().copied());
-    let mut s = Settings::from_vars(&Vars::from_pairs(pairs)).expect("valid settings");
-    s.platform = env.platform_settings(&DEFAULTS);
-    s.telemetry = TelemetrySettings::local("mall-inventory");
-    s
+    let mut vars = vec![("MALL_PRODUCT_URLS", catalog.as_str())];
+    vars.extend_from_slice(extra);
+    env.settings::<Inventory>(&vars)
 }
 
 /// Builds and starts an instance.
 pub(crate) async fn spawn(env: &TestEnv, settings: Settings) -> TestServer {
-    let app = mall_inventory::build(settings).await.expect("inventory builds");
-    env.start(app.into_server()).await
+    env.spawn_with::<Inventory>(&[], |s| *s = settings).await
 }
 
 /// The env's database, as the service sees it.

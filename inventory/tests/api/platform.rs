@@ -2,7 +2,7 @@
 //! trace continuation, graceful shutdown, start-up validation).
 
 mall_testkit::platform_conformance! {
-    krate: mall_inventory, binary: "mall-inventory", dependencies: [postgres, rabbitmq]
+    service: mall_inventory::Inventory, binary: "mall-inventory", dependencies: [postgres, rabbitmq]
 }
 
 #[test]

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use mall_common::config::Vars;
 use mall_common::db::Db;
-use mall_common::telemetry::TelemetrySettings;
 use mall_testkit::{TestEnv, TestServer};
 use serde_json::{Value, json};
 
@@ -29,33 +27,14 @@ pub(crate) async fn mall_with(
     extra: &[(&str, &str)],
     tweak: impl FnOnce(&mut mall_order::Settings),
 ) -> Mall {
-    let product_settings = {
-        let mut s = mall_product::Settings::from_vars(&Vars::default()).unwrap();
-        s.platform = env.platform_settings(&mall_product::config::DEFAULTS);
-        s.telemetry = TelemetrySettings::local("mall-product");
-        s
-    };
+    let product_settings = env.settings::<mall_product::Product>(&[]);
     let db = Db::connect_lazy(&product_settings.platform.database, "seed").unwrap();
     db.migrate(&mall_product::startup::MIGRATIONS).await.unwrap();
     mall_product::store::seed::seed(&db, skus).await.unwrap();
-    let product = env
-        .start(mall_product::build(product_settings).await.unwrap().into_server())
-        .await;
-
-    let inventory_settings = {
-        let catalog = [("MALL_PRODUCT_URLS", product.url(""))];
-        let mut s = mall_inventory::Settings::from_vars(&Vars::from_pairs(catalog)).unwrap();
-        s.platform = env.platform_settings(&mall_inventory::config::DEFAULTS);
-        s.telemetry = TelemetrySettings::local("mall-inventory");
-        s
-    };
+    let product = env.spawn::<mall_product::Product>(&[]).await;
+    let product_urls = product.url("");
     let inventory = env
-        .start(
-            mall_inventory::build(inventory_settings)
-                .await
-                .unwrap()
-                .into_server(),
-        )
+        .spawn::<mall_inventory::Inventory>(&[("MALL_PRODUCT_URLS", &product_urls)])
         .await;
     for sku in 1..=skus as i64 {
         let res = admin(
@@ -70,19 +49,14 @@ pub(crate) async fn mall_with(
         assert_eq!(res.status(), 200);
     }
 
-    let mut pairs: Vec<(String, String)> = vec![
-        ("MALL_PRODUCT_URLS".into(), product.url("")),
-        ("MALL_INVENTORY_URLS".into(), inventory.url("")),
-        ("MALL_OUTBOX_INTERVAL".into(), "50ms".into()),
+    let inventory_urls = inventory.url("");
+    let mut vars = vec![
+        ("MALL_PRODUCT_URLS", product_urls.as_str()),
+        ("MALL_INVENTORY_URLS", inventory_urls.as_str()),
+        ("MALL_OUTBOX_INTERVAL", "50ms"),
     ];
-    pairs.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let mut order_settings = mall_order::Settings::from_vars(&Vars::from_pairs(pairs)).unwrap();
-    order_settings.platform = env.platform_settings(&mall_order::config::DEFAULTS);
-    order_settings.telemetry = TelemetrySettings::local("mall-order");
-    tweak(&mut order_settings);
-    let order = env
-        .start(mall_order::build(order_settings).await.unwrap().into_server())
-        .await;
+    vars.extend_from_slice(extra);
+    let order = env.spawn_with::<mall_order::Order>(&vars, tweak).await;
     Mall {
         product,
         _inventory: inventory,

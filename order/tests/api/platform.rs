@@ -2,7 +2,7 @@
 //! trace continuation, graceful shutdown, start-up validation).
 
 mall_testkit::platform_conformance! {
-    krate: mall_order, binary: "mall-order", dependencies: [postgres, redis, rabbitmq]
+    service: mall_order::Order, binary: "mall-order", dependencies: [postgres, redis, rabbitmq]
 }
 
 #[test]

@@ -147,7 +147,7 @@ fn now_ms() -> u64 {
 }
 
 impl Catalog {
-    /// A catalog over `db` and `redis`; [`Catalog::run_background`] keeps its filters and L1 in
+    /// A catalog over `db` and `redis`; `crate::jobs::run` keeps its filters and L1 in
     /// step with the cluster.
     pub fn new(db: Db, redis: Redis, settings: CacheSettings) -> Self {
         let l1 = moka::future::Cache::builder()

@@ -167,44 +167,7 @@ pub(super) async fn search(db: &Db, q: &SearchQuery) -> Result<Page, sqlx::Error
     }
     // Keyset: strictly after the cursor's row, in the sort's own order.
     if let Some(c) = &q.after {
-        match (q.sort, &c.key) {
-            (Sort::PriceAsc, SortKey::Int(p)) => {
-                qb.push(" AND (s.price_cents, s.id) > (")
-                    .push_bind(*p)
-                    .push(", ")
-                    .push_bind(c.id)
-                    .push(")");
-            }
-            (Sort::PriceDesc, SortKey::Int(p)) => {
-                qb.push(" AND (s.price_cents, s.id) < (")
-                    .push_bind(*p)
-                    .push(", ")
-                    .push_bind(c.id)
-                    .push(")");
-            }
-            (Sort::Newest, SortKey::Time(t) | SortKey::Int(t)) => {
-                qb.push(" AND ((extract(epoch FROM s.created_at) * 1000000)::bigint, s.id) < (")
-                    .push_bind(*t)
-                    .push(", ")
-                    .push_bind(c.id)
-                    .push(")");
-            }
-            (Sort::Relevance, key) => {
-                let rank = match key {
-                    SortKey::Float(r) => *r,
-                    SortKey::Int(i) => *i as f64,
-                    SortKey::Time(_) => 0.0,
-                };
-                qb.push(" AND (ts_rank(s.search, websearch_to_tsquery('english', ")
-                    .push_bind(q.q.clone().unwrap_or_default())
-                    .push("))::float8, -s.id) < (")
-                    .push_bind(rank)
-                    .push(", ")
-                    .push_bind(-c.id)
-                    .push(")");
-            }
-            _ => {}
-        }
+        push_after(&mut qb, q, c);
     }
     qb.push(match q.sort {
         Sort::PriceAsc => " ORDER BY s.price_cents, s.id",
@@ -215,6 +178,53 @@ pub(super) async fn search(db: &Db, q: &SearchQuery) -> Result<Page, sqlx::Error
     qb.push(" LIMIT ").push_bind(q.limit + 1);
     let rows = qb.build().fetch_all(db.pool()).await?;
 
+    Ok(page_of(&rows, q))
+}
+
+/// The keyset condition: rows strictly after the cursor's, in the sort's own order.
+fn push_after(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery, c: &Cursor) {
+    match (q.sort, &c.key) {
+        (Sort::PriceAsc, SortKey::Int(p)) => {
+            qb.push(" AND (s.price_cents, s.id) > (")
+                .push_bind(*p)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")");
+        }
+        (Sort::PriceDesc, SortKey::Int(p)) => {
+            qb.push(" AND (s.price_cents, s.id) < (")
+                .push_bind(*p)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")");
+        }
+        (Sort::Newest, SortKey::Time(t) | SortKey::Int(t)) => {
+            qb.push(" AND ((extract(epoch FROM s.created_at) * 1000000)::bigint, s.id) < (")
+                .push_bind(*t)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")");
+        }
+        (Sort::Relevance, key) => {
+            let rank = match key {
+                SortKey::Float(r) => *r,
+                SortKey::Int(i) => *i as f64,
+                SortKey::Time(_) => 0.0,
+            };
+            qb.push(" AND (ts_rank(s.search, websearch_to_tsquery('english', ")
+                .push_bind(q.q.clone().unwrap_or_default())
+                .push("))::float8, -s.id) < (")
+                .push_bind(rank)
+                .push(", ")
+                .push_bind(-c.id)
+                .push(")");
+        }
+        _ => {}
+    }
+}
+
+/// One page of `rows` (fetched one past the limit) and the cursor of the next, if any.
+fn page_of(rows: &[sqlx::postgres::PgRow], q: &SearchQuery) -> Page {
     let more = rows.len() as i64 > q.limit;
     let rows = &rows[..rows.len().min(q.limit as usize)];
     let next_cursor = more.then(|| {
@@ -242,7 +252,7 @@ pub(super) async fn search(db: &Db, q: &SearchQuery) -> Result<Page, sqlx::Error
             image: r.get("image"),
         })
         .collect();
-    Ok(Page { items, next_cursor })
+    Page { items, next_cursor }
 }
 
 async fn refresh_spu_price(conn: &mut PgConnection, spu_id: i64) -> Result<(), sqlx::Error> {

@@ -111,7 +111,20 @@ pub async fn seed(db: &Db, skus: usize) -> Result<Seeded, sqlx::Error> {
     if existing > 0 {
         return Ok(Seeded::AlreadySeeded(existing));
     }
-    let mut rng = Rng(42);
+    let (categories, leaves) = category_rows();
+    let (brands, brand_count) = brand_rows();
+    let products = product_rows(skus, &leaves, brand_count);
+    copy_in(db, &categories, &brands, &products).await?;
+    Ok(Seeded::Written {
+        categories: categories.lines().count(),
+        brands: brand_count as usize,
+        spus: products.spus.lines().count(),
+        skus: products.skus.lines().count(),
+    })
+}
+
+/// The category tree as CSV rows, and the ids of its leaves (level 3).
+fn category_rows() -> (String, Vec<i64>) {
     let mut categories = String::new();
     let mut leaves = Vec::new();
     let mut id = 0i64;
@@ -130,7 +143,11 @@ pub async fn seed(db: &Db, skus: usize) -> Result<Seeded, sqlx::Error> {
             }
         }
     }
-    let category_count = id as usize;
+    (categories, leaves)
+}
+
+/// The brands as CSV rows, and how many.
+fn brand_rows() -> (String, i64) {
     let mut brands = String::new();
     let mut brand_count = 0i64;
     for a in BRAND_A {
@@ -139,7 +156,18 @@ pub async fn seed(db: &Db, skus: usize) -> Result<Seeded, sqlx::Error> {
             writeln!(brands, "{brand_count},{}", csv(&format!("{a} {b}"))).ok();
         }
     }
+    (brands, brand_count)
+}
 
+/// SPU and SKU rows of the demo catalog.
+struct ProductRows {
+    spus: String,
+    skus: String,
+}
+
+/// `skus` SKUs, three per SPU, in deterministic pseudo-random categories and brands.
+fn product_rows(skus: usize, leaves: &[i64], brand_count: i64) -> ProductRows {
+    let mut rng = Rng(42);
     let spu_count = skus.div_ceil(3).max(1);
     let mut spus = String::new();
     let mut sku_rows = String::new();
@@ -188,21 +216,25 @@ pub async fn seed(db: &Db, skus: usize) -> Result<Seeded, sqlx::Error> {
         )
         .ok();
     }
+    ProductRows { spus, skus: sku_rows }
+}
 
+/// Writes every table with `COPY` in one transaction and moves the id sequences past the rows.
+async fn copy_in(db: &Db, categories: &str, brands: &str, products: &ProductRows) -> Result<(), sqlx::Error> {
     let mut tx = db.pool().begin().await?;
     for (copy, data) in [
         (
             "COPY categories (id, parent_id, name, level) FROM STDIN WITH (FORMAT csv)",
-            &categories,
+            categories,
         ),
-        ("COPY brands (id, name) FROM STDIN WITH (FORMAT csv)", &brands),
+        ("COPY brands (id, name) FROM STDIN WITH (FORMAT csv)", brands),
         (
             "COPY spus (id, title, description, category_id, brand_id, attributes, images, price_cents, created_at) FROM STDIN WITH (FORMAT csv)",
-            &spus,
+            &products.spus,
         ),
         (
             "COPY skus (id, spu_id, title, sale_attributes, price_cents) FROM STDIN WITH (FORMAT csv)",
-            &sku_rows,
+            &products.skus,
         ),
     ] {
         let mut sink = tx.copy_in_raw(copy).await?;
@@ -217,10 +249,5 @@ pub async fn seed(db: &Db, skus: usize) -> Result<Seeded, sqlx::Error> {
         .await?;
     }
     tx.commit().await?;
-    Ok(Seeded::Written {
-        categories: category_count,
-        brands: brand_count as usize,
-        spus: spu_count,
-        skus: sku_id as usize,
-    })
+    Ok(())
 }

@@ -6,7 +6,7 @@ use mall_common::redis::{Redis, client};
 use mall_product::config::DEFAULTS;
 use mall_testkit::{ChaosProxy, TestEnv, eventually};
 
-use crate::helpers::{as_user, get, metric, past_l1_ttl, seed_catalog, settings, spawn};
+use crate::helpers::{as_user, drop_from_l1, get, metric, seed_catalog, settings, spawn};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_unknown_ids_reach_the_database_at_most_one_percent_of_the_time() {
@@ -78,7 +78,7 @@ async fn five_hundred_concurrent_reads_of_an_expired_hot_key_over_two_instances_
                 .await
                 .unwrap();
         }
-        past_l1_ttl().await;
+        drop_from_l1(&a, &env, "sku:7", 2).await;
         let before = metric(&a, &env, "product_db_loads_total", &[("kind", "sku")]).await;
         let tasks: Vec<_> = (0..500)
             .map(|i| {
@@ -97,8 +97,19 @@ async fn five_hundred_concurrent_reads_of_an_expired_hot_key_over_two_instances_
             let (status, body) = t.await.unwrap();
             assert_eq!((status, body["sku_id"].as_i64()), (200, Some(7)), "{label}");
         }
-        // A background rebuild (the expired case) finishes after the answers.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A background rebuild (the expired case) finishes after the answers: its lock is
+        // released once the new value is in L2.
+        let lock_key = redis.key("product:lock:{sku:7}");
+        eventually(Duration::from_secs(5), "the rebuild lock is released", || async {
+            let mut conn = redis.conn().await.map_err(|e| e.to_string())?;
+            let held: bool = client::cmd("EXISTS")
+                .arg(&lock_key)
+                .query_async(&mut *conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if held { Err("held".to_owned()) } else { Ok(()) }
+        })
+        .await;
         let loads = metric(&a, &env, "product_db_loads_total", &[("kind", "sku")]).await - before;
         assert_eq!(loads, 1.0, "{label}: database loads across both instances");
     }

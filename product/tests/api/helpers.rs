@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use mall_common::config::Vars;
 use mall_common::db::Db;
-use mall_common::telemetry::TelemetrySettings;
+use mall_common::redis::Redis;
+use mall_product::Product;
 use mall_product::Settings;
 use mall_product::config::DEFAULTS;
 use mall_product::store::seed::seed;
@@ -12,12 +12,9 @@ use mall_testkit::{TestEnv, TestServer};
 
 /// Settings for this env with a short L1 TTL, plus `extra` variables.
 pub(crate) fn settings(env: &TestEnv, extra: &[(&str, &str)]) -> Settings {
-    let mut pairs: Vec<(String, String)> = vec![("MALL_PRODUCT_L1_TTL".into(), "300ms".into())];
-    pairs.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let mut s = Settings::from_vars(&Vars::from_pairs(pairs)).expect("valid settings");
-    s.platform = env.platform_settings(&DEFAULTS);
-    s.telemetry = TelemetrySettings::local("mall-product");
-    s
+    let mut vars = vec![("MALL_PRODUCT_L1_TTL", "300ms")];
+    vars.extend_from_slice(extra);
+    env.settings::<Product>(&vars)
 }
 
 /// Migrates the env's schema and seeds `skus` SKUs (before any instance builds its filters).
@@ -31,8 +28,7 @@ pub(crate) async fn seed_catalog(env: &TestEnv, skus: usize) -> Db {
 
 /// Builds and starts an instance.
 pub(crate) async fn spawn(env: &TestEnv, settings: Settings) -> TestServer {
-    let app = mall_product::build(settings).await.expect("product builds");
-    env.start(app.into_server()).await
+    env.spawn_with::<Product>(&[], |s| *s = settings).await
 }
 
 /// `GET path`: status and JSON body.
@@ -55,7 +51,26 @@ pub(crate) async fn metric(app: &TestServer, env: &TestEnv, name: &str, labels: 
     mall_testkit::checks::metric_sum(app, name, &all).await
 }
 
-/// Longer than the tests' L1 TTL.
-pub(crate) async fn past_l1_ttl() {
-    tokio::time::sleep(Duration::from_millis(400)).await;
+/// Drops `key` (`sku:7`) from the L1 of every one of `instances` product instances, the way a
+/// write elsewhere does: an invalidation on the Redis channel, waited for until each applied it.
+pub(crate) async fn drop_from_l1(app: &TestServer, env: &TestEnv, key: &str, instances: usize) {
+    let redis = Redis::connect_lazy(&env.platform_settings(&DEFAULTS).redis).expect("redis settings");
+    let before = metric(app, env, "product_invalidations_received_total", &[]).await;
+    redis
+        .publish(&redis.key("product:invalidate"), key)
+        .await
+        .expect("invalidation published");
+    mall_testkit::eventually(
+        Duration::from_secs(5),
+        "every instance drops its L1 copy",
+        || async {
+            let received = metric(app, env, "product_invalidations_received_total", &[]).await - before;
+            if received >= instances as f64 {
+                Ok(())
+            } else {
+                Err(received)
+            }
+        },
+    )
+    .await;
 }

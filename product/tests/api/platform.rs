@@ -2,7 +2,7 @@
 //! trace continuation, graceful shutdown, start-up validation).
 
 mall_testkit::platform_conformance! {
-    krate: mall_product, binary: "mall-product", dependencies: [postgres, redis, rabbitmq]
+    service: mall_product::Product, binary: "mall-product", dependencies: [postgres, redis, rabbitmq]
 }
 
 #[test]
