@@ -46,8 +46,8 @@ pub struct FlashSettings {
     /// `MALL_FLASHSALE_SETTLE_AFTER` (2m): how long after a session's end its unsold units go
     /// back to inventory (admissions still being handed off are waited for as well).
     pub settle_after: Duration,
-    /// `MALL_FLASHSALE_JOB_INTERVAL` (500ms): how often the warm-up/settle job and the catalog
-    /// refresh run.
+    /// `MALL_FLASHSALE_JOB_INTERVAL` (500ms): how often the load/settle job and the refresh of the
+    /// sessions on sale run.
     pub job_interval: Duration,
     /// `MALL_FLASHSALE_HANDOFF_INTERVAL` (20ms): how often the hand-off (the outbox relay) looks
     /// for newly booked admissions when it found none.

@@ -1,12 +1,12 @@
 //! The flash sale's background work.
 //!
-//! - [`refresh`] (every instance): reads the catalog and the live counters from Redis into the
-//!   in-memory snapshot the hot path answers from.
+//! - [`refresh`] (every instance): reads the sessions on sale and the live counters from Redis
+//!   into the in-memory snapshot the hot path answers from.
 //! - [`leader`] (one instance at a time, under a Redis lock): loads the items of sessions
 //!   starting soon into Redis from the book of admissions, and loads them again whenever Redis
-//!   lost or rewound them; publishes the catalog; gives unsold units back to inventory after a
-//!   session ended and its admissions are all handed off; cleans up sessions whose creation
-//!   died mid-way.
+//!   lost or rewound them; publishes the sessions on sale; gives unsold units back to inventory
+//!   after a session ended and its admissions are all handed off; cleans up sessions whose
+//!   creation died mid-way.
 //!
 //! The hand-off itself is the outbox relay (`mall_common::outbox::relay`): each booked
 //! admission's `flashsale.admitted` event is an outbox row written with it.
@@ -91,8 +91,10 @@ pub async fn refresh(state: Arc<AppState>, cancel: CancellationToken) {
     loop {
         match live::load(&state.redis).await {
             Ok(Some(s)) => state.on_sale.set(s),
-            Ok(None) => tracing::debug!("no catalog in Redis; keeping the last one"),
-            Err(e) => tracing::debug!(error = %e, "catalog refresh failed; keeping the last one"),
+            Ok(None) => tracing::debug!("no sessions on sale in Redis; keeping the last ones"),
+            Err(e) => {
+                tracing::debug!(error = %e, "refresh of the sessions on sale failed; keeping the last ones")
+            }
         }
         if !pause(&cancel, state.flash.job_interval).await {
             return;
@@ -100,7 +102,7 @@ pub async fn refresh(state: Arc<AppState>, cancel: CancellationToken) {
     }
 }
 
-/// The warm-up / catalog / settle job, on one instance at a time.
+/// The load / publish / settle job, on one instance at a time.
 pub async fn leader(state: Arc<AppState>, cancel: CancellationToken) {
     let lease = (state.flash.job_interval * 6).max(Duration::from_secs(3));
     let mut leadership = Leadership::new(state.redis.clone(), "fs:lock:jobs", lease);
@@ -173,12 +175,12 @@ async fn run_jobs(state: &AppState) -> anyhow::Result<()> {
     metrics::gauge!("flashsale_handoff_backlog").set(backlog as f64);
     metrics::gauge!("flashsale_handoff_oldest_age_seconds").set(oldest);
 
-    let catalog = serde_json::to_string(&open)?;
+    let on_sale = serde_json::to_string(&open)?;
     {
         let mut conn = state.redis.conn().await?;
         let () = client::cmd("SET")
             .arg(on_sale_key(&state.redis))
-            .arg(catalog)
+            .arg(on_sale)
             .query_async(&mut *conn)
             .await?;
     }

@@ -54,9 +54,9 @@ impl Snapshot {
     }
 }
 
-/// Reads the sessions on sale and the live stock counters from Redis into a new snapshot; `None` when
-/// Redis holds no such list (not published yet, or lost with Redis's data until the job publishes
-/// it again: the last snapshot is better than none).
+/// Reads the sessions on sale and the live stock counters from Redis into a new snapshot; `None`
+/// when Redis holds no such list (not published yet, or lost with Redis's data until the job
+/// publishes it again: the last snapshot is better than none).
 pub async fn load(redis: &Redis) -> Result<Option<Snapshot>, RedisError> {
     let key = &on_sale_key(redis);
     let raw: Option<String> = redis

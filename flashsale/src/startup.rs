@@ -37,9 +37,8 @@ pub fn topology(delivery_limit: u32) -> Topology {
 }
 
 /// Binds, creates lazy pools, loads scripts, starts migrations, the AMQP connection, the
-/// catalog refresh, the load/settle job, the hand-off (outbox relay) and the cancellation
-/// consumer.
-/// Never waits on a dependency that is down: `/readyz` reports it instead.
+/// refresh of the sessions on sale, the load/settle job, the hand-off (outbox relay) and the
+/// cancellation consumer. Never waits on a dependency that is down: `/readyz` reports it.
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let flash = settings.flash;
     if flash.token_secret.expose() == DEV_TOKEN_SECRET {
