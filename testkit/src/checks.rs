@@ -490,6 +490,17 @@ macro_rules! __readiness_test {
     };
 }
 
+/// Receives `quantity` units of `sku` at an inventory instance through its admin API.
+pub async fn receive_stock(inventory: &TestServer, sku: i64, quantity: i64) {
+    let url = inventory.url(&format!("/admin/stock/{sku}/receive"));
+    let res = as_admin(inventory.client().post(url))
+        .json(&serde_json::json!({ "quantity": quantity, "reason": "test delivery" }))
+        .send()
+        .await
+        .expect("stock intake");
+    assert_eq!(res.status(), 200, "stock intake of SKU {sku}");
+}
+
 /// As the development admin (user `1`, role `admin`), through [`signed_as`].
 pub fn as_admin(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     signed_as(req, "1", &["admin"])

@@ -44,16 +44,7 @@ pub(crate) async fn sale(env: &TestEnv, skus: &[i64], stock: i64, opts: Options<
         .spawn::<mall_inventory::Inventory>(&[("MALL_PRODUCT_URLS", &catalog)])
         .await;
     for sku in skus {
-        let res = admin(
-            inventory
-                .client()
-                .post(inventory.url(&format!("/admin/stock/{sku}/receive"))),
-        )
-        .json(&json!({ "quantity": stock }))
-        .send()
-        .await
-        .unwrap();
-        assert_eq!(res.status(), 200);
+        mall_testkit::checks::receive_stock(&inventory, *sku, stock).await;
     }
 
     let inventory_urls = inventory.url("");

@@ -28,15 +28,7 @@ pub(crate) fn db(env: &TestEnv) -> Db {
 
 pub(crate) use mall_testkit::checks::as_admin;
 
-/// Receives `quantity` units of `sku` through the admin API.
-pub(crate) async fn receive(app: &TestServer, sku: i64, quantity: i64) {
-    let res = as_admin(app.client().post(app.url(&format!("/admin/stock/{sku}/receive"))))
-        .json(&json!({ "quantity": quantity, "reason": "test delivery" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-}
+pub(crate) use mall_testkit::checks::receive_stock as receive;
 
 /// `POST /internal/reservations`; returns status and body.
 pub(crate) async fn reserve(app: &TestServer, id: Uuid, items: Value) -> (u16, Value) {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mall_common::db::Db;
 use mall_testkit::{TestEnv, TestServer};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The three services of a checkout.
 pub(crate) struct Mall {
@@ -37,16 +37,7 @@ pub(crate) async fn mall_with(
         .spawn::<mall_inventory::Inventory>(&[("MALL_PRODUCT_URLS", &product_urls)])
         .await;
     for sku in 1..=skus as i64 {
-        let res = admin(
-            inventory
-                .client()
-                .post(inventory.url(&format!("/admin/stock/{sku}/receive"))),
-        )
-        .json(&json!({ "quantity": stock }))
-        .send()
-        .await
-        .unwrap();
-        assert_eq!(res.status(), 200);
+        mall_testkit::checks::receive_stock(&inventory, sku, stock).await;
     }
 
     let inventory_urls = inventory.url("");
@@ -64,7 +55,7 @@ pub(crate) async fn mall_with(
     }
 }
 
-pub(crate) use mall_testkit::checks::{as_admin as admin, as_user as user};
+pub(crate) use mall_testkit::checks::as_user as user;
 
 /// `POST /api/orders` as `buyer` with `key`; status and body.
 pub(crate) async fn checkout(order: &TestServer, buyer: &str, key: &str, body: Value) -> (u16, Value) {

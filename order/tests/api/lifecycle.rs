@@ -18,80 +18,60 @@ async fn order_status(m: &crate::helpers::Mall, buyer: &str, id: &str) -> Value 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpaid_order_times_out_and_its_stock_is_released_once_even_without_the_delay_message() {
-    let env = TestEnv::new().await;
-    // Timeouts by delay message: a two-second payment window.
-    let m = mall(
-        &env,
-        2,
-        5,
-        &[("MALL_ORDER_TTL", "2s"), ("MALL_ORDER_SWEEP_INTERVAL", "1h")],
-    )
-    .await;
-    let (s, b) = checkout(
-        &m.order,
-        "dan",
-        "t1",
-        json!({ "items": [{"sku_id": 1, "quantity": 2}] }),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let id = b["order_id"].as_str().unwrap().to_owned();
-    eventually(SETTLE, "cancelled by its delay message", || async {
-        let o = order_status(&m, "dan", &id).await;
-        if o["status"] == "cancelled" { Ok(o) } else { Err(o) }
-    })
-    .await;
-    eventually(SETTLE, "its stock released", || async {
-        let s = stock(&env, 1).await;
-        if s == (5, 0, 0, 5) { Ok(()) } else { Err(s) }
-    })
-    .await;
-
-    // The delay message lost: the sweeper alone cancels.
-    let env2 = TestEnv::new().await;
-    let m2 = mall(
-        &env2,
-        2,
-        5,
-        &[("MALL_ORDER_TTL", "1h"), ("MALL_ORDER_SWEEP_INTERVAL", "200ms")],
-    )
-    .await;
-    let (s, b) = checkout(
-        &m2.order,
-        "erin",
-        "t2",
-        json!({ "items": [{"sku_id": 2, "quantity": 1}] }),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let id2 = b["order_id"].as_str().unwrap().to_owned();
-    // Its hold message waits an hour; make the order due now, as if that message were gone.
-    sqlx::query("UPDATE orders SET expires_at = now() - interval '1 second' WHERE id = $1::uuid")
-        .bind(&id2)
-        .execute(order_db(&env2).pool())
-        .await
-        .unwrap();
-    eventually(SETTLE, "cancelled by the sweeper", || async {
-        let o = order_status(&m2, "erin", &id2).await;
-        if o["status"] == "cancelled" && o["cancel_reason"] == "timeout" {
-            Ok(())
-        } else {
-            Err(o)
+    // (how it is cancelled, the order service's variables, whether the order is made due at
+    // once because its hold message "was lost": it waits an hour)
+    let cases = [
+        (
+            "by its delay message",
+            [("MALL_ORDER_TTL", "2s"), ("MALL_ORDER_SWEEP_INTERVAL", "1h")],
+            false,
+        ),
+        (
+            "by the sweeper alone",
+            [("MALL_ORDER_TTL", "1h"), ("MALL_ORDER_SWEEP_INTERVAL", "200ms")],
+            true,
+        ),
+    ];
+    for (how, vars, lost_message) in cases {
+        let env = TestEnv::new().await;
+        let m = mall(&env, 1, 5, &vars).await;
+        let (s, b) = checkout(
+            &m.order,
+            "dan",
+            "t1",
+            json!({ "items": [{"sku_id": 1, "quantity": 2}] }),
+        )
+        .await;
+        assert_eq!(s, 201, "{how}: {b}");
+        let id = b["order_id"].as_str().unwrap().to_owned();
+        let db = order_db(&env);
+        if lost_message {
+            sqlx::query("UPDATE orders SET expires_at = now() - interval '1 second' WHERE id = $1::uuid")
+                .bind(&id)
+                .execute(db.pool())
+                .await
+                .unwrap();
         }
-    })
-    .await;
-    eventually(SETTLE, "stock released", || async {
-        let s = stock(&env2, 2).await;
-        if s == (5, 0, 0, 5) { Ok(()) } else { Err(s) }
-    })
-    .await;
-    // A later sweep finds nothing more to cancel, and the cancellation's one event is sent.
-    let again = mall_order::store::sweep_expired(&order_db(&env2), 100)
-        .await
-        .expect("sweep");
-    assert_eq!(again, 0, "a later sweep cancels nothing");
-    mall_testkit::outbox_drained(&order_db(&env2), SETTLE).await;
-    assert_eq!(stock(&env2, 2).await, (5, 0, 0, 5), "released exactly once");
+        eventually(SETTLE, &format!("cancelled {how}"), || async {
+            let o = order_status(&m, "dan", &id).await;
+            if o["status"] == "cancelled" && o["cancel_reason"] == "timeout" {
+                Ok(())
+            } else {
+                Err(o)
+            }
+        })
+        .await;
+        eventually(SETTLE, &format!("stock released {how}"), || async {
+            let s = stock(&env, 1).await;
+            if s == (5, 0, 0, 5) { Ok(()) } else { Err(s) }
+        })
+        .await;
+        // A later sweep finds nothing more to cancel, and the cancellation's one event is sent.
+        let again = mall_order::store::sweep_expired(&db, 100).await.expect("sweep");
+        assert_eq!(again, 0, "{how}: a later sweep cancels nothing");
+        mall_testkit::outbox_drained(&db, SETTLE).await;
+        assert_eq!(stock(&env, 1).await, (5, 0, 0, 5), "{how}: released exactly once");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
