@@ -490,6 +490,28 @@ macro_rules! __readiness_test {
     };
 }
 
+/// Sends every request at once (each on a task of its own); their statuses and JSON bodies
+/// (`null` when not JSON), in order.
+pub async fn send_all(
+    requests: impl IntoIterator<Item = reqwest::RequestBuilder>,
+) -> Vec<(u16, serde_json::Value)> {
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|req| {
+            tokio::spawn(async move {
+                let res = req.send().await.expect("request sent");
+                let status = res.status().as_u16();
+                (status, res.json().await.unwrap_or(serde_json::Value::Null))
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        answers.push(task.await.expect("request task"));
+    }
+    answers
+}
+
 /// Receives `quantity` units of `sku` at an inventory instance through its admin API.
 pub async fn receive_stock(inventory: &TestServer, sku: i64, quantity: i64) {
     let url = inventory.url(&format!("/admin/stock/{sku}/receive"));

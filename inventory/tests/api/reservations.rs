@@ -12,25 +12,13 @@ async fn two_hundred_concurrent_reservations_of_fifty_units_succeed_exactly_fift
     let app = spawn(&env, settings(&env, &[])).await;
     receive(&app, 501, 50).await;
 
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let (client, url) = (app.client().clone(), app.url("/internal/reservations"));
-            tokio::spawn(async move {
-                let id = Uuid::new_v4();
-                let res = client
-                    .post(url)
-                    .json(&json!({ "reservation_id": id, "owner": "order", "reference": "o", "items": [{"sku_id": 501, "quantity": 1}], "ttl_secs": 600 }))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = res.status().as_u16();
-                (status, res.json::<serde_json::Value>().await.unwrap())
-            })
-        })
-        .collect();
+    let requests = (0..200).map(|_| {
+        app.client().post(app.url("/internal/reservations")).json(&json!({ "reservation_id": Uuid::new_v4(), "owner": "order", "reference": "o", "items": [{"sku_id": 501, "quantity": 1}], "ttl_secs": 600 }))
+    });
+    let answers = mall_testkit::checks::send_all(requests).await;
     let (mut created, mut refused) = (0, 0);
-    for t in tasks {
-        match t.await.unwrap() {
+    for answer in answers {
+        match answer {
             (201, _) => created += 1,
             (409, body) => {
                 assert_eq!(body["code"], "out_of_stock");
@@ -53,24 +41,12 @@ async fn the_same_reservation_id_sent_twenty_times_at_once_reserves_once() {
     let app = spawn(&env, settings(&env, &[])).await;
     receive(&app, 7, 10).await;
     let id = Uuid::new_v4();
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let (client, url) = (app.client().clone(), app.url("/internal/reservations"));
-            tokio::spawn(async move {
-                let res = client
-                    .post(url)
-                    .json(&json!({ "reservation_id": id, "owner": "order", "reference": "o", "items": [{"sku_id": 7, "quantity": 3}], "ttl_secs": 600 }))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = res.status().as_u16();
-                (status, res.json::<serde_json::Value>().await.unwrap())
-            })
-        })
-        .collect();
+    let requests = (0..20).map(|_| {
+        app.client().post(app.url("/internal/reservations")).json(&json!({ "reservation_id": id, "owner": "order", "reference": "o", "items": [{"sku_id": 7, "quantity": 3}], "ttl_secs": 600 }))
+    });
+    let answers = mall_testkit::checks::send_all(requests).await;
     let mut statuses = Vec::new();
-    for t in tasks {
-        let (status, body) = t.await.unwrap();
+    for (status, body) in answers {
         assert_eq!(body["reservation_id"], json!(id));
         assert_eq!(body["status"], "reserved");
         statuses.push(status);
