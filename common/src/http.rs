@@ -12,9 +12,9 @@ mod timed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::response::IntoResponse;
+use axum::{Extension, Router};
 use http::{Request, StatusCode};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -26,6 +26,7 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::ApiError;
+use crate::identity::IdentityKey;
 use crate::telemetry::propagation;
 
 pub use extract::{Json, Path, Query};
@@ -50,6 +51,8 @@ pub struct StackSettings {
     pub request_timeout: Duration,
     /// Largest request body accepted (413 `payload_too_large` above).
     pub body_limit: usize,
+    /// The key handlers verify the gateway's signed identity with (a request extension).
+    pub identity_key: IdentityKey,
 }
 
 /// Wraps `router` (including its JSON 404 fallback) in the standard stack, applied per route so
@@ -70,7 +73,10 @@ pub fn standard_stack(router: Router, settings: &StackSettings) -> Router {
         metrics: Timed::default(),
     });
     let service = settings.service;
+    // One `layer` call: axum wraps every route in one more boxed `Route` per call, cloned on
+    // every request.
     let stack = ServiceBuilder::new()
+        .layer(Extension(settings.identity_key.clone()))
         .map_request(request_id::drop_unusable)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -90,13 +96,11 @@ pub fn standard_stack(router: Router, settings: &StackSettings) -> Router {
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             settings.request_timeout,
-        ));
-    router
-        .fallback(not_found)
+        ))
         // The stack's own limit is the one that counts; axum's 2 MB default would otherwise
         // disagree with MALL_BODY_LIMIT.
-        .layer(DefaultBodyLimit::disable())
-        .layer(stack)
+        .layer(DefaultBodyLimit::disable());
+    router.fallback(not_found).layer(stack)
 }
 
 /// The route template of a request (`/api/skus/{sku_id}`), or `unmatched`; never the raw path,

@@ -112,10 +112,17 @@ pub fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
-fn push_hex(s: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        s.push(HEX_DIGITS[usize::from(b >> 4)] as char);
-        s.push(HEX_DIGITS[usize::from(b & 0xf)] as char);
+/// Appends the lower-case hex of `bytes` to `s`, a chunk at a time (a `push` per digit checked
+/// the capacity and encoded a `char` 64 times for a trace id).
+pub(crate) fn push_hex(s: &mut String, bytes: &[u8]) {
+    let mut buf = [0u8; 64];
+    for chunk in bytes.chunks(32) {
+        let hex = &mut buf[..chunk.len() * 2];
+        for (pair, b) in hex.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+            pair[1] = HEX_DIGITS[usize::from(b & 0xf)];
+        }
+        s.push_str(std::str::from_utf8(hex).expect("hex digits are ASCII"));
     }
 }
 

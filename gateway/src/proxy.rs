@@ -168,30 +168,52 @@ impl AccessLine<'_> {
     }
 }
 
-/// Removes what belongs to one connection (RFC 9110, section 7.6.1): `Connection` and the fields
-/// it names, and the fixed hop-by-hop ones.
+/// The fixed hop-by-hop fields (RFC 9110, section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// What a client may not assert upstream: its token (verified here, never passed on), an
+/// identity (only the gateway's signed copy reaches a service), forwarding fields (we are the
+/// edge: a client's x-forwarded-for is not evidence of anything), and `Expect` (hyper answered
+/// it when the body was first read). Its trace context goes too: the span continues it, and
+/// the span's own goes instead.
+const CLIENT_ONLY: [HeaderName; 6] = [
+    header::AUTHORIZATION,
+    header::EXPECT,
+    identity::HEADER,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+];
+
+/// Removes every field `drop` picks, and the fields `Connection` names. One pass over the
+/// few fields present, where a `remove` per candidate name hashed each of them.
+fn remove_fields(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let mut doomed: Vec<HeaderName> = headers.keys().filter(|name| drop(name)).cloned().collect();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        doomed.extend(
+            value
+                .split(',')
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+        );
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Removes what belongs to one connection: `Connection`, the fields it names, and the fixed
+/// hop-by-hop ones.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
+    remove_fields(headers, |name| HOP_BY_HOP.contains(name));
 }
 
 /// The fields that go upstream: the client's, less what belongs to its connection and what a
@@ -204,30 +226,9 @@ fn upstream_headers(
     client: &str,
     cx: &opentelemetry::Context,
 ) -> Result<HeaderMap, GatewayError> {
-    strip_hop_by_hop(&mut headers);
-    // Left out: the token (verified here, never passed on); what a client sends as identity
-    // (only the gateway's signed copy reaches a service); what it sends as forwarding (we are
-    // the edge: a client's x-forwarded-for is not evidence of anything); its trace context (the
-    // span continues it, and the span's own goes instead).
-    // `Expect` too: hyper answered it when the body was first read.
-    for name in [
-        header::AUTHORIZATION,
-        header::EXPECT,
-        identity::HEADER,
-        X_FORWARDED_FOR,
-        X_FORWARDED_HOST,
-        X_FORWARDED_PROTO,
-    ] {
-        headers.remove(name);
-    }
-    let carried: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| propagation::is_http_context(name))
-        .cloned()
-        .collect();
-    for name in carried {
-        headers.remove(name);
-    }
+    remove_fields(&mut headers, |name| {
+        HOP_BY_HOP.contains(name) || CLIENT_ONLY.contains(name) || propagation::is_http_context(name)
+    });
     if let Some(id) = who {
         // `identify` refused tokens that do not fit the header, so this holds; should it not,
         // the request must not go on as anonymous.

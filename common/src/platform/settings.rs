@@ -171,6 +171,7 @@ impl PlatformSettings {
             service,
             request_timeout: self.http.request_timeout,
             body_limit: self.http.body_limit,
+            identity_key: crate::identity::IdentityKey::new(self.internal_secret.expose().as_bytes()),
         }
     }
 }

@@ -7,7 +7,7 @@ use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
-use crate::identity::to_hex;
+use crate::identity::{push_hex, to_hex};
 
 const B3_SINGLE: &str = "b3";
 const B3_TRACE_ID: &str = "x-b3-traceid";
@@ -32,17 +32,21 @@ impl TextMapPropagator for B3Propagator {
         if !sc.is_valid() {
             return;
         }
-        let (trace, span) = (
-            to_hex(&sc.trace_id().to_bytes()),
-            to_hex(&sc.span_id().to_bytes()),
-        );
+        let (trace, span) = (sc.trace_id().to_bytes(), sc.span_id().to_bytes());
         let sampled = if sc.is_sampled() { "1" } else { "0" };
         if self.single {
-            injector.set(B3_SINGLE, format!("{trace}-{span}-{sampled}"));
+            // `<trace>-<span>-<sampled>` written in place, not through the formatter.
+            let mut single = String::with_capacity(51);
+            push_hex(&mut single, &trace);
+            single.push('-');
+            push_hex(&mut single, &span);
+            single.push('-');
+            single.push_str(sampled);
+            injector.set(B3_SINGLE, single);
         }
         if self.multi {
-            injector.set(B3_TRACE_ID, trace);
-            injector.set(B3_SPAN_ID, span);
+            injector.set(B3_TRACE_ID, to_hex(&trace));
+            injector.set(B3_SPAN_ID, to_hex(&span));
             injector.set(B3_SAMPLED, sampled.to_owned());
         }
     }
@@ -152,6 +156,33 @@ mod tests {
         assert!(!multi.is_sampled());
         carrier.insert("x-b3-flags", "1");
         assert!(from(&carrier).unwrap().is_sampled(), "debug implies sampled");
+    }
+
+    #[test]
+    fn both_forms_are_written_as_the_spec_spells_them() {
+        let sc = from(&HashMap::from([(
+            "b3",
+            "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+        )]))
+        .unwrap();
+        let cx = Context::new().with_remote_span_context(sc);
+        let mut headers = http::HeaderMap::new();
+        crate::telemetry::propagation::inject_http_formats(
+            &cx,
+            crate::telemetry::propagation::Formats {
+                tracecontext: false,
+                b3: true,
+                b3multi: true,
+            },
+            &mut headers,
+        );
+        assert_eq!(
+            headers["b3"],
+            "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"
+        );
+        assert_eq!(headers["x-b3-traceid"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(headers["x-b3-spanid"], "00f067aa0ba902b7");
+        assert_eq!(headers["x-b3-sampled"], "1");
     }
 
     #[test]

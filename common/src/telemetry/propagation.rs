@@ -182,8 +182,39 @@ pub fn inject_http_context(cx: &Context, headers: &mut http::HeaderMap) {
 
 /// Writes `cx` into outgoing HTTP headers in `formats`.
 pub fn inject_http_formats(cx: &Context, formats: Formats, headers: &mut http::HeaderMap) {
-    Propagator::writing(formats).inject_context(cx, &mut HeaderInjector(headers));
+    Propagator::writing(formats).inject_context(cx, &mut FieldInjector(headers));
 }
+
+/// `HeaderInjector` without its per-field costs on the hot path: the propagators' own field
+/// names are not parsed again, and the formatted value is kept, not copied.
+struct FieldInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for FieldInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let name = match CONTEXT_NAMES.iter().find(|n| n.as_str() == key) {
+            Some(name) => name.clone(),
+            None => match http::HeaderName::from_bytes(key.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
+        };
+        if let Ok(value) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// [`CONTEXT_FIELDS`] as header names.
+const CONTEXT_NAMES: [http::HeaderName; 8] = [
+    http::HeaderName::from_static(CONTEXT_FIELDS[0]),
+    http::HeaderName::from_static(CONTEXT_FIELDS[1]),
+    http::HeaderName::from_static(CONTEXT_FIELDS[2]),
+    http::HeaderName::from_static(CONTEXT_FIELDS[3]),
+    http::HeaderName::from_static(CONTEXT_FIELDS[4]),
+    http::HeaderName::from_static(CONTEXT_FIELDS[5]),
+    http::HeaderName::from_static(CONTEXT_FIELDS[6]),
+    http::HeaderName::from_static(CONTEXT_FIELDS[7]),
+];
 
 /// Whether `name` is a trace-context header (any this process reads or writes, and B3's
 /// `x-b3-parentspanid` and `x-b3-flags`), for a caller that copies a request's headers and

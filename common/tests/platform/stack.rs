@@ -34,6 +34,7 @@ async fn spawn() -> String {
             service: "stacktest",
             request_timeout: Duration::from_millis(300),
             body_limit: 1024,
+            identity_key: mall_common::identity::IdentityKey::new(b"stack-test-secret"),
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
