@@ -56,7 +56,8 @@ pub struct StackSettings {
 }
 
 /// Wraps `router` (including its JSON 404 fallback) in the standard stack, applied per route so
-/// every layer knows the matched route. Outermost first:
+/// every layer knows the matched route. Outermost first (after the identity key, put in every
+/// request's extensions for the identity extractor):
 /// 1. request id: a caller's unusable `x-request-id` is dropped, a missing one made (UUID), and
 ///    it is echoed on the answer unless the answer names its own (tower-http);
 /// 2. the `http.server` span continuing the caller's W3C/B3 context (tower-http's trace layer,

@@ -112,8 +112,8 @@ pub fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Appends the lower-case hex of `bytes` to `s`, a chunk at a time (a `push` per digit checked
-/// the capacity and encoded a `char` 64 times for a trace id).
+/// Appends the lower-case hex of `bytes` to `s`, a chunk of digits per `push_str` rather than a
+/// `push` (capacity check and `char` encoding) per digit.
 pub(crate) fn push_hex(s: &mut String, bytes: &[u8]) {
     let mut buf = [0u8; 64];
     for chunk in bytes.chunks(32) {

@@ -14,7 +14,7 @@ use opentelemetry::Context;
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -177,7 +177,7 @@ pub fn inject_http(headers: &mut http::HeaderMap) {
 
 /// Writes `cx` into outgoing HTTP headers, in the [`formats`] of the process.
 pub fn inject_http_context(cx: &Context, headers: &mut http::HeaderMap) {
-    PROPAGATOR.inject_context(cx, &mut HeaderInjector(headers));
+    PROPAGATOR.inject_context(cx, &mut FieldInjector(headers));
 }
 
 /// Writes `cx` into outgoing HTTP headers in `formats`.
@@ -185,8 +185,8 @@ pub fn inject_http_formats(cx: &Context, formats: Formats, headers: &mut http::H
     Propagator::writing(formats).inject_context(cx, &mut FieldInjector(headers));
 }
 
-/// `HeaderInjector` without its per-field costs on the hot path: the propagators' own field
-/// names are not parsed again, and the formatted value is kept, not copied.
+/// opentelemetry-http's `HeaderInjector` without its per-field costs on every outgoing request:
+/// the propagators' own field names are not parsed again, and the formatted value is kept.
 struct FieldInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for FieldInjector<'_> {
@@ -220,7 +220,7 @@ const CONTEXT_NAMES: [http::HeaderName; 8] = [
 /// `x-b3-parentspanid` and `x-b3-flags`), for a caller that copies a request's headers and
 /// writes its own context in place of the caller's.
 pub fn is_http_context(name: &http::HeaderName) -> bool {
-    CONTEXT_FIELDS.contains(&name.as_str())
+    CONTEXT_NAMES.contains(name)
 }
 
 struct AmqpInjector<'a>(&'a mut FieldTable);
