@@ -108,12 +108,17 @@ def load(path, name, c, r):
         spent = int(open(base + ".cpu").read())
     except (OSError, ValueError):
         spent = None
+    try:
+        user = int(open(base + ".cpu.user").read())
+    except (OSError, ValueError):
+        user = None
     answered = sum(codes.values())
     return {
         "rps": d["summary"]["requestsPerSec"],
         "p50": pct.get("p50", 0) * 1e3, "p99": pct.get("p99", 0) * 1e3, "p999": pct.get("p99.9", 0) * 1e3,
         "codes": codes, "errors": sum(d.get("errorDistribution", {}).values()),
         "cpu": spent / answered if spent is not None and answered else None,
+        "user": user / answered if user is not None and answered else None,
     }
 def us(v):
     return f"{v:.1f}" if v is not None else ""
@@ -129,33 +134,37 @@ print("service gives), `/api/skus/1` a **200** with the SKU's JSON from the inst
 summary = []
 for path in paths:
     print(f"## `GET {path}`\n")
-    print("| round | connections | target | requests/s | p50 ms | p99 ms | p99.9 ms | server CPU us/req | status codes | errors |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---|---:|")
+    print("| round | connections | target | requests/s | p50 ms | p99 ms | p99.9 ms | server CPU us/req | of it user | status codes | errors |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
     per = {c: [] for c in conns}
     for r in rounds:
         for c in conns:
             x = {n: load(path, n, c, r) for n in ("direct", "gateway", "nginx")}
             for n in ("direct", "gateway", "nginx"):
                 v = x[n]
-                print(f"| {r} | {c} | {n} | {v['rps']:.0f} | {v['p50']:.2f} | {v['p99']:.2f} | {v['p999']:.2f} | {us(v['cpu'])} | {v['codes']} | {v['errors']} |")
+                print(f"| {r} | {c} | {n} | {v['rps']:.0f} | {v['p50']:.2f} | {v['p99']:.2f} | {v['p999']:.2f} | {us(v['cpu'])} | {us(v['user'])} | {v['codes']} | {v['errors']} |")
             g, d, n = x["gateway"], x["direct"], x["nginx"]
             cpu_ratio = g["cpu"] / n["cpu"] if g["cpu"] and n["cpu"] else None
-            per[c].append((g["rps"] / d["rps"], g["rps"] / n["rps"], n["p99"] / g["p99"], cpu_ratio))
+            user_ratio = g["user"] / n["user"] if g["user"] and n["user"] else None
+            per[c].append((g["rps"] / d["rps"], g["rps"] / n["rps"], n["p99"] / g["p99"], cpu_ratio, user_ratio))
     print()
     for c in conns:
         med = [statistics.median(v[i] for v in per[c]) for i in range(3)]
         cpus = [v[3] for v in per[c] if v[3] is not None]
+        users = [v[4] for v in per[c] if v[4] is not None]
         summary.append((path, c, med, ", ".join(f"{v[1]:.2f}" for v in per[c]),
-                        f"{statistics.median(cpus):.2f}" if cpus else ""))
+                        f"{statistics.median(cpus):.2f}" if cpus else "",
+                        f"{statistics.median(users):.2f}" if users else ""))
 print("## Summary\n")
-print("| answer | connections | gateway/direct req/s | gateway/nginx req/s | nginx p99 / gateway p99 | gateway/nginx req/s by round | gateway/nginx CPU per request |")
-print("|---|---:|---:|---:|---:|---|---:|")
-for path, c, med, rounds_text, cpu_text in summary:
-    print(f"| `{path}` | {c} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {rounds_text} | {cpu_text} |")
+print("| answer | connections | gateway/direct req/s | gateway/nginx req/s | nginx p99 / gateway p99 | gateway/nginx req/s by round | gateway/nginx CPU per request | of it user |")
+print("|---|---:|---:|---:|---:|---|---:|---:|")
+for path, c, med, rounds_text, cpu_text, user_text in summary:
+    print(f"| `{path}` | {c} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {rounds_text} | {cpu_text} | {user_text} |")
 print("\nRatios are the median of the rounds' ratios. Target (issue \"One HTTP stack\"): gateway/nginx")
 print("req/s >= 0.9 and nginx p99 / gateway p99 >= 0.9. Server CPU is the user + system time (all threads,")
 print("from `/proc/<pid>/stat`) of the upstream when measured directly, of the proxy alone otherwise")
-print("(nginx: its master and workers), during the run, divided by the answered requests.")
+print("(nginx: its master and workers), during the run, divided by the answered requests; \"of it user\"")
+print("is the part spent in user space (the rest is the kernel's: system calls, TCP).")
 print("Reproduce: `loadtest/gateway.sh`.")
 PY
 charts gateway "$stamp" >>"$report"

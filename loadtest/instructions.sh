@@ -4,7 +4,8 @@
 # rest of the shared machine is doing (gateway.sh's throughput moves 10-15% between two
 # back-to-back runs of the same binary; a 3% change only shows here). Measured, each process
 # alone under callgrind with one serving thread and wrk (1 thread, 8 connections):
-#   - mall-product answering `GET /api/products/0` directly (the upstream's own cost);
+#   - mall-product answering `GET /api/products/0` directly (the upstream's own cost), and the
+#     same request continuing a caller's trace (W3C and B3 fields), as behind the gateway;
 #   - mall-gateway proxying it to a mall-product outside valgrind (the gateway's cost alone);
 #   - nginx proxying it the same way (one worker process, the gateway.sh configuration);
 #   - mall-gateway's own 404 (`GET /nowhere`, the reference of flashsale.sh's sold-out target);
@@ -62,18 +63,22 @@ under_callgrind() { # name [VAR=value...] command... : starts it under callgrind
   PIDS+=("$CG_PID")
 }
 
+answers() { # name url status : waits (2 minutes at most: callgrind starts slowly) for that answer
+  local got
+  for ((i = 0; i < 480; i++)); do
+    got=$(curl -s -o /dev/null -w '%{http_code}' "$2" 2>/dev/null || true)
+    [ "$got" = "$3" ] && return 0
+    sleep 0.25
+  done
+  echo "$1: $2 answered $got, not $3" >&2
+  exit 1
+}
+
 count() { # name url status [wrk script] : one path's instructions per request into $RUN/name.count
   # (with a script, the caller has checked the answer: wrk sends what the script sets)
-  local name=$1 url=$2 status=$3 script=() got
+  local name=$1 url=$2 status=$3 script=()
   [ $# -ge 4 ] && script=(-s "$4")
-  if [ ${#script[@]} -eq 0 ]; then
-    for ((i = 0; i < 480; i++)); do
-      got=$(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null || true)
-      [ "$got" = "$status" ] && break
-      sleep 0.25
-    done
-    [ "$got" = "$status" ] || { echo "$name: $url answered $got, not $status" >&2; exit 1; }
-  fi
+  [ ${#script[@]} -gt 0 ] || answers "$name" "$url" "$status"
   wrk -t1 -c8 -d3s "${script[@]}" "$url" >/dev/null
   callgrind_control -z "$CG_PID" >/dev/null
   say "$name: $url under callgrind, $DURATION"
@@ -101,6 +106,15 @@ gateway_env=(MALL_HTTP_THREADS=1 "${GATEWAY_VARS[@]}")
 
 under_callgrind direct MALL_HTTP_THREADS=1 MALL_HTTP_ADDR=127.0.0.1:$DIRECT_PORT "$ROOT/target/release/mall-product"
 count direct "http://127.0.0.1:$DIRECT_PORT$TARGET_PATH" 404
+# The same answer to a request continuing a trace (W3C and B3 context), as every request
+# behind the gateway does.
+cat >"$RUN/continued.lua" <<'LUA'
+wrk.headers["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+wrk.headers["b3"] = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"
+LUA
+under_callgrind continued MALL_HTTP_THREADS=1 MALL_HTTP_ADDR=127.0.0.1:$DIRECT_PORT "$ROOT/target/release/mall-product"
+answers continued "http://127.0.0.1:$DIRECT_PORT$TARGET_PATH" 404
+count continued "http://127.0.0.1:$DIRECT_PORT$TARGET_PATH" 404 "$RUN/continued.lua"
 under_callgrind gateway "${gateway_env[@]}" "$ROOT/target/release/mall-gateway"
 count gateway "http://127.0.0.1:$GATEWAY_PORT$TARGET_PATH" 404
 under_callgrind nginx nginx -c "$RUN/nginx.conf" -p "$RUN"
@@ -172,6 +186,7 @@ import os, sys
 run, duration, path, commit = sys.argv[1:5]
 rows = [
     ("direct", f"mall-product, `GET {path}` directly"),
+    ("continued", f"mall-product, `GET {path}` continuing a trace (`traceparent`, `b3`)"),
     ("gateway", f"mall-gateway proxying `GET {path}`"),
     ("nginx", f"nginx (one worker) proxying `GET {path}`"),
     ("gateway404", "mall-gateway, its own 404 (`GET /nowhere`)"),
@@ -203,7 +218,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 run, out = sys.argv[1:3]
-paths = [("direct", "mall-product directly"), ("gateway", "mall-gateway proxying"), ("nginx", "nginx proxying"),
+paths = [("direct", "mall-product directly"), ("continued", "mall-product, trace continued"), ("gateway", "mall-gateway proxying"), ("nginx", "nginx proxying"),
          ("gateway404", "mall-gateway, its own 404"), ("soldout", "mall-flashsale, sold out")]
 values = []
 for name, _ in paths:

@@ -178,13 +178,31 @@ cpu_ticks() { # pid... : their user + system CPU time so far, in clock ticks (al
   echo "$total"
 }
 
+user_ticks() { # pid... : their user CPU time alone so far, in clock ticks (all threads)
+  local pid total=0 utime
+  for pid in "$@"; do
+    utime=$(awk '{print $14}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + utime))
+  done
+  echo "$total"
+}
+
 # The server side's CPU time is measured along with each run when MEASURE_PIDS names the
 # processes that serve it: on cores shared with the load generator, throughput also says how
 # much CPU the rest of the machine left a server; this is what the server itself spent.
-cpu_begin() { [ -n "${MEASURE_PIDS:-}" ] && cpu_ticks $MEASURE_PIDS >"$RUN/cpu.begin" || true; }
-cpu_end() { # file : writes the microseconds of CPU the servers spent in the run just made
+cpu_begin() {
   [ -n "${MEASURE_PIDS:-}" ] || return 0
-  echo "$((($(cpu_ticks $MEASURE_PIDS) - $(cat "$RUN/cpu.begin")) * 1000000 / $(getconf CLK_TCK)))" >"$1"
+  cpu_ticks $MEASURE_PIDS >"$RUN/cpu.begin"
+  user_ticks $MEASURE_PIDS >"$RUN/cpu.user.begin"
+}
+cpu_end() { # file : writes the microseconds of CPU the servers spent in the run just made (and
+  # of it in user space, to file.user: the kernel's share is the same for any proxy that makes
+  # the same system calls)
+  [ -n "${MEASURE_PIDS:-}" ] || return 0
+  local hz
+  hz=$(getconf CLK_TCK)
+  echo "$((($(cpu_ticks $MEASURE_PIDS) - $(cat "$RUN/cpu.begin")) * 1000000 / hz))" >"$1"
+  echo "$((($(user_ticks $MEASURE_PIDS) - $(cat "$RUN/cpu.user.begin")) * 1000000 / hz))" >"$1.user"
 }
 
 measure() { # name connections oha-target-args... : writes $RUN/name-c.json (and name-c.cpu)

@@ -130,6 +130,11 @@ fn server_span<B>(service: &'static str, req: &Request<B>) -> Span {
     name.push_str(method);
     name.push(' ');
     name.push_str(route);
+    let parent =
+        propagation::carries_http_context(req.headers()).then(|| propagation::extract_http(req.headers()));
+    // A continued trace's id is known before the span opens: written with the other fields
+    // rather than recorded afterwards, a second pass through every layer.
+    let continued = parent.as_ref().and_then(propagation::trace_id_of);
     // An explicit root: the caller's context, if it sent a valid one, is the only parent a
     // server span has.
     let span = tracing::info_span!(
@@ -146,12 +151,14 @@ fn server_span<B>(service: &'static str, req: &Request<B>) -> Span {
         url.path = req.uri().path(),
         http.response.status_code = tracing::field::Empty,
         request_id = request_id,
-        trace_id = tracing::field::Empty,
+        trace_id = continued.as_deref(),
     );
-    if propagation::carries_http_context(req.headers()) {
-        let _ = span.set_parent(propagation::extract_http(req.headers()));
+    if let Some(parent) = parent {
+        let _ = span.set_parent(parent);
     }
-    if let Some(trace_id) = propagation::trace_id_of(&span.context()) {
+    if continued.is_none()
+        && let Some(trace_id) = propagation::trace_id_of(&span.context())
+    {
         span.record("trace_id", trace_id.as_str());
     }
     span
@@ -159,4 +166,58 @@ fn server_span<B>(service: &'static str, req: &Request<B>) -> Span {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The log line of an event inside the server span of `req`.
+    fn line_inside(req: Request<()>) -> String {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || out.clone())
+            .with_ansi(false);
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            let span = server_span("svc", &req);
+            let _in = span.enter();
+            tracing::warn!("inside");
+        });
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_continued_trace_names_the_callers_trace_id_in_log_lines() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        for (name, value) in [
+            ("traceparent", format!("00-{trace}-00f067aa0ba902b7-01")),
+            ("b3", format!("{trace}-00f067aa0ba902b7-1")),
+        ] {
+            let req = Request::get("/x").header(name, value).body(()).unwrap();
+            let line = line_inside(req);
+            assert!(line.contains(&format!("trace_id=\"{trace}\"")), "{name}: {line}");
+        }
+        // Without the OpenTelemetry layer a new trace has no id: nothing is made up.
+        let line = line_inside(Request::get("/x").body(()).unwrap());
+        assert!(!line.contains("trace_id"), "{line}");
+    }
 }
