@@ -170,39 +170,16 @@ async fn not_found() -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::sync::{Arc, Mutex};
-
-    use tracing_subscriber::layer::SubscriberExt;
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::test_logs::CapturedLogs;
 
     /// The log line of an event inside the server span of `req`.
     fn line_inside(req: Request<()>) -> String {
-        let buf = Buf::default();
-        let out = buf.clone();
-        let layer = tracing_subscriber::fmt::layer()
-            .with_writer(move || out.clone())
-            .with_ansi(false);
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
-            let span = server_span("svc", &req);
-            let _in = span.enter();
-            tracing::warn!("inside");
-        });
-        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+        let logs = CapturedLogs::start();
+        let span = server_span("svc", &req);
+        let _in = span.enter();
+        tracing::warn!("inside");
+        logs.text()
     }
 
     #[test]
