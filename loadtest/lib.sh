@@ -168,24 +168,18 @@ warmup() { # connections oha-target-args...
   oha -z "$WARMUP" -c "$c" --no-tui "$@" >/dev/null
 }
 
-cpu_ticks() { # pid... : their user + system CPU time so far, in clock ticks (all threads)
-  local pid total=0 utime stime
+stat_ticks() { # awk-expression pid... : that sum of /proc/<pid>/stat fields over the pids
+  # (14 user, 15 system; clock ticks, all threads); the name field (2) of ours has no spaces
+  local expr=$1 pid total=0 ticks
+  shift
   for pid in "$@"; do
-    # Fields 14 and 15 of /proc/<pid>/stat; the name field (2) of our processes has no spaces.
-    read -r utime stime < <(awk '{print $14, $15}' "/proc/$pid/stat" 2>/dev/null || echo "0 0")
-    total=$((total + utime + stime))
+    ticks=$(awk "{print $expr}" "/proc/$pid/stat" 2>/dev/null || true)
+    total=$((total + ${ticks:-0}))
   done
   echo "$total"
 }
-
-user_ticks() { # pid... : their user CPU time alone so far, in clock ticks (all threads)
-  local pid total=0 utime
-  for pid in "$@"; do
-    utime=$(awk '{print $14}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + utime))
-  done
-  echo "$total"
-}
+cpu_ticks() { stat_ticks '$14 + $15' "$@"; } # pid... : user + system CPU time so far
+user_ticks() { stat_ticks '$14' "$@"; }      # pid... : user CPU time alone so far
 
 # The server side's CPU time is measured along with each run when MEASURE_PIDS names the
 # processes that serve it: on cores shared with the load generator, throughput also says how
