@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Gateway benchmark: one upstream measured three ways in one run (directly, through
-# mall-gateway, through nginx configured as an equivalent reverse proxy) at 50 and 256
+# Gateway benchmark: one upstream measured four ways in one run (directly, through
+# mall-gateway, through nginx configured as an equivalent reverse proxy, and through a proxy of
+# hyper alone, gateway/examples/bare_proxy.rs: the floor under the gateway) at 50 and 256
 # connections with oha, for two answers: a 404 (`/api/products/0`, ruled out by the bloom
 # filter) and a real 200 JSON answer (a hot SKU, served from the instance's L1 cache). Writes
 # results/gateway-<timestamp>.md (and gateway-latest.md).
-# The three are measured in turn over BENCH_ROUNDS rounds (default 3): on these shared cores the
+# The four are measured in turn over BENCH_ROUNDS rounds (default 3): on these shared cores the
 # same binary drifts by 10-15% between back-to-back measurements, so each round gives its own
 # ratios and the report takes their median.
 #
@@ -18,6 +19,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PRODUCT_PORT=18081
 GATEWAY_PORT=18080
 NGINX_PORT=18090
+BARE_PORT=18095
 # Two answers from mall-product's full middleware stack: id 0 can never exist, so its bloom
 # filter answers 404 without touching Redis or SQL; SKU 1 of the seeded catalog is a 200 JSON
 # body from L1 after its first read.
@@ -34,7 +36,7 @@ ensure_nginx() {
 
 ensure_tools oha
 ensure_nginx
-ensure_ports_free $PRODUCT_PORT $GATEWAY_PORT $NGINX_PORT
+ensure_ports_free $PRODUCT_PORT $GATEWAY_PORT $NGINX_PORT $BARE_PORT
 build_and_deps
 
 say "a fresh catalog of 1,000 SKUs in schema $SCHEMA"
@@ -49,6 +51,11 @@ PRODUCT_PID=${PIDS[-1]}
 one_upstream_gateway $GATEWAY_PORT $PRODUCT_PORT
 start gateway mall-gateway "${GATEWAY_VARS[@]}"
 GATEWAY_PID=${PIDS[-1]}
+# As many serving threads as the gateway's default (one per core).
+env BARE_ADDR=127.0.0.1:$BARE_PORT BARE_UPSTREAM=127.0.0.1:$PRODUCT_PORT BARE_THREADS="$(nproc)" \
+  "$ROOT/target/release/examples/bare_proxy" >"$RUN/bare.log" 2>&1 &
+PIDS+=($!)
+BARE_PID=$!
 
 say "starting nginx on :$NGINX_PORT (keep-alive upstream, access log on)"
 write_nginx_conf "$RUN/nginx.conf" $NGINX_PORT $PRODUCT_PORT "worker_processes auto;" "pid $RUN/nginx.pid;"
@@ -56,11 +63,13 @@ nginx -c "$RUN/nginx.conf" -p "$RUN"
 
 wait_ready "http://127.0.0.1:$PRODUCT_PORT/readyz"
 wait_ready "http://127.0.0.1:$GATEWAY_PORT/readyz"
-for path in $PATHS; do
-  for ((i = 0; i < 80; i++)); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGINX_PORT$path" || true)
-    case "$path:$code" in */products/0:404 | */skus/*:200) break ;; esac
-    sleep 0.25
+for port in $NGINX_PORT $BARE_PORT; do
+  for path in $PATHS; do
+    for ((i = 0; i < 80; i++)); do
+      code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port$path" || true)
+      case "$path:$code" in */products/0:404 | */skus/*:200) break ;; esac
+      sleep 0.25
+    done
   done
 done
 nginx_master=$(cat "$RUN/nginx.pid")
@@ -69,20 +78,21 @@ nginx_master=$(cat "$RUN/nginx.pid")
 declare -A SERVERS=(
   [direct]=$PRODUCT_PID
   [gateway]=$GATEWAY_PID
+  [bare]=$BARE_PID
   [nginx]="$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')"
 )
-declare -A PORTS=([direct]=$PRODUCT_PORT [gateway]=$GATEWAY_PORT [nginx]=$NGINX_PORT)
+declare -A PORTS=([direct]=$PRODUCT_PORT [gateway]=$GATEWAY_PORT [nginx]=$NGINX_PORT [bare]=$BARE_PORT)
 ROUNDS=${BENCH_ROUNDS:-3}
 for path in $PATHS; do
   tag=$(echo "$path" | tr -c 'a-z0-9\n' '_')
   for ((r = 1; r <= ROUNDS; r++)); do
     for c in $CONNECTIONS; do
-      for name in direct gateway nginx; do
+      for name in direct gateway nginx bare; do
         url="http://127.0.0.1:${PORTS[$name]}$path"
         warmup "$c" "$url"
-        # Round 1 is charted; nginx has no /metrics, so its upstream's are read.
+        # Round 1 is charted; nginx and hyper alone have no /metrics, so their upstream's are read.
         group="" && [ "$r" = 1 ] && group="GET $path, $c connections"
-        sampled=http://127.0.0.1:${PORTS[$name]} && [ "$name" = nginx ] && sampled=http://127.0.0.1:$PRODUCT_PORT
+        sampled=http://127.0.0.1:${PORTS[$name]} && [[ $name == nginx || $name == bare ]] && sampled=http://127.0.0.1:$PRODUCT_PORT
         SAMPLE_GROUP=$group SAMPLE_LABEL=$name SAMPLE_URLS=$sampled MEASURE_PIDS=${SERVERS[$name]} \
           measure "$tag-$name-r$r" "$c" "$url"
       done
@@ -127,8 +137,10 @@ print("# Gateway benchmark\n")
 print(f"One run on this machine ({cpu} cores, {platform.platform()}): the same upstream (one mall-product")
 print("instance over a seeded catalog of 1,000 SKUs) measured directly, through mall-gateway (full default")
 print("stack: tracing, metrics, access log; rate limit raised) and through nginx as an equivalent")
-print(f"keep-alive reverse proxy (access log on). oha, {duration} per measurement after a warm-up, the three")
-print(f"in turn over {len(rounds)} rounds; load generator, proxy and upstream share the same cores. Two answers:")
+print("keep-alive reverse proxy (access log on), and through `bare`, a proxy of hyper alone (no layers, no")
+print(f"telemetry: `gateway/examples/bare_proxy.rs`), the floor under the gateway's figures. oha, {duration}")
+print(f"per measurement after a warm-up, the four in turn over {len(rounds)} rounds; load generator, proxies")
+print("and upstream share the same cores. Two answers:")
 print("`/api/products/0` is a **404** (id 0 is ruled out by the bloom filter: the cheapest answer the")
 print("service gives), `/api/skus/1` a **200** with the SKU's JSON from the instance's L1 cache.\n")
 summary = []
@@ -139,32 +151,34 @@ for path in paths:
     per = {c: [] for c in conns}
     for r in rounds:
         for c in conns:
-            x = {n: load(path, n, c, r) for n in ("direct", "gateway", "nginx")}
-            for n in ("direct", "gateway", "nginx"):
+            x = {n: load(path, n, c, r) for n in ("direct", "gateway", "nginx", "bare")}
+            for n in ("direct", "gateway", "nginx", "bare"):
                 v = x[n]
                 print(f"| {r} | {c} | {n} | {v['rps']:.0f} | {v['p50']:.2f} | {v['p99']:.2f} | {v['p999']:.2f} | {us(v['cpu'])} | {us(v['user'])} | {v['codes']} | {v['errors']} |")
             g, d, n = x["gateway"], x["direct"], x["nginx"]
             cpu_ratio = g["cpu"] / n["cpu"] if g["cpu"] and n["cpu"] else None
             user_ratio = g["user"] / n["user"] if g["user"] and n["user"] else None
-            per[c].append((g["rps"] / d["rps"], g["rps"] / n["rps"], n["p99"] / g["p99"], cpu_ratio, user_ratio))
+            per[c].append((g["rps"] / d["rps"], g["rps"] / n["rps"], n["p99"] / g["p99"], cpu_ratio, user_ratio,
+                           x["bare"]["rps"] / n["rps"], n["p99"] / x["bare"]["p99"]))
     print()
     for c in conns:
-        med = [statistics.median(v[i] for v in per[c]) for i in range(3)]
+        med = [statistics.median(v[i] for v in per[c]) for i in (0, 1, 2, 5, 6)]
         cpus = [v[3] for v in per[c] if v[3] is not None]
         users = [v[4] for v in per[c] if v[4] is not None]
         summary.append((path, c, med, ", ".join(f"{v[1]:.2f}" for v in per[c]),
                         f"{statistics.median(cpus):.2f}" if cpus else "",
                         f"{statistics.median(users):.2f}" if users else ""))
 print("## Summary\n")
-print("| answer | connections | gateway/direct req/s | gateway/nginx req/s | nginx p99 / gateway p99 | gateway/nginx req/s by round | gateway/nginx CPU per request | of it user |")
-print("|---|---:|---:|---:|---:|---|---:|---:|")
+print("| answer | connections | gateway/direct req/s | gateway/nginx req/s | nginx p99 / gateway p99 | gateway/nginx req/s by round | gateway/nginx CPU per request | of it user | bare/nginx req/s | nginx p99 / bare p99 |")
+print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
 for path, c, med, rounds_text, cpu_text, user_text in summary:
-    print(f"| `{path}` | {c} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {rounds_text} | {cpu_text} | {user_text} |")
+    print(f"| `{path}` | {c} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {rounds_text} | {cpu_text} | {user_text} | {med[3]:.2f} | {med[4]:.2f} |")
 print("\nRatios are the median of the rounds' ratios. Target (issue \"One HTTP stack\"): gateway/nginx")
 print("req/s >= 0.9 and nginx p99 / gateway p99 >= 0.9. Server CPU is the user + system time (all threads,")
 print("from `/proc/<pid>/stat`) of the upstream when measured directly, of the proxy alone otherwise")
 print("(nginx: its master and workers), during the run, divided by the answered requests; \"of it user\"")
-print("is the part spent in user space (the rest is the kernel's: system calls, TCP).")
+print("is the part spent in user space (the rest is the kernel's: system calls, TCP). `bare` is hyper alone on")
+print("as many serving threads: what hyper and tokio reach with no layer, the gateway's ceiling.")
 print("Reproduce: `loadtest/gateway.sh`.")
 PY
 charts gateway "$stamp" >>"$report"

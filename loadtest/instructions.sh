@@ -8,6 +8,8 @@
 #     same request continuing a caller's trace (W3C and B3 fields), as behind the gateway;
 #   - mall-gateway proxying it to a mall-product outside valgrind (the gateway's cost alone);
 #   - nginx proxying it the same way (one worker process, the gateway.sh configuration);
+#   - a proxy of hyper alone proxying it (gateway/examples/bare_proxy.rs: no layers, no
+#     telemetry), the floor under the gateway's figure: what is above it is the gateway's own;
 #   - mall-gateway's own 404 (`GET /nowhere`, the reference of flashsale.sh's sold-out target);
 #   - mall-flashsale answering a late buyer of a sold-out item (`POST /api/flashsale/purchase`
 #     with a gateway-signed identity, the request flashsale.sh measures), beside a mall-inventory
@@ -30,6 +32,7 @@ NGINX_PORT=18097
 DIRECT_PORT=18098
 INVENTORY_PORT=18082
 FLASH_PORT=18099
+BARE_PORT=18095
 TARGET_PATH=/api/products/0
 
 ensure_tools wrk
@@ -38,7 +41,7 @@ if ! command -v valgrind >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; 
   say "installing valgrind and nginx (Debian packages)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nginx-light >/dev/null
 fi
-ensure_ports_free $PRODUCT_PORT $GATEWAY_PORT $NGINX_PORT $DIRECT_PORT $INVENTORY_PORT $FLASH_PORT
+ensure_ports_free $PRODUCT_PORT $GATEWAY_PORT $NGINX_PORT $DIRECT_PORT $INVENTORY_PORT $FLASH_PORT $BARE_PORT
 build_and_deps
 
 export MALL_REDIS_PREFIX=bench: MALL_AMQP_PREFIX=bench. MALL_DATABASE_SCHEMA=bench_product
@@ -119,6 +122,9 @@ under_callgrind gateway "${gateway_env[@]}" "$ROOT/target/release/mall-gateway"
 count gateway "http://127.0.0.1:$GATEWAY_PORT$TARGET_PATH" 404
 under_callgrind nginx nginx -c "$RUN/nginx.conf" -p "$RUN"
 count nginx "http://127.0.0.1:$NGINX_PORT$TARGET_PATH" 404
+under_callgrind bare BARE_THREADS=1 BARE_ADDR=127.0.0.1:$BARE_PORT BARE_UPSTREAM=127.0.0.1:$PRODUCT_PORT \
+  "$ROOT/target/release/examples/bare_proxy"
+count bare "http://127.0.0.1:$BARE_PORT$TARGET_PATH" 404
 under_callgrind gateway404 "${gateway_env[@]}" "$ROOT/target/release/mall-gateway"
 count gateway404 "http://127.0.0.1:$GATEWAY_PORT/nowhere" 404
 
@@ -189,6 +195,7 @@ rows = [
     ("continued", f"mall-product, `GET {path}` continuing a trace (`traceparent`, `b3`)"),
     ("gateway", f"mall-gateway proxying `GET {path}`"),
     ("nginx", f"nginx (one worker) proxying `GET {path}`"),
+    ("bare", f"hyper alone (`gateway/examples/bare_proxy.rs`) proxying `GET {path}`"),
     ("gateway404", "mall-gateway, its own 404 (`GET /nowhere`)"),
     ("soldout", "mall-flashsale, a late buyer's 409 `sold_out` (`POST /api/flashsale/purchase`)"),
 ]
@@ -207,8 +214,10 @@ print("| path | requests | instructions per request | / nginx's |\n|---|---:|---
 for name, label in rows:
     print(f"| {label} | {counts[name][1]} | {per[name]:,.0f} | {per[name] / per['nginx']:.2f} |")
 print(f"\nThe gateway spends **{per['gateway'] / per['nginx']:.2f}x** nginx's instructions on the same proxied request")
-print(f"({per['gateway'] - per['nginx']:,.0f} more). The sold-out answer costs {per['soldout'] / per['gateway404']:.2f} times")
-print("the gateway's 404 (flashsale.sh's rejected-path reference; a late buyer's request is a POST with a body and")
+print(f"({per['gateway'] - per['nginx']:,.0f} more). hyper alone, with no layer and no telemetry, spends {per['bare'] / per['nginx']:.2f}x")
+print(f"nginx's: the {per['gateway'] - per['bare']:,.0f} instructions the gateway spends above it are its own work (routing, auth,")
+print("limits, the pool's stack, the span, the access line), not hyper's or tokio's. The sold-out answer costs")
+print(f"{per['soldout'] / per['gateway404']:.2f} times the gateway's 404 (flashsale.sh's rejected-path reference; a late buyer's request is a POST with a body and")
 print("three more header fields). Reproduce: `loadtest/instructions.sh`.")
 PY
 # Counts, not a time series: one bar per path.
@@ -219,7 +228,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 run, out = sys.argv[1:3]
 paths = [("direct", "mall-product directly"), ("continued", "mall-product, trace continued"), ("gateway", "mall-gateway proxying"), ("nginx", "nginx proxying"),
-         ("gateway404", "mall-gateway, its own 404"), ("soldout", "mall-flashsale, sold out")]
+         ("bare", "hyper alone proxying"), ("gateway404", "mall-gateway, its own 404"), ("soldout", "mall-flashsale, sold out")]
 values = []
 for name, _ in paths:
     total, requests = open(os.path.join(run, f"{name}.count")).read().split()

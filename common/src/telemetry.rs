@@ -1,10 +1,11 @@
 //! Logs and traces, configured once per process.
 //!
-//! [`init`] installs a `tracing` subscriber with independently filtered layers: the log layer
-//! (tracing-subscriber's compact or JSON format, filtered by `RUST_LOG`/`MALL_LOG`, written to
-//! stdout by tracing-appender's non-blocking writer; compact lines leave the request span's
-//! trace-only fields to the trace, see `fields`) and the OpenTelemetry layer (always at INFO, so
-//! a quiet log level never silences traces; see DEPENDENCIES.md gotcha 7).
+//! [`init`] installs a `tracing` subscriber with two layers: the log layer (tracing-subscriber's
+//! compact or JSON format, filtered by `RUST_LOG`/`MALL_LOG`, written to stdout by
+//! tracing-appender's non-blocking writer; compact lines leave the request span's trace-only
+//! fields to the trace, see `fields`) and the OpenTelemetry layer (always at INFO, so a quiet log
+//! level never silences traces; see DEPENDENCIES.md gotcha 7). Each has its own filter, except
+//! at the default level `info`, where one global filter serves both.
 //! Spans are exported over OTLP/HTTP (Jaeger) and/or to Zipkin only when configured, so tests
 //! and a plain local start never wait on a collector. Propagation reads W3C `traceparent` and
 //! B3 and writes what `OTEL_PROPAGATORS` names, W3C and B3's single header by default
@@ -94,7 +95,7 @@ fn write_debug_str(out: &mut impl std::fmt::Write, s: &str) -> std::fmt::Result 
     }
 }
 
-/// The log layer in the configured format, writing through `writer`.
+/// The log layer in the configured format, writing through `writer`, unfiltered.
 fn fmt_layer<W>(settings: &TelemetrySettings, writer: W, ansi: bool) -> Box<dyn Layer<Registry> + Send + Sync>
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
@@ -107,7 +108,6 @@ where
             .with_timer(timestamp::CachedUtc)
             .with_ansi(ansi)
             .with_target(true)
-            .with_filter(log_filter(&settings.log_filter))
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(writer)
@@ -116,7 +116,6 @@ where
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
-            .with_filter(log_filter(&settings.log_filter))
             .boxed(),
     }
 }
@@ -150,27 +149,49 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             None,
         ),
     };
-    // Only what a trace viewer shows: source locations, thread names, busy/idle timings and the
-    // target were extra attributes and clock reads on every span of every request, and nothing
-    // here reads the OpenTelemetry context from a thread-local (propagation asks the span).
-    let otel_layer = tracing_opentelemetry::layer()
+    // At `info` both layers want the same spans and events: one global filter, and no span
+    // callback pays per-layer filtering's registry look-ups. Any other level filters each layer.
+    let installed = if is_info(&settings.log_filter) {
+        tracing_subscriber::registry()
+            .with(fmt_layer)
+            .with(otel_layer(tracer))
+            .with(LevelFilter::INFO)
+            .try_init()
+    } else {
+        tracing_subscriber::registry()
+            .with(fmt_layer.with_filter(log_filter(&settings.log_filter)))
+            .with(otel_layer(tracer).with_filter(LevelFilter::INFO))
+            .try_init()
+    };
+    installed.map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
+    Ok(TelemetryGuard {
+        provider,
+        _log_writer: log_writer,
+    })
+}
+
+/// Only what a trace viewer shows: source locations, thread names, busy/idle timings and the
+/// target were extra attributes and clock reads on every span of every request, and nothing here
+/// reads the OpenTelemetry context from a thread-local (propagation asks the span).
+fn otel_layer<S>(
+    tracer: opentelemetry_sdk::trace::Tracer,
+) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
         .with_location(false)
         .with_threads(false)
         .with_target(false)
         .with_tracked_inactivity(false)
         .with_context_activation(false)
         .with_tracer(tracer)
-        .with_filter(LevelFilter::INFO);
+}
 
-    tracing_subscriber::registry()
-        .with(fmt_layer)
-        .with(otel_layer)
-        .try_init()
-        .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
-    Ok(TelemetryGuard {
-        provider,
-        _log_writer: log_writer,
-    })
+/// Whether `MALL_LOG` asks for INFO and above from every target, the OpenTelemetry layer's own
+/// level.
+fn is_info(directives: &str) -> bool {
+    directives.trim().eq_ignore_ascii_case("info")
 }
 
 /// `MALL_LOG` / `RUST_LOG` as a filter (`info` when it does not parse).
@@ -224,6 +245,18 @@ mod tests {
     use url::Url;
 
     use crate::config::Vars;
+
+    #[test]
+    fn only_a_plain_info_level_shares_the_traces_filter() {
+        for same in ["info", " INFO ", "Info"] {
+            assert!(is_info(same), "{same}");
+        }
+        // Quieter levels would silence spans (DEPENDENCIES.md gotcha 7); louder ones or
+        // per-target directives would export what the trace layer leaves out.
+        for other in ["warn", "debug", "info,sqlx=warn", "mall_gateway=debug", "off", ""] {
+            assert!(!is_info(other), "{other}");
+        }
+    }
 
     #[test]
     fn strings_are_written_as_debug_writes_them() {
