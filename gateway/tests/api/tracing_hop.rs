@@ -79,6 +79,9 @@ async fn the_upstream_request_carries_the_trace_of_the_gateway_span() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_formats_written_upstream_are_otel_propagators() {
+    // Telemetry is process-wide: until it is installed the gateway's span is disabled and writes
+    // no context, so this test failed whenever it ran before every other test that installs it.
+    collector();
     let env = TestEnv::new().await;
     let (up, other) = (FakeUpstream::start("p").await, FakeUpstream::start("o").await);
     let mut settings = settings(&env, &[&up], &other, &[]);
