@@ -109,19 +109,17 @@ run, conns, duration, paths = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys
 rounds = range(1, int(sys.argv[5]) + 1)
 def tag(path):
     return re.sub(r"[^a-z0-9]", "_", path)
+def microseconds(file):
+    try:
+        return int(open(file).read())
+    except (OSError, ValueError):
+        return None
 def load(path, name, c, r):
     base = os.path.join(run, f"{tag(path)}-{name}-r{r}-{c}")
     d = json.load(open(base + ".json"))
     pct = d.get("latencyPercentiles", {})
     codes = d.get("statusCodeDistribution", {})
-    try:
-        spent = int(open(base + ".cpu").read())
-    except (OSError, ValueError):
-        spent = None
-    try:
-        user = int(open(base + ".cpu.user").read())
-    except (OSError, ValueError):
-        user = None
+    spent, user = microseconds(base + ".cpu"), microseconds(base + ".cpu.user")
     answered = sum(codes.values())
     return {
         "rps": d["summary"]["requestsPerSec"],
@@ -155,24 +153,25 @@ for path in paths:
             for n in ("direct", "gateway", "nginx", "bare"):
                 v = x[n]
                 print(f"| {r} | {c} | {n} | {v['rps']:.0f} | {v['p50']:.2f} | {v['p99']:.2f} | {v['p999']:.2f} | {us(v['cpu'])} | {us(v['user'])} | {v['codes']} | {v['errors']} |")
-            g, d, n = x["gateway"], x["direct"], x["nginx"]
-            cpu_ratio = g["cpu"] / n["cpu"] if g["cpu"] and n["cpu"] else None
-            user_ratio = g["user"] / n["user"] if g["user"] and n["user"] else None
-            per[c].append((g["rps"] / d["rps"], g["rps"] / n["rps"], n["p99"] / g["p99"], cpu_ratio, user_ratio,
-                           x["bare"]["rps"] / n["rps"], n["p99"] / x["bare"]["p99"]))
+            g, d, n, b = x["gateway"], x["direct"], x["nginx"], x["bare"]
+            per[c].append({
+                "direct": g["rps"] / d["rps"], "nginx": g["rps"] / n["rps"], "p99": n["p99"] / g["p99"],
+                "cpu": g["cpu"] / n["cpu"] if g["cpu"] and n["cpu"] else None,
+                "user": g["user"] / n["user"] if g["user"] and n["user"] else None,
+                "bare": b["rps"] / n["rps"], "bare_p99": n["p99"] / b["p99"],
+            })
     print()
+    def median(ratios, key, fmt="{:.2f}"):
+        known = [v[key] for v in ratios if v[key] is not None]
+        return fmt.format(statistics.median(known)) if known else ""
     for c in conns:
-        med = [statistics.median(v[i] for v in per[c]) for i in (0, 1, 2, 5, 6)]
-        cpus = [v[3] for v in per[c] if v[3] is not None]
-        users = [v[4] for v in per[c] if v[4] is not None]
-        summary.append((path, c, med, ", ".join(f"{v[1]:.2f}" for v in per[c]),
-                        f"{statistics.median(cpus):.2f}" if cpus else "",
-                        f"{statistics.median(users):.2f}" if users else ""))
+        med = [median(per[c], k) for k in ("direct", "nginx", "p99", "cpu", "user", "bare", "bare_p99")]
+        summary.append((path, c, med, ", ".join(f"{v['nginx']:.2f}" for v in per[c])))
 print("## Summary\n")
 print("| answer | connections | gateway/direct req/s | gateway/nginx req/s | nginx p99 / gateway p99 | gateway/nginx req/s by round | gateway/nginx CPU per request | of it user | bare/nginx req/s | nginx p99 / bare p99 |")
 print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
-for path, c, med, rounds_text, cpu_text, user_text in summary:
-    print(f"| `{path}` | {c} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {rounds_text} | {cpu_text} | {user_text} | {med[3]:.2f} | {med[4]:.2f} |")
+for path, c, (direct, nginx, p99, cpu_, user, bare, bare_p99), rounds_text in summary:
+    print(f"| `{path}` | {c} | {direct} | {nginx} | {p99} | {rounds_text} | {cpu_} | {user} | {bare} | {bare_p99} |")
 print("\nRatios are the median of the rounds' ratios. Target (issue \"One HTTP stack\"): gateway/nginx")
 print("req/s >= 0.9 and nginx p99 / gateway p99 >= 0.9. Server CPU is the user + system time (all threads,")
 print("from `/proc/<pid>/stat`) of the upstream when measured directly, of the proxy alone otherwise")
