@@ -142,14 +142,12 @@ fn server_span<B>(service: &'static str, req: &Request<B>) -> Span {
         "http.server",
         otel.name = name.as_str(),
         otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
         service = service,
         // `&str` values, not `%` Display: the OTel layer copies a string as it is, and runs a
         // Display value through the formatter.
         http.request.method = method,
         http.route = route,
         url.path = req.uri().path(),
-        http.response.status_code = tracing::field::Empty,
         request_id = request_id,
         trace_id = continued.as_deref(),
     );

@@ -36,6 +36,35 @@ use crate::health;
 use crate::http::standard_stack;
 use crate::platform::{HttpSettings, Platform};
 
+/// The client of a connection, as handlers read it with axum's `ConnectInfo<Peer>`: its IP
+/// address as text, formatted once per connection instead of once per request (the gateway
+/// writes it into every request's `x-forwarded-for` and access line).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    ip: http::HeaderValue,
+}
+
+impl Peer {
+    /// The client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_string();
+        Self {
+            ip: http::HeaderValue::from_str(&ip).expect("an IP address is a header value"),
+        }
+    }
+
+    /// The client's IP address as a header value (`x-forwarded-for`).
+    pub fn ip_header(&self) -> &http::HeaderValue {
+        &self.ip
+    }
+
+    /// The client's IP address as text.
+    pub fn ip(&self) -> &str {
+        // Made from an IP address's text: ASCII digits, dots, colons and hex letters.
+        self.ip.to_str().unwrap_or_default()
+    }
+}
+
 /// A bound, ready-to-run service.
 pub struct Server {
     listener: TcpListener,
@@ -257,9 +286,10 @@ async fn serve_connection(
     router: Router,
     stop: CancellationToken,
 ) {
-    // Handlers that name the client read it as axum's `ConnectInfo`.
+    // Handlers that name the client read it as axum's `ConnectInfo<Peer>`.
+    let peer_info = Peer::new(peer);
     let service = router.map_request(move |mut req: http::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(ConnectInfo(peer_info.clone()));
         req.map(axum::body::Body::new)
     });
     let conn = builder.serve_connection_with_upgrades(
@@ -284,6 +314,18 @@ async fn serve_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_names_its_ip_without_the_port() {
+        for (addr, ip) in [
+            ("10.1.2.3:5555", "10.1.2.3"),
+            ("[2001:db8::7]:443", "2001:db8::7"),
+        ] {
+            let peer = Peer::new(addr.parse().unwrap());
+            assert_eq!(peer.ip(), ip);
+            assert_eq!(peer.ip_header(), ip);
+        }
+    }
 
     #[tokio::test]
     async fn the_listener_holds_a_burst_of_connections_larger_than_tokios_default_backlog() {

@@ -2,7 +2,6 @@
 //! documents, and a JSON 404 for everything else.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -12,6 +11,7 @@ use axum::response::Response;
 use axum::routing::any;
 use futures_util::future::BoxFuture;
 use http::Request;
+use mall_common::server::Peer;
 
 use crate::head;
 use crate::proxy;
@@ -34,7 +34,7 @@ pub fn router(state: Arc<AppState>, pool_of: impl Fn(PoolName) -> Pool) -> Route
     for route in ROUTES {
         let pool = pools[&route.pool].clone();
         let state = state.clone();
-        let forward = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| {
+        let forward = move |ConnectInfo(peer): ConnectInfo<Peer>, req: Request<Body>| {
             let forwarded: BoxFuture<'static, Response> = match head::refusal(&req, max_header_bytes) {
                 None => {
                     let (state, pool) = (state.clone(), pool.clone());
@@ -49,7 +49,7 @@ pub fn router(state: Arc<AppState>, pool_of: impl Fn(PoolName) -> Pool) -> Route
             router = router.route(&format!("{}/{{*rest}}", route.path), any(forward));
         }
     }
-    let unrouted = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request<Body>| async move {
+    let unrouted = move |ConnectInfo(peer): ConnectInfo<Peer>, req: Request<Body>| async move {
         match head::refusal(&req, max_header_bytes) {
             None => proxy::unrouted(peer, &req),
             Some(refused) => refused,

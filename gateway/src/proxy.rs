@@ -8,7 +8,6 @@
 //! request's server span (W3C and B3). Bodies stream both ways. Every request ends with one
 //! access-log line.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -17,6 +16,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, StatusCode, Version};
 use mall_common::http::REQUEST_ID;
 use mall_common::identity;
+use mall_common::server::Peer;
 use mall_common::telemetry::propagation;
 use tower::BoxError;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -78,7 +78,7 @@ pub async fn forward(
     state: &AppState,
     pool: &Pool,
     route: &'static Route,
-    peer: SocketAddr,
+    peer: Peer,
     req: Request<Body>,
 ) -> Response {
     let started = Instant::now();
@@ -90,9 +90,8 @@ pub async fn forward(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let client = peer.ip().to_string();
     let cx = tracing::Span::current().context();
-    let response = match forward_inner(state, pool, route, &client, req, &cx).await {
+    let response = match forward_inner(state, pool, route, &peer, req, &cx).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
@@ -103,7 +102,7 @@ pub async fn forward(
         pool: pool.name().as_str(),
         upstream: upstream.as_deref().unwrap_or(""),
         request_id: &request_id,
-        client: &client,
+        client: peer.ip(),
         started,
     };
     line.write(response.status(), &cx);
@@ -112,7 +111,7 @@ pub async fn forward(
 
 /// A request no route takes (`/internal/...` included: the services' internal endpoints are
 /// never reachable from outside): 404 `not_found`, with its access line like any other.
-pub fn unrouted(peer: SocketAddr, req: &Request<Body>) -> Response {
+pub fn unrouted(peer: Peer, req: &Request<Body>) -> Response {
     let started = Instant::now();
     let res = GatewayError::NoRoute.into_response();
     let request_id = req
@@ -126,7 +125,7 @@ pub fn unrouted(peer: SocketAddr, req: &Request<Body>) -> Response {
         pool: "",
         upstream: "",
         request_id,
-        client: &peer.ip().to_string(),
+        client: peer.ip(),
         started,
     }
     .write(res.status(), &tracing::Span::current().context());
@@ -168,8 +167,9 @@ impl AccessLine<'_> {
     }
 }
 
-/// The fixed hop-by-hop fields (RFC 9110, section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// The fixed hop-by-hop fields (RFC 9110, section 7.6.1). Header-name arrays are `static`: a
+/// `const` one is built and dropped at every use, once per header of every request.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -184,7 +184,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// edge: a client's x-forwarded-for is not evidence of anything), and `Expect` (hyper answered
 /// it when the body was first read). Its trace context goes too: the span continues it, and
 /// the span's own goes instead.
-const CLIENT_ONLY: [HeaderName; 6] = [
+static CLIENT_ONLY: [HeaderName; 6] = [
     header::AUTHORIZATION,
     header::EXPECT,
     identity::HEADER,
@@ -223,7 +223,7 @@ fn upstream_headers(
     state: &AppState,
     mut headers: HeaderMap,
     who: Option<&identity::Identity>,
-    client: &str,
+    client: &Peer,
     cx: &opentelemetry::Context,
 ) -> Result<HeaderMap, GatewayError> {
     remove_fields(&mut headers, |name| {
@@ -238,8 +238,7 @@ fn upstream_headers(
             .map_err(|e| GatewayError::Unauthorized(e.to_string()))?;
         headers.insert(identity::HEADER, asserted);
     }
-    let forwarded_for = http::HeaderValue::from_str(client).expect("an IP address is a header value");
-    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    headers.insert(X_FORWARDED_FOR, client.ip_header().clone());
     headers.insert(X_FORWARDED_PROTO, http::HeaderValue::from_static("http"));
     // One span per request, as Envoy does by default: the upstream continues the gateway's
     // server span directly.
@@ -251,14 +250,14 @@ async fn forward_inner(
     state: &AppState,
     pool: &Pool,
     route: &'static Route,
-    client: &str,
+    client: &Peer,
     req: Request<Body>,
     cx: &opentelemetry::Context,
 ) -> Result<Response, GatewayError> {
     let who = state.verifier.authorize(route.access, req.headers())?;
     let client_key = match &who {
         Some(id) => Client::User(&id.user_id),
-        None => Client::Ip(client),
+        None => Client::Ip(client.ip()),
     };
     state.limiter.check(req.uri().path(), client_key).await?;
 

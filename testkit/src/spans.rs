@@ -55,6 +55,8 @@ pub struct CollectedSpan {
     pub service: String,
     /// Attributes (OTLP) or tags (Zipkin), as strings.
     pub attributes: BTreeMap<String, String>,
+    /// Whether the span's status is an error (OTLP's status code, Zipkin's `otel.status_code`).
+    pub error: bool,
 }
 
 /// The receivers and the spans they got.
@@ -200,6 +202,8 @@ async fn otlp(State(spans): State<Arc<Mutex<Vec<CollectedSpan>>>>, body: Bytes) 
                     .iter()
                     .map(|kv| (kv.key.clone(), any_to_string(kv.value.as_ref())))
                     .collect(),
+                // 2 is STATUS_CODE_ERROR.
+                error: span.status.is_some_and(|s| s.code == 2),
             });
         }
     }
@@ -214,6 +218,11 @@ async fn zipkin(State(spans): State<Arc<Mutex<Vec<CollectedSpan>>>>, body: Bytes
     let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
     let out = list.iter().map(|s| CollectedSpan {
         via: Via::Zipkin,
+        error: s
+            .get("tags")
+            .and_then(|t| t.get("otel.status_code"))
+            .and_then(|c| c.as_str())
+            == Some("ERROR"),
         trace_id: text(s, "traceId").unwrap_or_default(),
         span_id: text(s, "id").unwrap_or_default(),
         parent_span_id: text(s, "parentId"),

@@ -3,8 +3,8 @@
 //!
 //! The log layer formats a span's fields when the span opens (and again for each recorded
 //! field), whether or not anything is ever logged inside it. Every request opens an
-//! `http.server` span with nine fields that exist for the trace viewer (its OpenTelemetry name,
-//! kind and status, method, route, path, status code, service); formatting them, escaped, was a
+//! `http.server` span with six fields that exist for the trace viewer (its OpenTelemetry name
+//! and kind, method, route, path, service); formatting them, escaped, was a
 //! measurable share of the gateway's CPU per request (`docs/performance.md`). A log line inside
 //! a request keeps what ties it to the request and its trace: `request_id` and
 //! `trace_id`; the rest is in the trace. Event fields are written in full.
@@ -18,15 +18,13 @@ use tracing_subscriber::fmt::FormattedFields;
 use tracing_subscriber::fmt::format::Writer;
 
 /// Fields of the server span (`crate::http`) that only the trace needs.
-const TRACE_ONLY: [&str; 8] = [
+const TRACE_ONLY: [&str; 6] = [
     "otel.name",
     "otel.kind",
-    "otel.status_code",
     "service",
     "http.request.method",
     "http.route",
     "url.path",
-    "http.response.status_code",
 ];
 
 /// The compact format's field formatter; see the module docs.
@@ -170,12 +168,10 @@ mod tests {
                 http.request.method = "GET",
                 http.route = "/x",
                 url.path = "/x",
-                http.response.status_code = tracing::field::Empty,
                 request_id = "req-1",
                 trace_id = tracing::field::Empty,
             );
             span.record("trace_id", "abc");
-            span.record("http.response.status_code", 500);
             let _in = span.enter();
             tracing::warn!(status = 500, cause = "a \"quoted\"\nvalue", "request failed");
         });

@@ -204,8 +204,9 @@ impl Injector for FieldInjector<'_> {
     }
 }
 
-/// [`CONTEXT_FIELDS`] as header names.
-const CONTEXT_NAMES: [http::HeaderName; 8] = [
+/// [`CONTEXT_FIELDS`] as header names. A `static`: a `const` array is built and dropped again
+/// at every use, here once per header of every request.
+static CONTEXT_NAMES: [http::HeaderName; 8] = [
     http::HeaderName::from_static(CONTEXT_FIELDS[0]),
     http::HeaderName::from_static(CONTEXT_FIELDS[1]),
     http::HeaderName::from_static(CONTEXT_FIELDS[2]),

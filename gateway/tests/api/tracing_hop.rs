@@ -3,9 +3,19 @@
 use mall_common::telemetry::propagation::Formats;
 use mall_testkit::spans::Via;
 use mall_testkit::upstream::FakeUpstream;
-use mall_testkit::{TestEnv, collector};
+use mall_testkit::{TestEnv, TestServer, collector};
 
 use crate::helpers::{settings, spawn};
+
+/// `GET /api/skus/5` continuing the client span `b7ad6b7169203331` of `trace_id` (W3C).
+async fn get_continuing(gw: &TestServer, trace_id: &str) -> reqwest::Response {
+    gw.client()
+        .get(gw.url("/api/skus/5"))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstream_request_carries_the_trace_of_the_gateway_span() {
@@ -69,6 +79,10 @@ async fn the_upstream_request_carries_the_trace_of_the_gateway_span() {
         .await;
     assert_eq!(server_span.kind, "server");
     assert_eq!(server_span.parent_span_id.as_deref(), Some(client_parent));
+    let attribute = |name: &str| server_span.attributes.get(name).map(String::as_str);
+    assert_eq!(attribute("http.response.status_code"), Some("200"));
+    assert_eq!(attribute("http.route"), Some("/api/skus/{*rest}"));
+    assert!(!server_span.error, "a 200 is no error");
     let gateway_spans = spans
         .spans(Via::Otlp, trace_id)
         .into_iter()
@@ -90,13 +104,7 @@ async fn the_formats_written_upstream_are_otel_propagators() {
 
     // Not the other test's trace: both export to the same collector.
     let trace_id = "5b8efff798038103d269b633813fc60c";
-    let res = gw
-        .client()
-        .get(gw.url("/api/skus/5"))
-        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
-        .send()
-        .await
-        .unwrap();
+    let res = get_continuing(&gw, trace_id).await;
     assert_eq!(res.status(), 200);
 
     let seen = up.seen().pop().unwrap();
@@ -126,4 +134,32 @@ async fn the_formats_written_upstream_are_otel_propagators() {
     assert_eq!(fresh.len(), 32);
     assert_ne!(fresh, trace_id);
     assert!(seen.headers.get("traceparent").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_answer_is_an_error_span_with_its_status_code_in_both_formats() {
+    let spans = collector();
+    let env = TestEnv::new().await;
+    let (up, other) = (FakeUpstream::start("p").await, FakeUpstream::start("o").await);
+    let gw = spawn(&env, settings(&env, &[&up], &other, &[])).await;
+    up.set_failing(Some(500));
+
+    let trace_id = "7d3efb1b173fecfa8f0e4d2c1b8a9e21";
+    let res = get_continuing(&gw, trace_id).await;
+    assert_eq!(res.status(), 500);
+
+    for via in [Via::Otlp, Via::Zipkin] {
+        let server_span = spans
+            .wait_for(via, trace_id, "the gateway's server span", |s| s.kind == "server")
+            .await;
+        assert_eq!(
+            server_span
+                .attributes
+                .get("http.response.status_code")
+                .map(String::as_str),
+            Some("500"),
+            "{via:?}"
+        );
+        assert!(server_span.error, "{via:?}: a 500 is an error span");
+    }
 }
