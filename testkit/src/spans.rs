@@ -22,6 +22,7 @@ use mall_common::telemetry::{
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatus;
 use prost::Message;
 use url::Url;
 
@@ -202,8 +203,7 @@ async fn otlp(State(spans): State<Arc<Mutex<Vec<CollectedSpan>>>>, body: Bytes) 
                     .iter()
                     .map(|kv| (kv.key.clone(), any_to_string(kv.value.as_ref())))
                     .collect(),
-                // 2 is STATUS_CODE_ERROR.
-                error: span.status.is_some_and(|s| s.code == 2),
+                error: span.status.is_some_and(|s| s.code == SpanStatus::Error as i32),
             });
         }
     }
@@ -216,23 +216,8 @@ async fn zipkin(State(spans): State<Arc<Mutex<Vec<CollectedSpan>>>>, body: Bytes
         return StatusCode::BAD_REQUEST;
     };
     let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
-    let out = list.iter().map(|s| CollectedSpan {
-        via: Via::Zipkin,
-        error: s
-            .get("tags")
-            .and_then(|t| t.get("otel.status_code"))
-            .and_then(|c| c.as_str())
-            == Some("ERROR"),
-        trace_id: text(s, "traceId").unwrap_or_default(),
-        span_id: text(s, "id").unwrap_or_default(),
-        parent_span_id: text(s, "parentId"),
-        name: text(s, "name").unwrap_or_default(),
-        kind: text(s, "kind").unwrap_or_default().to_lowercase(),
-        service: s
-            .get("localEndpoint")
-            .and_then(|e| text(e, "serviceName"))
-            .unwrap_or_default(),
-        attributes: s
+    let out = list.iter().map(|s| {
+        let attributes: BTreeMap<String, String> = s
             .get("tags")
             .and_then(|t| t.as_object())
             .map(|m| {
@@ -240,7 +225,21 @@ async fn zipkin(State(spans): State<Arc<Mutex<Vec<CollectedSpan>>>>, body: Bytes
                     .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
                     .collect()
             })
-            .unwrap_or_default(),
+            .unwrap_or_default();
+        CollectedSpan {
+            via: Via::Zipkin,
+            error: attributes.get("otel.status_code").map(String::as_str) == Some("ERROR"),
+            trace_id: text(s, "traceId").unwrap_or_default(),
+            span_id: text(s, "id").unwrap_or_default(),
+            parent_span_id: text(s, "parentId"),
+            name: text(s, "name").unwrap_or_default(),
+            kind: text(s, "kind").unwrap_or_default().to_lowercase(),
+            service: s
+                .get("localEndpoint")
+                .and_then(|e| text(e, "serviceName"))
+                .unwrap_or_default(),
+            attributes,
+        }
     });
     spans.lock().expect("spans").extend(out);
     StatusCode::ACCEPTED
