@@ -192,18 +192,35 @@ async fn run_jobs(state: &AppState) -> anyhow::Result<()> {
 }
 
 /// Gives an ended session's unsold units back to inventory, item by item, once every admission
-/// of the item was handed off (an order still to be created needs the session's reservation).
+/// of the item has become an order: the order carves its units out of the session's
+/// reservation, which refuses the carve once released (the order would be lost).
 async fn settle(state: &AppState, s: &Session) -> anyhow::Result<()> {
     for item in s.items.iter().filter(|i| !i.released) {
         // The book, not Redis, says what is still to be handed off: a Redis that lost its
         // state would say nothing is.
         let (booked, handed) = book::counts(&state.db, s.session_id, item.sku_id).await?;
         if booked > handed {
+            metrics::counter!("flashsale_settlements_deferred_total", "waiting_for" => "handoff")
+                .increment(1);
             tracing::info!(
                 session_id = s.session_id,
                 sku_id = item.sku_id,
                 backlog = booked - handed,
                 "settle waits for the hand-off"
+            );
+            continue;
+        }
+        // Handed to the broker is not yet an order: the order service may be down or behind.
+        let units = book::booked_units(&state.db, s.session_id, item.sku_id).await?;
+        if let Some(carved) = crate::peers::carved(&state.inventory, item.reservation_id).await?
+            && carved < units
+        {
+            metrics::counter!("flashsale_settlements_deferred_total", "waiting_for" => "orders").increment(1);
+            tracing::info!(
+                session_id = s.session_id,
+                sku_id = item.sku_id,
+                units_without_order = units - carved,
+                "settle waits for the orders"
             );
             continue;
         }

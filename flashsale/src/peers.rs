@@ -1,5 +1,5 @@
 //! The inventory calls of the flash sale: one reservation per session item at creation, and
-//! its release when the session is settled.
+//! its release when the session is settled, once every admission's order has carved its units.
 
 use mall_common::peer::{Peer, Unreachable};
 use serde_json::{Value, json};
@@ -49,6 +49,18 @@ pub async fn release(inventory: &Peer, id: Uuid) -> Result<(), Unreachable> {
         .await?;
     match status {
         200 | 404 => Ok(()),
+        _ => Err(Unreachable::unexpected("inventory", status, &body)),
+    }
+}
+
+/// Units the orders have carved out of the reservation `id` so far, while it still holds
+/// units; `None` when it no longer does (never made, or released by inventory's sweeper after
+/// its time ran out): no order can carve from it any more, so there is nothing to wait for.
+pub async fn carved(inventory: &Peer, id: Uuid) -> Result<Option<i64>, Unreachable> {
+    let (status, body) = inventory.get(&format!("/internal/reservations/{id}")).await?;
+    match (status, body["status"].as_str(), body["carved"].as_i64()) {
+        (200, Some("reserved"), Some(carved)) => Ok(Some(carved)),
+        (200, Some(_), Some(_)) | (404, _, _) => Ok(None),
         _ => Err(Unreachable::unexpected("inventory", status, &body)),
     }
 }

@@ -201,6 +201,17 @@ pub async fn counts(db: &Db, session: i64, sku: i64) -> Result<(i64, i64), sqlx:
     .await
 }
 
+/// Units booked for an item, every admission's (returned ones too: each made its order).
+pub async fn booked_units(db: &Db, session: i64, sku: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(quantity), 0)::int8 FROM admissions WHERE session_id = $1 AND sku_id = $2",
+    )
+    .bind(session)
+    .bind(sku)
+    .fetch_one(db.pool())
+    .await
+}
+
 /// Admissions booked but not yet handed to order (confirmed by the broker), over every item,
 /// and the age in seconds of the oldest.
 pub async fn backlog(db: &Db) -> Result<(i64, f64), sqlx::Error> {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use mall_common::db::Db;
 use mall_common::redis::{Redis, client};
 use mall_flashsale::store::admission::ItemKeys;
-use mall_testkit::{TestEnv, TestServer, eventually};
+use mall_testkit::{ChaosProxy, TestEnv, TestServer, eventually};
 use serde_json::{Value, json};
 
 /// Long enough for the hand-off, the order consumer, the outbox and the timeouts.
@@ -19,6 +19,8 @@ pub(crate) struct Sale {
     pub(crate) _inventory: TestServer,
     pub(crate) order: TestServer,
     pub(crate) fs: Vec<TestServer>,
+    /// Between order and inventory, when asked for ([`Options::order_inventory_proxy`]).
+    pub(crate) order_inventory: Option<ChaosProxy>,
 }
 
 /// A change to one instance's settings.
@@ -35,6 +37,8 @@ pub(crate) struct Options<'a> {
     pub(crate) tweak_first: Option<Tweak<'a>>,
     /// Start only one flashsale instance.
     pub(crate) single: bool,
+    /// Order reaches inventory through a proxy the test can cut ([`Sale::order_inventory`]).
+    pub(crate) order_inventory_proxy: bool,
 }
 
 /// Starts inventory with `skus` (each with `stock` units), order, and two flashsale instances.
@@ -48,8 +52,14 @@ pub(crate) async fn sale(env: &TestEnv, skus: &[i64], stock: i64, opts: Options<
     }
 
     let inventory_urls = inventory.url("");
+    let (order_inventory, order_inventory_url) = if opts.order_inventory_proxy {
+        let (proxy, through) = ChaosProxy::for_url(&url::Url::parse(&inventory_urls).unwrap()).await;
+        (Some(proxy), through.to_string())
+    } else {
+        (None, inventory_urls.clone())
+    };
     let mut vars = vec![
-        ("MALL_INVENTORY_URLS", inventory_urls.as_str()),
+        ("MALL_INVENTORY_URLS", order_inventory_url.as_str()),
         ("MALL_OUTBOX_INTERVAL", "50ms"),
     ];
     vars.extend_from_slice(opts.order);
@@ -77,6 +87,7 @@ pub(crate) async fn sale(env: &TestEnv, skus: &[i64], stock: i64, opts: Options<
         _inventory: inventory,
         order,
         fs,
+        order_inventory,
     }
 }
 

@@ -1,5 +1,5 @@
 //! Redis losing or rewinding a sale's state: the book of admissions in Postgres keeps every 202,
-//! the item is loaded again from it within seconds, and settlement waits on the book.
+//! the item is loaded again from it within seconds, and settlement waits on the book and on the orders.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -8,12 +8,13 @@ use chrono::Utc;
 use mall_common::redis::client;
 use mall_flashsale::store::admission::ItemKeys;
 use mall_flashsale::store::book::{self, Entry, Recorded};
+use mall_testkit::checks::metric_sum;
 use mall_testkit::{ChaosProxy, TestEnv, eventually};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{
-    Options, buy, create, flash_db, purchase, redis, redis_numbers, running, sale, stock, token_ok,
+    Options, SETTLE, buy, create, flash_db, purchase, redis, redis_numbers, running, sale, stock, token_ok,
     wait_loaded, wait_orders,
 };
 
@@ -140,6 +141,70 @@ async fn every_202_becomes_an_order_when_redis_loses_everything_while_rabbitmq_i
     eventually(Duration::from_secs(30), "the session is settled", || async {
         let s = stock(&env, 15).await;
         if s == (40, 10, 0, 50) { Ok(()) } else { Err(s) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_settled_only_once_every_admission_became_an_order() {
+    let env = TestEnv::new().await;
+    let sale = sale(
+        &env,
+        &[18],
+        20,
+        Options {
+            single: true,
+            flash: &[("MALL_FLASHSALE_SETTLE_AFTER", "0s")],
+            order_inventory_proxy: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let fs = &sale.fs[0];
+    let now = Utc::now();
+    let (status, body) = create(
+        fs,
+        now - chrono::Duration::seconds(1),
+        now + chrono::Duration::seconds(6),
+        json!([{"sku_id": 18, "price_cents": 100, "quantity": 5, "per_user_limit": 1}]),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let session = body["session_id"].as_i64().unwrap();
+    wait_loaded(&sale, session).await;
+    // Order cannot reach inventory: every admission is handed to the broker, none is carved.
+    let proxy = sale.order_inventory.as_ref().unwrap();
+    proxy.cut();
+    let mut admitted = HashSet::new();
+    for i in 0..3 {
+        let buyer = format!("waiting-{i}");
+        let t = token_ok(fs, &buyer, session, 18).await;
+        let (status, body) = buy(fs, &buyer, purchase(session, 18, 1, &t, "r")).await;
+        assert_eq!(status, 202, "{body}");
+        admitted.insert(body["order_id"].as_str().unwrap().to_owned());
+    }
+
+    // The session ends and is handed off; its settlement waits for the orders, and gives
+    // nothing back meanwhile: a released reservation would refuse the orders' carves.
+    eventually(SETTLE, "settlement waits for the orders", || async {
+        let waits = metric_sum(
+            fs,
+            "flashsale_settlements_deferred_total",
+            &[("waiting_for", "orders")],
+        )
+        .await;
+        if waits >= 2.0 { Ok(()) } else { Err(waits) }
+    })
+    .await;
+    assert_eq!(stock(&env, 18).await, (15, 5, 0, 20));
+
+    proxy.restore();
+    let orders: HashSet<String> = wait_orders(&env, session, 3).await.into_iter().collect();
+    assert_eq!(orders, admitted, "every 202 became an order");
+    // Then the two unsold units go back; the three orders keep theirs until paid or cancelled.
+    eventually(SETTLE, "the session is settled", || async {
+        let s = stock(&env, 18).await;
+        if s == (17, 3, 0, 20) { Ok(()) } else { Err(s) }
     })
     .await;
 }

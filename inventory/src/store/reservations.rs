@@ -21,6 +21,10 @@ pub struct Reservation {
     pub expires_at: DateTime<Utc>,
     /// What it holds.
     pub items: Vec<Item>,
+    /// Units moved out of it into orders' reservations so far (`carve`, a flash-sale session
+    /// item's); given by `GET /internal/reservations/{id}` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carved: Option<i64>,
 }
 
 async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
@@ -48,13 +52,27 @@ async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Option<Reservation>, 
         status: ReservationStatus::parse(row.get::<&str, _>("status")).unwrap_or(ReservationStatus::Released),
         expires_at: row.get("expires_at"),
         items,
+        carved: None,
     }))
 }
 
-/// A reservation by id.
+/// A reservation by id, with the units carved out of it.
 pub async fn reservation(db: &Db, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
     let mut conn = db.pool().acquire().await?;
-    load(&mut conn, id).await
+    let Some(mut reservation) = load(&mut conn, id).await? else {
+        return Ok(None);
+    };
+    // Every carve a child, released or not: a released child's units went back into the
+    // parent, but its order was made.
+    let carved: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(ci.quantity), 0)::int8 FROM reservations c
+           JOIN reservation_items ci ON ci.reservation_id = c.id WHERE c.parent_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    reservation.carved = Some(carved);
+    Ok(Some(reservation))
 }
 
 /// Reserves every item or none. Idempotent by reservation id: a repeat returns the existing

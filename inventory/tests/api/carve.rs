@@ -85,6 +85,7 @@ async fn forty_concurrent_carves_of_twenty_units_succeed_twenty_times_and_counte
     assert_eq!(ledger_sum(&db, 61, "carve").await, 20);
     let (_, parent_now) = get(&app, parent).await;
     assert_eq!(parent_now["items"], json!([{"sku_id": 61, "quantity": 0}]));
+    assert_eq!(parent_now["carved"], 20, "{parent_now}");
 }
 
 async fn get(app: &mall_testkit::TestServer, id: Uuid) -> (u16, Value) {
@@ -134,10 +135,10 @@ async fn a_carve_is_idempotent_and_settles_like_an_order_reservation() {
     .await;
     assert_eq!((status, body["changed"].as_bool()), (200, Some(true)));
     assert_eq!(numbers(&db, 62).await, (5, 3, 2, 10));
-    assert_eq!(
-        get(&app, parent).await.1["items"],
-        json!([{"sku_id": 62, "quantity": 3}])
-    );
+    let (_, parent_now) = get(&app, parent).await;
+    assert_eq!(parent_now["items"], json!([{"sku_id": 62, "quantity": 3}]));
+    // Its order was made: the released child still counts as carved.
+    assert_eq!(parent_now["carved"], 3, "{parent_now}");
     assert_eq!(ledger_sum(&db, 62, "return").await, 1);
 
     // The session ends: what it still holds goes back to available.
