@@ -200,14 +200,7 @@ async fn settle(state: &AppState, s: &Session) -> anyhow::Result<()> {
         // state would say nothing is.
         let (booked, handed) = book::counts(&state.db, s.session_id, item.sku_id).await?;
         if booked > handed {
-            metrics::counter!("flashsale_settlements_deferred_total", "waiting_for" => "handoff")
-                .increment(1);
-            tracing::info!(
-                session_id = s.session_id,
-                sku_id = item.sku_id,
-                backlog = booked - handed,
-                "settle waits for the hand-off"
-            );
+            deferred(s, item.sku_id, "handoff", booked - handed);
             continue;
         }
         // Handed to the broker is not yet an order: the order service may be down or behind.
@@ -215,13 +208,7 @@ async fn settle(state: &AppState, s: &Session) -> anyhow::Result<()> {
         if let Some(carved) = crate::peers::carved(&state.inventory, item.reservation_id).await?
             && carved < units
         {
-            metrics::counter!("flashsale_settlements_deferred_total", "waiting_for" => "orders").increment(1);
-            tracing::info!(
-                session_id = s.session_id,
-                sku_id = item.sku_id,
-                units_without_order = units - carved,
-                "settle waits for the orders"
-            );
+            deferred(s, item.sku_id, "orders", units - carved);
             continue;
         }
         crate::peers::release(&state.inventory, item.reservation_id).await?;
@@ -234,6 +221,19 @@ async fn settle(state: &AppState, s: &Session) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Counts and logs a settlement put off: `missing` admissions not yet handed off, or units
+/// not yet carved by their orders.
+fn deferred(s: &Session, sku_id: i64, waiting_for: &'static str, missing: i64) {
+    metrics::counter!("flashsale_settlements_deferred_total", "waiting_for" => waiting_for).increment(1);
+    tracing::info!(
+        session_id = s.session_id,
+        sku_id,
+        waiting_for,
+        missing,
+        "settlement waits"
+    );
 }
 
 /// Loads an item into Redis from the book: the first time, or again because Redis lost it
