@@ -198,8 +198,13 @@ def flashsale():
                 [
                     ("max(flashsale_handoff_backlog)", "admissions waiting"),
                     ("max(flashsale_handoff_oldest_age_seconds)", "oldest waiting (s)"),
+                    (
+                        "sum by (waiting_for) (increase(flashsale_settlements_deferred_total[%s]))" % RATE,
+                        "settlement put off ({{waiting_for}})",
+                    ),
                 ],
-                description="Admissions booked in Postgres whose event RabbitMQ has not confirmed yet.",
+                description="Admissions booked in Postgres whose event RabbitMQ has not confirmed yet; "
+                "an ended session's settlement waits for them, then for their orders.",
             ),
             panel(
                 "Hand-off and orders",
