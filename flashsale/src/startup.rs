@@ -143,6 +143,11 @@ fn declare_metrics() {
             "Flash-sale sessions created.",
             None,
         ),
+        (
+            "flashsale_settlements_deferred_total",
+            "Passes of the settle job that put an ended session's item off, by what it waits for.",
+            Some(("waiting_for", &["handoff", "orders"])),
+        ),
     ]);
     metrics::gauge!("flashsale_redis_breaker_open").set(0.0);
 }
