@@ -198,17 +198,16 @@ async fn settle(state: &AppState, s: &Session) -> anyhow::Result<()> {
     for item in s.items.iter().filter(|i| !i.released) {
         // The book, not Redis, says what is still to be handed off: a Redis that lost its
         // state would say nothing is.
-        let (booked, handed) = book::counts(&state.db, s.session_id, item.sku_id).await?;
-        if booked > handed {
-            deferred(s, item.sku_id, "handoff", booked - handed);
+        let counts = book::counts(&state.db, s.session_id, item.sku_id).await?;
+        if counts.booked > counts.handed {
+            deferred(s, item.sku_id, "handoff", counts.booked - counts.handed);
             continue;
         }
         // Handed to the broker is not yet an order: the order service may be down or behind.
-        let units = book::booked_units(&state.db, s.session_id, item.sku_id).await?;
         if let Some(carved) = crate::peers::carved(&state.inventory, item.reservation_id).await?
-            && carved < units
+            && carved < counts.units
         {
-            deferred(s, item.sku_id, "orders", units - carved);
+            deferred(s, item.sku_id, "orders", counts.units - carved);
             continue;
         }
         crate::peers::release(&state.inventory, item.reservation_id).await?;

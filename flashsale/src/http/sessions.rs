@@ -108,13 +108,13 @@ pub(super) async fn show_session(
         let left = admission::stock_left(&state.redis, std::slice::from_ref(&keys))
             .await
             .map_err(FlashError::unavailable)?;
-        let (booked, handed) = book::counts(&state.db, id, item.sku_id)
+        let counts = book::counts(&state.db, id, item.sku_id)
             .await
             .map_err(FlashError::unavailable)?;
         let mut v = serde_json::to_value(item).expect("json");
         v["remaining"] = json!(left.first().copied().flatten());
-        v["admitted"] = json!(booked);
-        v["handed_off"] = json!(handed);
+        v["admitted"] = json!(counts.booked);
+        v["handed_off"] = json!(counts.handed);
         items.push(v);
     }
     let mut v = serde_json::to_value(&session).expect("json");

@@ -189,22 +189,24 @@ pub async fn epochs(db: &Db, sessions: &[i64]) -> Result<HashMap<(i64, i64), i64
     Ok(rows.into_iter().map(|(s, k, e)| ((s, k), e)).collect())
 }
 
-/// An item's admissions: `(booked, handed to order)`.
-pub async fn counts(db: &Db, session: i64, sku: i64) -> Result<(i64, i64), sqlx::Error> {
-    sqlx::query_as(
-        "SELECT count(*), count(o.sent_at) FROM admissions a JOIN outbox o ON o.id = a.event_id
-          WHERE a.session_id = $1 AND a.sku_id = $2",
-    )
-    .bind(session)
-    .bind(sku)
-    .fetch_one(db.pool())
-    .await
+/// An item's admissions, as the book has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Counts {
+    /// Admissions booked.
+    pub booked: i64,
+    /// Of them, handed to order (confirmed by the broker).
+    pub handed: i64,
+    /// Units booked, every admission's (returned ones too: each made its order).
+    pub units: i64,
 }
 
-/// Units booked for an item, every admission's (returned ones too: each made its order).
-pub async fn booked_units(db: &Db, session: i64, sku: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT coalesce(sum(quantity), 0)::int8 FROM admissions WHERE session_id = $1 AND sku_id = $2",
+/// An item's [`Counts`].
+pub async fn counts(db: &Db, session: i64, sku: i64) -> Result<Counts, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) AS booked, count(o.sent_at) AS handed,
+                coalesce(sum(a.quantity), 0)::int8 AS units
+           FROM admissions a JOIN outbox o ON o.id = a.event_id
+          WHERE a.session_id = $1 AND a.sku_id = $2",
     )
     .bind(session)
     .bind(sku)

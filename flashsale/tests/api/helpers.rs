@@ -263,10 +263,10 @@ pub(crate) async fn redis_numbers(env: &TestEnv, session: i64, sku: i64) -> (i64
         .query_async(&mut *conn)
         .await
         .unwrap();
-    let (booked, _) = mall_flashsale::store::book::counts(&flash_db(env), session, sku)
+    let counts = mall_flashsale::store::book::counts(&flash_db(env), session, sku)
         .await
         .unwrap();
-    (left.unwrap_or(-1), booked)
+    (left.unwrap_or(-1), counts.booked)
 }
 
 /// Order ids in an item's book of admissions.
