@@ -3,10 +3,12 @@
 //! validation. [`platform_conformance!`](crate::platform_conformance) turns them into tests in
 //! each service's test binary.
 
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mall_common::platform::PlatformSettings;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 
 use crate::proxy::ChaosProxy;
@@ -294,23 +296,39 @@ pub async fn continues_the_callers_trace(app: &TestServer, service: &str) {
 pub async fn drains_in_flight_then_refuses(mut app: TestServer, proxy: &ChaosProxy) {
     app.wait_ready().await;
     proxy.set_delay(Duration::from_millis(400));
-    let client = app.client().clone();
-    let url = app.url("/readyz");
     let started = Instant::now();
-    let in_flight = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
+    let mut conn = tokio::net::TcpStream::connect(app.addr()).await.expect("connect");
+    conn.write_all(b"GET /readyz HTTP/1.1\r\nhost: mall\r\n\r\n")
+        .await
+        .expect("send /readyz");
+    // In flight means the server has taken the request off its socket. Traffic held at the
+    // proxy is no sign of it: background jobs' queries go through the same proxy, and a
+    // request still unread when shutdown begins is rightly dropped with its idle connection.
+    let (server, client) = (app.addr(), conn.local_addr().expect("client address"));
     crate::eventually(
         Duration::from_secs(5),
-        "the readiness check is in flight",
-        || async { if proxy.holding() { Ok(()) } else { Err("not yet") } },
+        "the server has read the /readyz request",
+        || async move {
+            match unread_bytes(server, client) {
+                Some(0) => Ok(()),
+                other => Err(format!("unread bytes on the server's socket: {other:?}")),
+            }
+        },
     )
     .await;
     app.begin_shutdown();
 
-    let status = in_flight
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
         .await
-        .expect("request task")
-        .expect("the in-flight request got an answer");
-    assert!(status == 200 || status == 503, "status {status}");
+        .expect("the connection closes after its answer")
+        .expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.split_whitespace().nth(1).unwrap_or_default();
+    assert!(
+        status == "200" || status == "503",
+        "the in-flight request got an answer: {answer:?}"
+    );
     assert!(
         started.elapsed() >= Duration::from_millis(300),
         "the request must have been in flight when shutdown began"
@@ -330,6 +348,27 @@ pub async fn drains_in_flight_then_refuses(mut app: TestServer, proxy: &ChaosPro
     .await;
     proxy.set_delay(Duration::ZERO);
     app.stop().await.expect("clean stop");
+}
+
+/// Bytes waiting unread in the receive queue of the local IPv4 TCP socket `local` connected to
+/// `remote` (Linux's `/proc/net/tcp`), or `None` if there is no such socket.
+fn unread_bytes(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => Some(format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        )),
+        SocketAddr::V6(_) => None,
+    };
+    let (local, remote) = (hex(local)?, hex(remote)?);
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let queues = (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+            .then(|| fields.get(4))??;
+        u64::from_str_radix(queues.split_once(':')?.1, 16).ok()
+    })
 }
 
 /// Runs `binary` with `vars` and returns (exit code, stderr); kills it after 10 s.

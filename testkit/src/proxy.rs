@@ -18,8 +18,6 @@ use url::Url;
 struct State {
     cut: AtomicBool,
     delay_ms: AtomicU64,
-    /// Chunks being held back by the delay right now.
-    held: AtomicU64,
     pipes: Mutex<Vec<AbortHandle>>,
 }
 
@@ -111,14 +109,6 @@ impl ChaosProxy {
     }
 }
 
-impl ChaosProxy {
-    /// Whether some traffic is being held back by the delay now (a request is in flight
-    /// through the proxy).
-    pub fn holding(&self) -> bool {
-        self.state.held.load(Ordering::Acquire) > 0
-    }
-}
-
 impl Drop for ChaosProxy {
     fn drop(&mut self) {
         self.accept.abort();
@@ -139,9 +129,7 @@ async fn copy(
         };
         let delay = state.delay_ms.load(Ordering::Acquire);
         if delay > 0 {
-            state.held.fetch_add(1, Ordering::AcqRel);
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            state.held.fetch_sub(1, Ordering::AcqRel);
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
