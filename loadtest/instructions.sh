@@ -6,7 +6,10 @@
 # alone under callgrind with one serving thread and wrk (1 thread, 8 connections):
 #   - mall-product answering `GET /api/products/0` directly (the upstream's own cost), and the
 #     same request continuing a caller's trace (W3C and B3 fields), as behind the gateway;
-#   - mall-gateway proxying it to a mall-product outside valgrind (the gateway's cost alone);
+#   - mall-gateway proxying it to a mall-product outside valgrind (the gateway's cost alone),
+#     with the default compact log lines and again with JSON lines (`MALL_LOG_FORMAT=json`, as
+#     the container images and the Kubernetes manifests run every service); likewise
+#     mall-product continuing a trace with JSON lines;
 #   - nginx proxying it the same way (one worker process, the gateway.sh configuration);
 #   - a proxy of hyper alone proxying it (gateway/examples/bare_proxy.rs: no layers, no
 #     telemetry), the floor under the gateway's figure: what is above it is the gateway's own;
@@ -118,8 +121,14 @@ LUA
 under_callgrind continued MALL_HTTP_THREADS=1 MALL_HTTP_ADDR=127.0.0.1:$DIRECT_PORT "$ROOT/target/release/mall-product"
 answers continued "http://127.0.0.1:$DIRECT_PORT$TARGET_PATH" 404
 count continued "http://127.0.0.1:$DIRECT_PORT$TARGET_PATH" 404 "$RUN/continued.lua"
+under_callgrind continuedjson MALL_LOG_FORMAT=json MALL_HTTP_THREADS=1 MALL_HTTP_ADDR=127.0.0.1:$DIRECT_PORT \
+  "$ROOT/target/release/mall-product"
+answers continuedjson "http://127.0.0.1:$DIRECT_PORT$TARGET_PATH" 404
+count continuedjson "http://127.0.0.1:$DIRECT_PORT$TARGET_PATH" 404 "$RUN/continued.lua"
 under_callgrind gateway "${gateway_env[@]}" "$ROOT/target/release/mall-gateway"
 count gateway "http://127.0.0.1:$GATEWAY_PORT$TARGET_PATH" 404
+under_callgrind gatewayjson MALL_LOG_FORMAT=json "${gateway_env[@]}" "$ROOT/target/release/mall-gateway"
+count gatewayjson "http://127.0.0.1:$GATEWAY_PORT$TARGET_PATH" 404
 under_callgrind nginx nginx -c "$RUN/nginx.conf" -p "$RUN"
 count nginx "http://127.0.0.1:$NGINX_PORT$TARGET_PATH" 404
 under_callgrind bare BARE_THREADS=1 BARE_ADDR=127.0.0.1:$BARE_PORT BARE_UPSTREAM=127.0.0.1:$PRODUCT_PORT \
@@ -193,7 +202,9 @@ run, duration, path, commit = sys.argv[1:5]
 rows = [
     ("direct", f"mall-product, `GET {path}` directly"),
     ("continued", f"mall-product, `GET {path}` continuing a trace (`traceparent`, `b3`)"),
+    ("continuedjson", f"mall-product, `GET {path}` continuing a trace, JSON log lines"),
     ("gateway", f"mall-gateway proxying `GET {path}`"),
+    ("gatewayjson", f"mall-gateway proxying `GET {path}`, JSON log lines (`MALL_LOG_FORMAT=json`)"),
     ("nginx", f"nginx (one worker) proxying `GET {path}`"),
     ("bare", f"hyper alone (`gateway/examples/bare_proxy.rs`) proxying `GET {path}`"),
     ("gateway404", "mall-gateway, its own 404 (`GET /nowhere`)"),
@@ -218,7 +229,9 @@ print(f"({per['gateway'] - per['nginx']:,.0f} more). hyper alone, with no layer 
 print(f"nginx's: the {per['gateway'] - per['bare']:,.0f} instructions the gateway spends above it are its own work (routing, auth,")
 print("limits, the pool's stack, the span, the access line), not hyper's or tokio's. The sold-out answer costs")
 print(f"{per['soldout'] / per['gateway404']:.2f} times the gateway's 404 (flashsale.sh's rejected-path reference; a late buyer's request is a POST with a body and")
-print("three more header fields). Reproduce: `loadtest/instructions.sh`.")
+print("three more header fields). With JSON log lines, the format the container images and Kubernetes manifests set,")
+print(f"the gateway spends {per['gatewayjson'] / per['gateway']:.2f}x its compact-format count and the product {per['continuedjson'] / per['continued']:.2f}x;")
+print("the other rows use the default compact format. Reproduce: `loadtest/instructions.sh`.")
 PY
 # Counts, not a time series: one bar per path.
 "$PY" - "$RUN" "$RESULTS/instructions-$stamp.png" <<'PY' && printf '\n![instructions per request](%s)\n' "instructions-$stamp.png" >>"$report"
@@ -227,13 +240,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 run, out = sys.argv[1:3]
-paths = [("direct", "mall-product directly"), ("continued", "mall-product, trace continued"), ("gateway", "mall-gateway proxying"), ("nginx", "nginx proxying"),
+paths = [("direct", "mall-product directly"), ("continued", "mall-product, trace continued"), ("continuedjson", "mall-product, trace continued, JSON"),
+         ("gateway", "mall-gateway proxying"), ("gatewayjson", "mall-gateway proxying, JSON"), ("nginx", "nginx proxying"),
          ("bare", "hyper alone proxying"), ("gateway404", "mall-gateway, its own 404"), ("soldout", "mall-flashsale, sold out")]
 values = []
 for name, _ in paths:
     total, requests = open(os.path.join(run, f"{name}.count")).read().split()
     values.append(int(total) / int(requests))
-fig, ax = plt.subplots(figsize=(9, 3.5))
+fig, ax = plt.subplots(figsize=(9, 4.2))
 ax.barh([label for _, label in paths], values, color=[f"C{i}" for i in range(len(paths))])
 for y, v in enumerate(values):
     ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)

@@ -2,8 +2,8 @@
 //!
 //! [`init`] installs a `tracing` subscriber with two layers: the log layer (tracing-subscriber's
 //! compact or JSON format, filtered by `RUST_LOG`/`MALL_LOG`, written to stdout by
-//! tracing-appender's non-blocking writer; compact lines leave the request span's trace-only
-//! fields to the trace, see `fields`) and the OpenTelemetry layer (always at INFO, so a quiet log
+//! tracing-appender's non-blocking writer; lines in either format leave the request span's
+//! trace-only fields to the trace, see `fields`) and the OpenTelemetry layer (always at INFO, so a quiet log
 //! level never silences traces; see DEPENDENCIES.md gotcha 7). Each has its own filter, except
 //! at the default level `info`, where one global filter serves both.
 //! Spans are exported over OTLP/HTTP (Jaeger) and/or to Zipkin only when configured, so tests
@@ -81,18 +81,23 @@ pub enum TelemetryError {
 /// needs escaping (printable ASCII, no quote or backslash: request ids, trace ids, routes), as
 /// in most fields of every log and access line.
 fn write_debug_str(out: &mut impl std::fmt::Write, s: &str) -> std::fmt::Result {
-    // Every byte looked at without a branch (the compiler vectorises it), where a short-circuit
-    // `all` went byte by byte: about half the cost of an access line's strings.
-    let needs_escape = s.bytes().fold(false, |bad, b| {
-        bad | !(b' '..=b'~').contains(&b) | (b == b'"') | (b == b'\\')
-    });
-    if !needs_escape {
+    if is_plain(s) {
         out.write_char('"')?;
         out.write_str(s)?;
         out.write_char('"')
     } else {
         write!(out, "{s:?}")
     }
+}
+
+/// Whether `s` is printable ASCII without a quote or backslash: written between quotes as it
+/// is, in Rust's `Debug` form and in JSON alike.
+fn is_plain(s: &str) -> bool {
+    // Every byte looked at without a branch (the compiler vectorises it), where a short-circuit
+    // `all` went byte by byte: about half the cost of an access line's strings.
+    !s.bytes().fold(false, |bad, b| {
+        bad | !(b' '..=b'~').contains(&b) | (b == b'"') | (b == b'\\')
+    })
 }
 
 /// The log layer in the configured format, writing through `writer`, unfiltered.
@@ -116,6 +121,7 @@ where
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
+            .fmt_fields(fields::JsonSpanFields)
             .boxed(),
     }
 }

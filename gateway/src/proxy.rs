@@ -90,7 +90,8 @@ pub async fn forward(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let cx = tracing::Span::current().context();
+    let span = tracing::Span::current();
+    let cx = span.context();
     let response = match forward_inner(state, pool, route, &peer, req, &cx).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
@@ -105,7 +106,7 @@ pub async fn forward(
         client: peer.ip(),
         started,
     };
-    line.write(response.status(), &cx);
+    line.write(response.status(), &span, &cx);
     response
 }
 
@@ -113,6 +114,7 @@ pub async fn forward(
 /// never reachable from outside): 404 `not_found`, with its access line like any other.
 pub fn unrouted(peer: Peer, req: &Request<Body>) -> Response {
     let started = Instant::now();
+    let span = tracing::Span::current();
     let res = GatewayError::NoRoute.into_response();
     let request_id = req
         .headers()
@@ -128,7 +130,7 @@ pub fn unrouted(peer: Peer, req: &Request<Body>) -> Response {
         client: peer.ip(),
         started,
     }
-    .write(res.status(), &tracing::Span::current().context());
+    .write(res.status(), &span, &span.context());
     res
 }
 
@@ -145,11 +147,16 @@ pub(crate) struct AccessLine<'a> {
 
 impl AccessLine<'_> {
     /// One event per request, target `mall_gateway::access`, formatted by the log layer like
-    /// any other (a JSON object with `MALL_LOG_FORMAT=json`), naming the trace it belongs to.
-    pub(crate) fn write(&self, status: StatusCode, cx: &opentelemetry::Context) {
+    /// any other (a JSON object with `MALL_LOG_FORMAT=json`), naming the trace it belongs to;
+    /// written from inside the request's `span` (entered), whose context is `cx`.
+    pub(crate) fn write(&self, status: StatusCode, span: &tracing::Span, cx: &opentelemetry::Context) {
         let trace_id = propagation::trace_id_of(cx).unwrap_or_default();
         // No parent: the line names its request and trace itself, so it need not carry the
-        // request's span, nor become an event on the exported span.
+        // request's span, nor become an event on the exported span. The log layer would still
+        // take the entered span as the line's context (tokio-rs/tracing#1650: a `span` object
+        // parsed and written again in every JSON line, an `http.server:` prefix in compact), so
+        // the line is written with the span left for the moment.
+        let _left = LeftSpan::new(span);
         tracing::info!(
             target: "mall_gateway::access",
             parent: None,
@@ -158,12 +165,35 @@ impl AccessLine<'_> {
             pool = self.pool,
             status = status.as_u16(),
             upstream = self.upstream,
-            latency_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            // Whole microseconds: `3.397`, where `as_secs_f64() * 1e3` printed `3.3977069999999996`.
+            latency_ms = self.started.elapsed().as_micros() as f64 / 1e3,
             request_id = self.request_id,
             trace_id = trace_id.as_str(),
             client = self.client,
             "access"
         );
+    }
+}
+
+/// Leaves an entered span until dropped, then enters it again. The span must be the innermost
+/// entered one (`Span::current`), so the thread's span stack is as it was afterwards.
+struct LeftSpan(Option<(tracing::Dispatch, tracing::span::Id)>);
+
+impl LeftSpan {
+    fn new(span: &tracing::Span) -> Self {
+        Self(span.id().map(|id| {
+            let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
+            dispatch.exit(&id);
+            (dispatch, id)
+        }))
+    }
+}
+
+impl Drop for LeftSpan {
+    fn drop(&mut self) {
+        if let Some((dispatch, id)) = &self.0 {
+            dispatch.enter(id);
+        }
     }
 }
 

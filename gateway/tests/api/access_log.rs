@@ -120,6 +120,9 @@ async fn every_proxied_request_gets_one_json_access_line() {
     let only = |request_id: &str| {
         let found: Vec<&Value> = access.iter().filter(|l| l["request_id"] == request_id).collect();
         assert_eq!(found.len(), 1, "one line for {request_id}: {access:?}");
+        // A line of its own, not one inside the request's span: that span's fields are the
+        // line's own fields already.
+        assert!(found[0].get("span").is_none(), "{}", found[0]);
         found[0].clone()
     };
     let line = only("access-ok");
@@ -129,6 +132,13 @@ async fn every_proxied_request_gets_one_json_access_line() {
     assert_eq!(line["status"], 200);
     assert_eq!(line["upstream"], upstream.url().trim_start_matches("http://"));
     assert!(line["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
+    // Milliseconds to the microsecond, not a float product's noise.
+    let decimals = line["latency_ms"]
+        .to_string()
+        .split('.')
+        .nth(1)
+        .map_or(0, str::len);
+    assert!(decimals <= 3, "{line}");
     let trace_id = line["trace_id"].as_str().unwrap_or_default();
     assert!(
         trace_id.len() == 32 && trace_id.chars().all(|c| c.is_ascii_hexdigit()),
