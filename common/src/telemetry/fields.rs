@@ -295,20 +295,28 @@ mod tests {
         String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
     }
 
+    /// A request's server span as `crate::http` opens it, with fields to record later.
+    fn server_span(request_id: &str) -> tracing::Span {
+        tracing::info_span!(
+            "http.server",
+            otel.name = "GET /x",
+            otel.kind = "server",
+            service = "gateway",
+            http.request.method = "GET",
+            http.route = "/x",
+            url.path = "/x",
+            request_id,
+            trace_id = tracing::field::Empty,
+            n = tracing::field::Empty,
+            ok = tracing::field::Empty,
+            why = tracing::field::Empty,
+        )
+    }
+
     #[test]
     fn a_line_inside_a_request_names_its_request_and_trace_but_not_the_trace_attributes() {
         let line = logged(|| {
-            let span = tracing::info_span!(
-                "http.server",
-                otel.name = "GET /x",
-                otel.kind = "server",
-                service = "gateway",
-                http.request.method = "GET",
-                http.route = "/x",
-                url.path = "/x",
-                request_id = "req-1",
-                trace_id = tracing::field::Empty,
-            );
+            let span = server_span("req-1");
             span.record("trace_id", "abc");
             let _in = span.enter();
             tracing::warn!(status = 500, cause = "a \"quoted\"\nvalue", "request failed");
@@ -345,20 +353,7 @@ mod tests {
     #[test]
     fn a_json_line_inside_a_request_carries_its_request_and_trace_but_not_the_trace_attributes() {
         let lines = logged_json(|| {
-            let span = tracing::info_span!(
-                "http.server",
-                otel.name = "GET /x",
-                otel.kind = "server",
-                service = "gateway",
-                http.request.method = "GET",
-                http.route = "/x",
-                url.path = "/x",
-                request_id = "req-\"1\"\n",
-                trace_id = tracing::field::Empty,
-                n = tracing::field::Empty,
-                ok = tracing::field::Empty,
-                why = tracing::field::Empty,
-            );
+            let span = server_span("req-\"1\"\n");
             let _in = span.enter();
             tracing::warn!(status = 500, "before the trace id");
             span.record("trace_id", "abc");
