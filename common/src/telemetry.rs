@@ -3,9 +3,9 @@
 //! [`init`] installs a `tracing` subscriber with two layers: the log layer (tracing-subscriber's
 //! compact or JSON format, filtered by `RUST_LOG`/`MALL_LOG`, written to stdout by
 //! tracing-appender's non-blocking writer; lines in either format leave the request span's
-//! trace-only fields to the trace, see `fields`) and the OpenTelemetry layer (always at INFO, so a quiet log
-//! level never silences traces; see DEPENDENCIES.md gotcha 7). Each has its own filter, except
-//! at the default level `info`, where one global filter serves both.
+//! trace-only fields to the trace, see `fields`) and the OpenTelemetry layer (always at INFO, so
+//! a quiet log level never silences traces; see DEPENDENCIES.md gotcha 7). Each has its own
+//! filter, except at the default level `info`, where one global filter serves both.
 //! Spans are exported over OTLP/HTTP (Jaeger) and/or to Zipkin only when configured, so tests
 //! and a plain local start never wait on a collector. Propagation reads W3C `traceparent` and
 //! B3 and writes what `OTEL_PROPAGATORS` names, W3C and B3's single header by default

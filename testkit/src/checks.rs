@@ -364,9 +364,12 @@ fn unread_bytes(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
     let (local, remote) = (hex(local)?, hex(remote)?);
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let queues = (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
-            .then(|| fields.get(4))??;
+        // `sl local_address rem_address st tx_queue:rx_queue ...`
+        let mut fields = line.split_whitespace().skip(1);
+        let (from, to, queues) = (fields.next()?, fields.next()?, fields.nth(1)?);
+        if from != local || to != remote {
+            return None;
+        }
         u64::from_str_radix(queues.split_once(':')?.1, 16).ok()
     })
 }
