@@ -38,7 +38,7 @@ pub fn router(state: Arc<AppState>, pool_of: impl Fn(PoolName) -> Pool) -> Route
             let forwarded: BoxFuture<'static, Response> = match head::refusal(&req, max_header_bytes) {
                 None => {
                     let (state, pool) = (state.clone(), pool.clone());
-                    Box::pin(async move { proxy::forward(&state, &pool, route, peer, req).await })
+                    Box::pin(proxy::forward(state, pool, route, peer, req))
                 }
                 Some(refused) => Box::pin(std::future::ready(refused)),
             };

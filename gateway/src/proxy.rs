@@ -8,6 +8,7 @@
 //! request's server span (W3C and B3). Bodies stream both ways. Every request ends with one
 //! access-log line.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -74,13 +75,17 @@ fn client_error(fault: &ClientFault) -> GatewayError {
 
 /// Proxies `req` along `route` to `pool` for the client at `peer`, inside the request's server
 /// span (whose context goes upstream and into the access line).
-pub async fn forward(
-    state: &AppState,
-    pool: &Pool,
+///
+/// The future is boxed, and so written out whole, for every request, and a request's memory is
+/// cold again by its answer under many connections: what needs no waiting is done first, and
+/// the future keeps the request once, lent to what awaits (`docs/performance.md`).
+pub fn forward(
+    state: Arc<AppState>,
+    pool: Pool,
     route: &'static Route,
     peer: Peer,
     req: Request<Body>,
-) -> Response {
+) -> impl Future<Output = Response> + Send + 'static {
     let started = Instant::now();
     let method = req.method().clone();
     // Set by the standard stack: the caller's, when usable, else a new one.
@@ -92,22 +97,27 @@ pub async fn forward(
         .to_owned();
     let span = tracing::Span::current();
     let cx = span.context();
-    let response = match forward_inner(state, pool, route, &peer, req, &cx).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    };
-    let upstream = response.extensions().get::<Upstream>().map(|u| u.0.clone());
-    let line = AccessLine {
-        method: &method,
-        route: route.path,
-        pool: pool.name().as_str(),
-        upstream: upstream.as_deref().unwrap_or(""),
-        request_id: &request_id,
-        client: peer.ip(),
-        started,
-    };
-    line.write(response.status(), &span, &cx);
-    response
+    let mut prepared = prepare(&state, route, &peer, req, &cx).map_err(IntoResponse::into_response);
+    async move {
+        let response = match &mut prepared {
+            Ok(prepared) => exchange(&state, &pool, &peer, prepared)
+                .await
+                .unwrap_or_else(IntoResponse::into_response),
+            Err(refused) => std::mem::take(refused),
+        };
+        let upstream = response.extensions().get::<Upstream>().map(|u| u.0.clone());
+        let line = AccessLine {
+            method: &method,
+            route: route.path,
+            pool: pool.name().as_str(),
+            upstream: upstream.as_deref().unwrap_or(""),
+            request_id: &request_id,
+            client: peer.ip(),
+            started,
+        };
+        line.write(response.status(), &span, &cx);
+        response
+    }
 }
 
 /// A request no route takes (`/internal/...` included: the services' internal endpoints are
@@ -276,45 +286,75 @@ fn upstream_headers(
     Ok(headers)
 }
 
-async fn forward_inner(
+/// A request past the edge checks that need no waiting: its access is settled and its
+/// upstream request made, with the client's body still unread and the rate limit to come.
+struct Prepared {
+    upstream: Request<Body>,
+    /// Whom the rate limit counts: the user's id, or `None` for the client's IP.
+    user: Option<String>,
+}
+
+/// Authorizes `req` on `route` and makes its upstream request.
+fn prepare(
     state: &AppState,
-    pool: &Pool,
     route: &'static Route,
     client: &Peer,
     req: Request<Body>,
     cx: &opentelemetry::Context,
-) -> Result<Response, GatewayError> {
+) -> Result<Prepared, GatewayError> {
     let who = state.verifier.authorize(route.access, req.headers())?;
-    let client_key = match &who {
-        Some(id) => Client::User(&id.user_id),
-        None => Client::Ip(client.ip()),
-    };
-    state.limiter.check(req.uri().path(), client_key).await?;
-
     let (parts, body) = req.into_parts();
     let headers = upstream_headers(state, parts.headers, who.as_ref(), client, cx)?;
-
-    // Read before anything goes upstream when small: a broken, oversized or trickling body is
-    // the client's 400, 413 or 408, and a whole one can be sent again.
-    let (body, progress, replay) = match client_body::read(body, state.body_timeout).await {
-        Ok(client_body::Read::Whole(bytes)) if bytes.is_empty() => (Body::empty(), None, None),
-        Ok(client_body::Read::Whole(bytes)) => (Body::from(bytes.clone()), None, Some(Replay(bytes))),
-        Ok(client_body::Read::Streaming(body, progress)) => (body, Some(progress), None),
-        Err(fault) => return Err(client_error(&fault)),
-    };
     let mut upstream = Request::new(body);
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = parts.uri;
     *upstream.version_mut() = Version::HTTP_11;
     *upstream.headers_mut() = headers;
-    if let Some(progress) = &progress {
-        upstream.extensions_mut().insert(progress.clone());
-    }
-    if let Some(replay) = replay {
-        upstream.extensions_mut().insert(replay);
+    Ok(Prepared {
+        upstream,
+        user: who.map(|id| id.user_id),
+    })
+}
+
+/// The rate limit, the client's body and the upstream call for a prepared request.
+async fn exchange(
+    state: &AppState,
+    pool: &Pool,
+    client: &Peer,
+    prepared: &mut Prepared,
+) -> Result<Response, GatewayError> {
+    let client_key = match &prepared.user {
+        Some(user) => Client::User(user),
+        None => Client::Ip(client.ip()),
+    };
+    state
+        .limiter
+        .check(prepared.upstream.uri().path(), client_key)
+        .await?;
+
+    // Read before anything goes upstream when small: a broken, oversized or trickling body is
+    // the client's 400, 413 or 408, and a whole one can be sent again. Boxed: most requests
+    // have none, and its reading would widen every request's future.
+    let upstream = &mut prepared.upstream;
+    let mut progress = None;
+    let body = std::mem::take(upstream.body_mut());
+    if !http_body::Body::is_end_stream(&body) {
+        match Box::pin(client_body::read(body, state.body_timeout)).await {
+            Ok(client_body::Read::Whole(bytes)) if bytes.is_empty() => {}
+            Ok(client_body::Read::Whole(bytes)) => {
+                *upstream.body_mut() = Body::from(bytes.clone());
+                upstream.extensions_mut().insert(Replay(bytes));
+            }
+            Ok(client_body::Read::Streaming(body, watched)) => {
+                *upstream.body_mut() = body;
+                upstream.extensions_mut().insert(watched.clone());
+                progress = Some(watched);
+            }
+            Err(fault) => return Err(client_error(&fault)),
+        }
     }
 
-    match pool.send(upstream).await {
+    match pool.send(std::mem::take(upstream)).await {
         Ok(mut res) => {
             strip_hop_by_hop(res.headers_mut());
             Ok(res)

@@ -191,7 +191,8 @@ impl RateLimiter {
                     self.local(&key, rule.per_sec)
                         .map_err(|wait| refused(rule.scope, wait))?;
                 }
-                Scope::Cluster => self.cluster(rule, path).await?,
+                // Boxed: its Redis call would otherwise widen every request's future.
+                Scope::Cluster => Box::pin(self.cluster(rule, path)).await?,
             }
         }
         Ok(())

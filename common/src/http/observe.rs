@@ -10,6 +10,8 @@ use std::time::Instant;
 use axum::body::{Body, to_bytes};
 use axum::extract::{MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
+use futures_util::TryFutureExt as _;
+use futures_util::future::Either;
 use http::header::CONTENT_TYPE;
 use http::{Method, StatusCode};
 use metrics::SharedString;
@@ -55,6 +57,7 @@ impl<S> tower::Service<Request> for Observe<S>
 where
     S: tower::Service<Request, Response = Response> + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
@@ -68,41 +71,47 @@ where
         let start = Instant::now();
         let route = req.extensions().get::<MatchedPath>().cloned();
         let method = req.method().clone();
-        let answer = self.inner.call(req);
         let observer = self.observer.clone();
-        Box::pin(async move {
-            let res = answer.await?;
-            Ok(observer.answered(res, route, &method, start).await)
-        })
+        // Combinators, not an async block awaiting the inner future: that would hold it twice in
+        // a box made for every request. Only a bare error body waits again, boxed.
+        Box::pin(self.inner.call(req).and_then(move |res| {
+            if needs_json_error_body(&res) {
+                Either::Left(Box::pin(async move {
+                    let res = to_json_error(res).await;
+                    Ok(observer.answered(res, route, &method, start))
+                }))
+            } else {
+                Either::Right(std::future::ready(Ok(
+                    observer.answered(res, route, &method, start)
+                )))
+            }
+        }))
     }
 }
 
 impl Observer {
-    /// What happens to every answer: see the module docs.
-    async fn answered(
+    /// What happens to every answer, its error body already JSON: see the module docs.
+    fn answered(
         &self,
-        mut res: Response,
+        res: Response,
         route: Option<MatchedPath>,
         method: &Method,
         start: Instant,
     ) -> Response {
         let status = res.status();
-        if status.is_client_error() || status.is_server_error() {
-            res = with_json_error_body(res).await;
-            if status.is_server_error() {
-                // The only place a failure is logged, inside the request span. A failure with a
-                // cause is a fault of ours (ERROR), unless it is a 503: a dependency that cannot
-                // be had now is a condition the service reports by design (WARN), as is a bare
-                // 5xx (a timeout).
-                match res.extensions().get::<ErrorCause>() {
-                    Some(cause) if status != StatusCode::SERVICE_UNAVAILABLE => {
-                        tracing::error!(status = status.as_u16(), cause = %cause.0, "request failed")
-                    }
-                    Some(cause) => {
-                        tracing::warn!(status = status.as_u16(), cause = %cause.0, "request failed")
-                    }
-                    None => tracing::warn!(status = status.as_u16(), "request failed"),
+        if status.is_server_error() {
+            // The only place a failure is logged, inside the request span. A failure with a
+            // cause is a fault of ours (ERROR), unless it is a 503: a dependency that cannot
+            // be had now is a condition the service reports by design (WARN), as is a bare
+            // 5xx (a timeout).
+            match res.extensions().get::<ErrorCause>() {
+                Some(cause) if status != StatusCode::SERVICE_UNAVAILABLE => {
+                    tracing::error!(status = status.as_u16(), cause = %cause.0, "request failed")
                 }
+                Some(cause) => {
+                    tracing::warn!(status = status.as_u16(), cause = %cause.0, "request failed")
+                }
+                None => tracing::warn!(status = status.as_u16(), "request failed"),
             }
         }
         // Straight to the span's OpenTelemetry side: a recorded field went through every layer,
@@ -211,11 +220,16 @@ fn is_json(res: &Response) -> bool {
 /// Gives an error response that is not JSON (one of axum's rejections, a 405, an upstream's
 /// plain-text error) the standard body; any other response is returned as it is.
 pub async fn with_json_error_body(res: Response) -> Response {
-    let status = res.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_json(&res) {
+    if !needs_json_error_body(&res) {
         return res;
     }
     to_json_error(res).await
+}
+
+/// Whether `res` is an error whose body is not JSON yet.
+fn needs_json_error_body(res: &Response) -> bool {
+    let status = res.status();
+    (status.is_client_error() || status.is_server_error()) && !is_json(res)
 }
 
 async fn to_json_error(res: Response) -> Response {
@@ -256,27 +270,22 @@ mod tests {
     }
 
     /// The level of the failure line `answered` logs for `err`.
-    async fn failure_level(err: ApiError) -> String {
+    fn failure_level(err: ApiError) -> String {
         let logs = crate::test_logs::CapturedLogs::start();
         let observer = Observer {
             service: "test",
             metrics: Timed::default(),
         };
-        observer
-            .answered(err.into_response(), None, &Method::GET, Instant::now())
-            .await;
+        observer.answered(err.into_response(), None, &Method::GET, Instant::now());
         let line = logs.text();
         assert!(line.contains("request failed"), "{line}");
         line.split_whitespace().nth(1).unwrap_or_default().to_owned()
     }
 
-    #[tokio::test]
-    async fn a_fault_is_an_error_and_an_unavailable_dependency_a_warning() {
-        assert_eq!(failure_level(ApiError::internal("a bug")).await, "ERROR");
-        assert_eq!(
-            failure_level(ApiError::unavailable("pool timed out")).await,
-            "WARN"
-        );
+    #[test]
+    fn a_fault_is_an_error_and_an_unavailable_dependency_a_warning() {
+        assert_eq!(failure_level(ApiError::internal("a bug")), "ERROR");
+        assert_eq!(failure_level(ApiError::unavailable("pool timed out")), "WARN");
     }
 
     #[tokio::test]
@@ -296,5 +305,45 @@ mod tests {
             (err["code"].as_str(), err["message"].as_str()),
             (Some("rate_limited"), Some("slow down"))
         );
+    }
+
+    /// Through the layer: a bare error gets the JSON body (the boxed branch), a JSON answer
+    /// passes as it was (the ready one).
+    #[tokio::test]
+    async fn the_layer_gives_bare_errors_the_json_body_and_passes_json_answers() {
+        use tower::{Layer as _, ServiceExt as _};
+        let observer = Arc::new(Observer {
+            service: "test",
+            metrics: Timed::default(),
+        });
+        let inner = tower::service_fn(|req: Request| async move {
+            Ok::<_, std::convert::Infallible>(if req.uri().path() == "/bare" {
+                (StatusCode::SERVICE_UNAVAILABLE, "warming up").into_response()
+            } else {
+                (
+                    StatusCode::NOT_FOUND,
+                    [(CONTENT_TYPE, "application/json")],
+                    r#"{"code":"not_found","message":"mine"}"#,
+                )
+                    .into_response()
+            })
+        });
+        let service = ObserveLayer(observer).layer(inner);
+        for (path, status, code, message) in [
+            ("/bare", 503, "unavailable", "warming up"),
+            ("/json", 404, "not_found", "mine"),
+        ] {
+            let req = Request::builder().uri(path).body(Body::empty()).unwrap();
+            let res = service.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status().as_u16(), status, "{path}");
+            assert_eq!(res.headers()[CONTENT_TYPE], "application/json", "{path}");
+            let body = to_bytes(res.into_body(), 1024).await.unwrap();
+            let err: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                (err["code"].as_str(), err["message"].as_str()),
+                (Some(code), Some(message)),
+                "{path}"
+            );
+        }
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 // tokio's clock, which a test can pause and advance.
 use tokio::time::Instant;
 
+use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use tower::{BoxError, Layer, Service};
@@ -319,9 +320,9 @@ where
         };
         let progress = req.extensions().get::<BodyProgress>().cloned();
         let started = Instant::now();
-        let called = self.inner.call(req);
-        Box::pin(async move {
-            let result = called.await;
+        // `map`, not an async block awaiting `called`: that would hold the inner future twice
+        // in a box made for every request.
+        Box::pin(self.inner.call(req).map(move |result| {
             let failed = match &result {
                 // A shared dependency's outage is no verdict on this pool's instances.
                 Ok(res) if mall_common::error::is_dependency_outage(res) => None,
@@ -330,7 +331,7 @@ where
             };
             admitted.finish(failed, started.elapsed());
             result
-        })
+        }))
     }
 }
 

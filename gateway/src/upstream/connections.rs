@@ -87,23 +87,32 @@ impl Connections {
 
     /// Sends `req` on an idle connection of this thread, or a new one. A pooled connection that
     /// turns out closed before the request went out is passed over for the next.
-    pub(crate) async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
-        while let Some(mut sender) = self.checkout() {
-            if sender.ready().await.is_err() {
-                continue;
+    ///
+    /// An async block rather than an `async fn`, which would keep `req` twice in a future that
+    /// every request moves into a box; connecting, rare, is boxed for the same reason.
+    #[allow(clippy::manual_async_fn, reason = "an async fn stores its argument twice")]
+    pub(crate) fn send(
+        &self,
+        mut req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + '_ {
+        async move {
+            while let Some(mut sender) = self.checkout() {
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                match sender.try_send_request(req).await {
+                    Ok(res) => return self.answer(res, sender),
+                    Err(mut failed) => match failed.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(SendError::Exchange(failed.into_error())),
+                    },
+                }
             }
+            let mut sender = Box::pin(self.connect()).await?;
             match sender.try_send_request(req).await {
-                Ok(res) => return self.answer(res, sender),
-                Err(mut failed) => match failed.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Exchange(failed.into_error())),
-                },
+                Ok(res) => self.answer(res, sender),
+                Err(failed) => Err(SendError::Exchange(failed.into_error())),
             }
-        }
-        let mut sender = self.connect().await?;
-        match sender.try_send_request(req).await {
-            Ok(res) => self.answer(res, sender),
-            Err(failed) => Err(SendError::Exchange(failed.into_error())),
         }
     }
 
