@@ -76,9 +76,8 @@ fn client_error(fault: &ClientFault) -> GatewayError {
 /// Proxies `req` along `route` to `pool` for the client at `peer`, inside the request's server
 /// span (whose context goes upstream and into the access line).
 ///
-/// The future is boxed, and so written out whole, for every request, and a request's memory is
-/// cold again by its answer under many connections: what needs no waiting is done first, and
-/// the future keeps the request once, lent to what awaits (`docs/performance.md`).
+/// What needs no waiting is done before the future is made, and the future holds the request
+/// once: it is boxed for every request, and its size is memory touched (`docs/performance.md`).
 pub fn forward(
     state: Arc<AppState>,
     pool: Pool,
