@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, StatusCode, Version};
 use mall_common::http::REQUEST_ID;
@@ -96,14 +97,17 @@ pub fn forward(
         .to_owned();
     let span = tracing::Span::current();
     let cx = span.context();
-    let mut prepared = prepare(&state, route, &peer, req, &cx).map_err(IntoResponse::into_response);
+    let pending = match prepare(&state, route, &peer, req, &cx) {
+        Ok(prepared) => start(state, &pool, &peer, prepared),
+        Err(refused) => Pending::Answered(refused.into_response()),
+    };
     async move {
-        let response = match &mut prepared {
-            Ok(prepared) => exchange(&state, &pool, &peer, prepared)
-                .await
-                .unwrap_or_else(IntoResponse::into_response),
-            Err(refused) => std::mem::take(refused),
-        };
+        let response = match pending {
+            Pending::Sent(sending) => answer(&pool, sending.await, None),
+            Pending::Exchange(exchange) => exchange.await,
+            Pending::Answered(refused) => Ok(refused),
+        }
+        .unwrap_or_else(IntoResponse::into_response);
         let upstream = response.extensions().get::<Upstream>().map(|u| u.0.clone());
         let line = AccessLine {
             method: &method,
@@ -315,12 +319,42 @@ fn prepare(
     })
 }
 
+/// A request's way to its answer, decided before its future is made.
+enum Pending {
+    /// Sent to the pool at once: only local rate limits applied and there was no body to read.
+    /// The request's future then holds a pointer, not the request.
+    Sent(BoxFuture<'static, Result<Response<Body>, BoxError>>),
+    /// Something to wait for first (a cluster rate limit, the client's body): boxed whole.
+    Exchange(BoxFuture<'static, Result<Response, GatewayError>>),
+    /// Refused before anything was sent.
+    Answered(Response),
+}
+
+fn start(state: Arc<AppState>, pool: &Pool, client: &Peer, prepared: Prepared) -> Pending {
+    let client_key = match &prepared.user {
+        Some(user) => Client::User(user),
+        None => Client::Ip(client.ip()),
+    };
+    let checked = http_body::Body::is_end_stream(prepared.upstream.body())
+        .then(|| {
+            state
+                .limiter
+                .check_now(prepared.upstream.uri().path(), client_key)
+        })
+        .flatten();
+    match checked {
+        Some(Ok(())) => Pending::Sent(pool.send(prepared.upstream)),
+        Some(Err(refused)) => Pending::Answered(refused.into_response()),
+        None => Pending::Exchange(Box::pin(exchange(state, pool.clone(), client.clone(), prepared))),
+    }
+}
+
 /// The rate limit, the client's body and the upstream call for a prepared request.
 async fn exchange(
-    state: &AppState,
-    pool: &Pool,
-    client: &Peer,
-    prepared: &mut Prepared,
+    state: Arc<AppState>,
+    pool: Pool,
+    client: Peer,
+    mut prepared: Prepared,
 ) -> Result<Response, GatewayError> {
     let client_key = match &prepared.user {
         Some(user) => Client::User(user),
@@ -332,13 +366,12 @@ async fn exchange(
         .await?;
 
     // Read before anything goes upstream when small: a broken, oversized or trickling body is
-    // the client's 400, 413 or 408, and a whole one can be sent again. Boxed: most requests
-    // have none, and its reading would widen every request's future.
+    // the client's 400, 413 or 408, and a whole one can be sent again.
     let upstream = &mut prepared.upstream;
     let mut progress = None;
     let body = std::mem::take(upstream.body_mut());
     if !http_body::Body::is_end_stream(&body) {
-        match Box::pin(client_body::read(body, state.body_timeout)).await {
+        match client_body::read(body, state.body_timeout).await {
             Ok(client_body::Read::Whole(bytes)) if bytes.is_empty() => {}
             Ok(client_body::Read::Whole(bytes)) => {
                 *upstream.body_mut() = Body::from(bytes.clone());
@@ -352,13 +385,23 @@ async fn exchange(
             Err(fault) => return Err(client_error(&fault)),
         }
     }
+    let sent = pool.send(std::mem::take(upstream)).await;
+    answer(&pool, sent, progress.as_ref())
+}
 
-    match pool.send(std::mem::take(upstream)).await {
+/// The pool's answer as the client gets it: hop-by-hop fields dropped, failures mapped to the
+/// error contract (a body the client broke off is its own fault, not the pool's).
+fn answer(
+    pool: &Pool,
+    sent: Result<Response<Body>, BoxError>,
+    progress: Option<&client_body::BodyProgress>,
+) -> Result<Response, GatewayError> {
+    match sent {
         Ok(mut res) => {
             strip_hop_by_hop(res.headers_mut());
             Ok(res)
         }
-        Err(e) => Err(match client_body::client_fault(&e, progress.as_ref()) {
+        Err(e) => Err(match client_body::client_fault(&e, progress) {
             Some(fault) => client_error(&fault),
             None => upstream_error(pool.name().as_str(), &e),
         }),

@@ -174,6 +174,22 @@ impl RateLimiter {
             .take(per_sec, now)
     }
 
+    /// [`check`](Self::check) without waiting, when every rule matching `path` is local; `None`
+    /// (nothing taken) when one is the cluster's.
+    pub fn check_now(&self, path: &str, client: Client<'_>) -> Option<Result<(), GatewayError>> {
+        let matching = || {
+            self.rules
+                .iter()
+                .enumerate()
+                .filter(|(_, rule)| rule.matches(path))
+        };
+        if matching().any(|(_, rule)| rule.scope == Scope::Cluster) {
+            return None;
+        }
+        let mut key = String::with_capacity(64);
+        Some(matching().try_for_each(|(i, rule)| self.take_local(&mut key, i, rule, path, client)))
+    }
+
     /// Checks every rule matching `path` for `client`.
     pub async fn check(&self, path: &str, client: Client<'_>) -> Result<(), GatewayError> {
         // One buffer for every local rule's key, built in place (no format! per rule), with room
@@ -184,18 +200,28 @@ impl RateLimiter {
                 continue;
             }
             match rule.scope {
-                // A `*` rule keys per route prefix too, so one busy route cannot starve another.
-                Scope::Client | Scope::Route => {
-                    let who = (rule.scope == Scope::Client).then_some(client);
-                    bucket_key(&mut key, i, route_key(rule, path), who);
-                    self.local(&key, rule.per_sec)
-                        .map_err(|wait| refused(rule.scope, wait))?;
-                }
+                Scope::Client | Scope::Route => self.take_local(&mut key, i, rule, path, client)?,
                 // Boxed: its Redis call would otherwise widen every request's future.
                 Scope::Cluster => Box::pin(self.cluster(rule, path)).await?,
             }
         }
         Ok(())
+    }
+
+    /// A token from the local bucket of rule `i` (a client or route rule) for this request.
+    fn take_local(
+        &self,
+        key: &mut String,
+        i: usize,
+        rule: &RateLimitRule,
+        path: &str,
+        client: Client<'_>,
+    ) -> Result<(), GatewayError> {
+        // A `*` rule keys per route prefix too, so one busy route cannot starve another.
+        let who = (rule.scope == Scope::Client).then_some(client);
+        bucket_key(key, i, route_key(rule, path), who);
+        self.local(key, rule.per_sec)
+            .map_err(|wait| refused(rule.scope, wait))
     }
 
     async fn cluster(&self, rule: &RateLimitRule, path: &str) -> Result<(), GatewayError> {
@@ -343,5 +369,43 @@ mod tests {
             key, "3|/api/orders|ip:10.0.0.1",
             "the buffer is reused, not appended to"
         );
+    }
+    fn limiter(rules: &str) -> RateLimiter {
+        let settings = mall_common::redis::RedisSettings {
+            url: "redis://127.0.0.1:6379".parse().unwrap(),
+            cluster_nodes: Vec::new(),
+            // The cluster bucket lives in Redis: a prefix of this run's own.
+            key_prefix: format!(
+                "test:{}:{}:",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ),
+            connections: 1,
+            timeout: Duration::from_secs(2),
+        };
+        let redis = Redis::connect_lazy(&settings).expect("a lazy Redis handle");
+        RateLimiter::new(RateLimitRule::parse_list(rules).unwrap(), redis)
+    }
+
+    #[tokio::test]
+    async fn local_rules_are_checked_at_once_and_a_cluster_rule_leaves_it_to_the_whole_check() {
+        let limiter = limiter("/api/a:client:1/s,/api/b:client:1/s,/api/b:cluster:100/s");
+        let me = Client::Ip("10.0.0.1");
+        assert!(matches!(limiter.check_now("/api/a/1", me), Some(Ok(()))));
+        let Some(Err(refused)) = limiter.check_now("/api/a/1", me) else {
+            panic!("the second request within the second is refused");
+        };
+        assert_eq!(refused.code(), "rate_limited");
+        // A cluster rule matches: nothing is taken here, so the whole check still has the
+        // client's one token.
+        assert!(limiter.check_now("/api/b/1", me).is_none());
+        limiter
+            .check("/api/b/1", me)
+            .await
+            .expect("the client's token was left");
+        assert!(limiter.check("/api/b/1", me).await.is_err());
     }
 }

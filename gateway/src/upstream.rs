@@ -21,7 +21,8 @@ mod endpoint;
 mod health;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use axum::body::Body;
 use futures_util::future::BoxFuture;
@@ -35,12 +36,12 @@ use tower::limit::ConcurrencyLimit;
 use tower::load_shed::LoadShed;
 use tower::retry::Retry;
 use tower::timeout::Timeout;
-use tower::{BoxError, ServiceBuilder, ServiceExt as _};
+use tower::{BoxError, Service as _, ServiceBuilder, ServiceExt as _};
 use url::Url;
 
 use crate::config::GatewaySettings;
 use crate::layers::breaker::{Breaker, BreakerLayer, BreakerState, CircuitBreaker};
-use crate::layers::retry::{Deadline, RetryPolicy};
+use crate::layers::retry::RetryPolicy;
 use crate::routes::PoolName;
 
 pub use connections::SendError;
@@ -83,7 +84,6 @@ pub struct Pool(Arc<Inner>);
 struct Inner {
     name: PoolName,
     stack: Stack,
-    upstream_timeout: Duration,
     registry: Arc<Registry>,
     breaker: Arc<Breaker>,
 }
@@ -113,7 +113,6 @@ impl Pool {
             Self(Arc::new(Inner {
                 name,
                 stack,
-                upstream_timeout: r.upstream_timeout,
                 registry,
                 breaker,
             })),
@@ -137,13 +136,18 @@ impl Pool {
     }
 
     /// Sends `req` (its URI a path; the endpoint names the instance) through the pool's stack.
-    pub fn send(&self, mut req: Request<Body>) -> BoxFuture<'static, Result<Response<Body>, BoxError>> {
+    pub fn send(&self, req: Request<Body>) -> BoxFuture<'static, Result<Response<Body>, BoxError>> {
         let pool = &*self.0;
         if pool.registry.in_rotation() == 0 {
             return Box::pin(std::future::ready(Err(NoHealthyInstance.into())));
         }
-        req.extensions_mut()
-            .insert(Deadline(Instant::now() + pool.upstream_timeout));
-        Box::pin(pool.stack.clone().oneshot(req))
+        // Called here rather than by a `Oneshot` on its first poll, which would keep the request
+        // in the box first. Load shedding, outermost, is ready at once: a full pool is its 503,
+        // never a wait, so this no-op waker is never needed (if it were, `oneshot` waits).
+        let mut stack = pool.stack.clone();
+        match stack.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Box::pin(stack.call(req)),
+            _ => Box::pin(stack.oneshot(req)),
+        }
     }
 }

@@ -6,14 +6,16 @@
 //! any other method only when the connection could not even be made, so nothing was sent.
 //! Retries draw on a budget shared by the pool (tower's `TpsBudget`: `MALL_GW_RETRY_RATIO` of
 //! requests plus `MALL_GW_RETRY_MIN_PER_SEC`), so a failing pool is not hit with a retry storm,
-//! and none starts once the request's overall deadline ([`Deadline`]) has passed.
+//! and none starts once the request's overall deadline (`MALL_GW_UPSTREAM_TIMEOUT` after it
+//! reached the policy) has passed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use http::{Method, Request, Response};
 use http_body::Body as _;
+use tokio::time::Instant;
 use tower::BoxError;
 use tower::retry::Policy;
 use tower::retry::budget::{Budget, TpsBudget};
@@ -23,23 +25,23 @@ use crate::config::Resilience;
 use crate::error::{EndpointError, find_cause};
 use crate::routes::PoolName;
 
-/// When the request's attempts must all be over (`MALL_GW_UPSTREAM_TIMEOUT` after it reached
-/// the pool), carried in its extensions.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub Instant);
-
-/// The retry rules of one pool, and one request's retries left (tower clones the policy per
-/// request).
+/// The retry rules of one pool, and one request's retries left and deadline (tower clones the
+/// policy per request).
 #[derive(Clone)]
 pub struct RetryPolicy {
     rules: Arc<Rules>,
     remaining: u32,
+    /// Set once an attempt has ended: the request has paid into the budget.
     deposited: bool,
+    /// When the request's attempts must all be over. Kept here, not in the request's
+    /// extensions, which would cost every request a map and copy it for the retry.
+    deadline: Option<Instant>,
 }
 
 struct Rules {
     pool: &'static str,
     budget: TpsBudget,
+    upstream_timeout: Duration,
 }
 
 impl RetryPolicy {
@@ -49,9 +51,11 @@ impl RetryPolicy {
             rules: Arc::new(Rules {
                 pool: pool.as_str(),
                 budget: TpsBudget::new(Duration::from_secs(10), r.retry_min_per_sec, r.retry_ratio),
+                upstream_timeout: r.upstream_timeout,
             }),
             remaining: r.max_retries,
             deposited: false,
+            deadline: None,
         }
     }
 
@@ -89,10 +93,7 @@ impl<B> Policy<Request<Body>, Response<B>, BoxError> for RetryPolicy {
         };
         let pool = self.rules.pool;
         tracing::debug!(pool, %error, "attempt failed");
-        let past_deadline = req
-            .extensions()
-            .get::<Deadline>()
-            .is_some_and(|d| Instant::now() >= d.0);
+        let past_deadline = self.deadline.is_some_and(|d| Instant::now() >= d);
         if self.remaining == 0 || past_deadline || !Self::retryable(req, error) {
             return None;
         }
@@ -106,6 +107,12 @@ impl<B> Policy<Request<Body>, Response<B>, BoxError> for RetryPolicy {
     }
 
     fn clone_request(&mut self, req: &Request<Body>) -> Option<Request<Body>> {
+        // tower asks for a copy before a request's first attempt (on the service's policy, which
+        // the request's own then copies) and before each retry, after `retry` has deposited: so
+        // the deadline starts with the request, never with an earlier one the service sent.
+        if !self.deposited {
+            self.deadline = Some(Instant::now() + self.rules.upstream_timeout);
+        }
         if self.remaining == 0 {
             return None;
         }
@@ -128,7 +135,7 @@ impl<B> Policy<Request<Body>, Response<B>, BoxError> for RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::retry::RetryLayer;
+    use tower::retry::{Retry, RetryLayer};
     use tower_test::mock;
 
     fn resilience(max_retries: u32, min_per_sec: u32) -> Resilience {
@@ -154,10 +161,22 @@ mod tests {
         Request::builder().method(method).uri("/x").body(body).unwrap()
     }
 
+    type Spawned = mock::Spawn<Retry<RetryPolicy, mock::Mock<Request<Body>, Response<()>>>>;
+
     /// How many attempts `req` gets when every attempt fails with `error()`.
     async fn attempts(policy: RetryPolicy, req: Request<Body>, error: impl Fn() -> BoxError) -> usize {
         let (mut service, mut handle) =
             mock::spawn_layer::<Request<Body>, Response<()>, _>(RetryLayer::new(policy));
+        attempts_on(&mut service, &mut handle, req, error).await
+    }
+
+    /// The same, on a service that may have sent requests before.
+    async fn attempts_on(
+        service: &mut Spawned,
+        handle: &mut mock::Handle<Request<Body>, Response<()>>,
+        req: Request<Body>,
+        error: impl Fn() -> BoxError,
+    ) -> usize {
         assert!(service.poll_ready().is_ready());
         let mut answer = tokio::spawn(service.call(req));
         let mut seen = 0;
@@ -223,16 +242,36 @@ mod tests {
             "a body read whole is sent again"
         );
 
-        let mut late = request(Method::GET, Body::empty());
-        late.extensions_mut().insert(Deadline(Instant::now()));
-        let policy = RetryPolicy::new(PoolName::Order, &resilience(2, 100));
-        assert_eq!(attempts(policy, late, refused).await, 1);
+        // An overall deadline already over when the first attempt fails.
+        let mut no_time = resilience(2, 100);
+        no_time.upstream_timeout = Duration::ZERO;
+        let policy = RetryPolicy::new(PoolName::Order, &no_time);
+        assert_eq!(
+            attempts(policy, request(Method::GET, Body::empty()), refused).await,
+            1
+        );
 
         // No floor and no share of requests: an empty budget allows no retry.
         let policy = RetryPolicy::new(PoolName::Order, &resilience(2, 0));
         assert_eq!(
             attempts(policy, request(Method::GET, Body::empty()), refused).await,
             1
+        );
+    }
+    #[tokio::test(start_paused = true)]
+    async fn each_request_has_its_own_deadline_on_a_service_used_before() {
+        let refused = || -> BoxError { Box::new(failure(true)) };
+        let policy = RetryPolicy::new(PoolName::Product, &resilience(2, 100));
+        let (mut service, mut handle) =
+            mock::spawn_layer::<Request<Body>, Response<()>, _>(RetryLayer::new(policy));
+        let get = || request(Method::GET, Body::empty());
+        assert_eq!(attempts_on(&mut service, &mut handle, get(), refused).await, 3);
+        // Longer than the overall timeout (2 s) after the first request started.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            attempts_on(&mut service, &mut handle, get(), refused).await,
+            3,
+            "the second request's deadline starts with it"
         );
     }
 }

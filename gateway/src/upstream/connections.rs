@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -85,34 +86,45 @@ impl Connections {
         }
     }
 
-    /// Sends `req` on an idle connection of this thread, or a new one. A pooled connection that
-    /// turns out closed before the request went out is passed over for the next.
+    /// Sends `req` on an idle connection of this thread, or a new one, and gives `owner` (whose
+    /// connections these are) back with the answer. A pooled connection that turns out closed
+    /// before the request went out is passed over for the next.
     ///
-    /// An async block rather than an `async fn`, which would keep `req` twice in a future that
-    /// every request moves into a box; connecting, rare, is boxed for the same reason.
+    /// The one future that holds `req`: a caller awaiting it inside its own async block would
+    /// keep `req` twice in a future every request moves into a box, so callers `map` it.
+    /// Connecting, rare, is boxed for the same reason.
     #[allow(clippy::manual_async_fn, reason = "an async fn stores its argument twice")]
-    pub(crate) fn send(
-        &self,
+    pub(crate) fn send<O>(
+        owner: Arc<O>,
         mut req: Request<Body>,
-    ) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + '_ {
+    ) -> impl Future<Output = (Arc<O>, Result<Response<Body>, SendError>)> + Send + 'static
+    where
+        O: AsRef<Connections> + Send + Sync + 'static,
+    {
         async move {
-            while let Some(mut sender) = self.checkout() {
-                if sender.ready().await.is_err() {
-                    continue;
+            let this: &Connections = (*owner).as_ref();
+            let result = 'sent: {
+                while let Some(mut sender) = this.checkout() {
+                    if sender.ready().await.is_err() {
+                        continue;
+                    }
+                    match sender.try_send_request(req).await {
+                        Ok(res) => break 'sent this.answer(res, sender),
+                        Err(mut failed) => match failed.take_message() {
+                            Some(unsent) => req = unsent,
+                            None => break 'sent Err(SendError::Exchange(failed.into_error())),
+                        },
+                    }
                 }
-                match sender.try_send_request(req).await {
-                    Ok(res) => return self.answer(res, sender),
-                    Err(mut failed) => match failed.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => return Err(SendError::Exchange(failed.into_error())),
+                match Box::pin(this.connect()).await {
+                    Ok(mut sender) => match sender.try_send_request(req).await {
+                        Ok(res) => this.answer(res, sender),
+                        Err(failed) => Err(SendError::Exchange(failed.into_error())),
                     },
+                    Err(e) => Err(e),
                 }
-            }
-            let mut sender = Box::pin(self.connect()).await?;
-            match sender.try_send_request(req).await {
-                Ok(res) => self.answer(res, sender),
-                Err(failed) => Err(SendError::Exchange(failed.into_error())),
-            }
+            };
+            (owner, result)
         }
     }
 

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
@@ -185,6 +186,12 @@ impl Endpoint {
     }
 }
 
+impl AsRef<Connections> for Instance {
+    fn as_ref(&self) -> &Connections {
+        &self.connections
+    }
+}
+
 impl Instance {
     /// Counts and times one answer of this instance (`gateway_upstream_*`, handles looked up
     /// once per status).
@@ -234,9 +241,9 @@ impl Service<Request<Body>> for Endpoint {
             req.headers_mut().insert(http::header::HOST, host);
         }
         let progress = req.extensions().get::<BodyProgress>().cloned();
-        Box::pin(async move {
-            let started = Instant::now();
-            let result = this.connections.send(req).await;
+        let started = Instant::now();
+        // Mapped, not awaited in an async block of its own, which would hold `req` twice.
+        Box::pin(Connections::send(this, req).map(move |(this, result)| {
             let elapsed = started.elapsed().as_secs_f64();
             match result {
                 Ok(res) => {
@@ -279,6 +286,6 @@ impl Service<Request<Body>> for Endpoint {
                     }) as BoxError)
                 }
             }
-        })
+        }))
     }
 }
