@@ -23,7 +23,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt as _, LengthLimitError};
 use tower::BoxError;
 
-use crate::error::find_cause;
+use crate::error::{GatewayError, find_cause};
 
 /// What the client did wrong with its body.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,17 @@ pub enum ClientFault {
     /// The body was still arriving when the time ran out (408).
     #[error("the request body did not arrive in time")]
     Trickled,
+}
+
+impl ClientFault {
+    /// The client's fault, answered as such: 413, 400 or 408, never counted against the pool.
+    pub fn answer(&self) -> GatewayError {
+        match self {
+            Self::TooLarge => GatewayError::PayloadTooLarge(self.to_string()),
+            Self::Broken(_) => GatewayError::BrokenBody(self.to_string()),
+            Self::Trickled => GatewayError::RequestTimeout(self.to_string()),
+        }
+    }
 }
 
 /// Whether a request's body has been read to its end; shared by the body and the layers that

@@ -24,7 +24,7 @@ use tower::BoxError;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::auth::now_secs;
-use crate::client_body::{self, ClientFault, Replay};
+use crate::client_body::{self, Replay};
 use crate::error::GatewayError;
 use crate::error::{EndpointError, find_cause};
 use crate::layers::breaker::BreakerOpen;
@@ -63,15 +63,6 @@ pub fn upstream_error(pool: &'static str, error: &BoxError) -> GatewayError {
         None => error.to_string(),
     };
     GatewayError::BadGateway { pool, cause }
-}
-
-/// The client's fault, answered as such: 413, 400 or 408, never counted against the pool.
-fn client_error(fault: &ClientFault) -> GatewayError {
-    match fault {
-        ClientFault::TooLarge => GatewayError::PayloadTooLarge(fault.to_string()),
-        ClientFault::Broken(_) => GatewayError::BrokenBody(fault.to_string()),
-        ClientFault::Trickled => GatewayError::RequestTimeout(fault.to_string()),
-    }
 }
 
 /// Proxies `req` along `route` to `pool` for the client at `peer`, inside the request's server
@@ -321,8 +312,7 @@ fn prepare(
 
 /// A request's way to its answer, decided before its future is made.
 enum Pending {
-    /// Sent to the pool at once: only local rate limits applied and there was no body to read.
-    /// The request's future then holds a pointer, not the request.
+    /// Sent to the pool at once (no body, local rate limits only): the future keeps a pointer.
     Sent(BoxFuture<'static, Result<Response<Body>, BoxError>>),
     /// Something to wait for first (a cluster rate limit, the client's body): boxed whole.
     Exchange(BoxFuture<'static, Result<Response, GatewayError>>),
@@ -331,18 +321,13 @@ enum Pending {
 }
 
 fn start(state: Arc<AppState>, pool: &Pool, client: &Peer, prepared: Prepared) -> Pending {
-    let client_key = match &prepared.user {
-        Some(user) => Client::User(user),
-        None => Client::Ip(client.ip()),
-    };
-    let checked = http_body::Body::is_end_stream(prepared.upstream.body())
-        .then(|| {
-            state
-                .limiter
-                .check_now(prepared.upstream.uri().path(), client_key)
-        })
-        .flatten();
-    match checked {
+    let key = prepared
+        .user
+        .as_deref()
+        .map_or(Client::Ip(client.ip()), Client::User);
+    let path = prepared.upstream.uri().path();
+    let bodiless = http_body::Body::is_end_stream(prepared.upstream.body());
+    match bodiless.then(|| state.limiter.check_now(path, key)).flatten() {
         Some(Ok(())) => Pending::Sent(pool.send(prepared.upstream)),
         Some(Err(refused)) => Pending::Answered(refused.into_response()),
         None => Pending::Exchange(Box::pin(exchange(state, pool.clone(), client.clone(), prepared))),
@@ -356,14 +341,11 @@ async fn exchange(
     client: Peer,
     mut prepared: Prepared,
 ) -> Result<Response, GatewayError> {
-    let client_key = match &prepared.user {
-        Some(user) => Client::User(user),
-        None => Client::Ip(client.ip()),
-    };
-    state
-        .limiter
-        .check(prepared.upstream.uri().path(), client_key)
-        .await?;
+    let key = prepared
+        .user
+        .as_deref()
+        .map_or(Client::Ip(client.ip()), Client::User);
+    state.limiter.check(prepared.upstream.uri().path(), key).await?;
 
     // Read before anything goes upstream when small: a broken, oversized or trickling body is
     // the client's 400, 413 or 408, and a whole one can be sent again.
@@ -382,15 +364,15 @@ async fn exchange(
                 upstream.extensions_mut().insert(watched.clone());
                 progress = Some(watched);
             }
-            Err(fault) => return Err(client_error(&fault)),
+            Err(fault) => return Err(fault.answer()),
         }
     }
     let sent = pool.send(std::mem::take(upstream)).await;
     answer(&pool, sent, progress.as_ref())
 }
 
-/// The pool's answer as the client gets it: hop-by-hop fields dropped, failures mapped to the
-/// error contract (a body the client broke off is its own fault, not the pool's).
+/// The pool's answer as the client gets it: hop-by-hop fields dropped, failures mapped (a body
+/// the client broke off is its fault, not the pool's).
 fn answer(
     pool: &Pool,
     sent: Result<Response<Body>, BoxError>,
@@ -402,7 +384,7 @@ fn answer(
             Ok(res)
         }
         Err(e) => Err(match client_body::client_fault(&e, progress) {
-            Some(fault) => client_error(&fault),
+            Some(fault) => fault.answer(),
             None => upstream_error(pool.name().as_str(), &e),
         }),
     }
