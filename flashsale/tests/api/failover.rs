@@ -37,7 +37,7 @@ async fn a_master_killed_mid_sale_loses_no_admission_and_sells_no_unit_twice() {
     // The fault, once 20 units are sold (with buyers still arriving for seconds): the master
     // dies and its replica takes over.
     let admitted_so_far = Arc::new(AtomicUsize::new(0));
-    let fault = {
+    let mut fault = {
         let (sold, cluster) = (admitted_so_far.clone(), cluster.clone());
         tokio::spawn(async move {
             eventually(Duration::from_secs(30), "20 units sold", || async {
@@ -53,8 +53,14 @@ async fn a_master_killed_mid_sale_loses_no_admission_and_sells_no_unit_twice() {
     // 2,000 buyers arriving at 200/s, each retrying its 503s with the same request id.
     let mut arrivals = tokio::time::interval(Duration::from_millis(5));
     let mut buyers = Vec::new();
+    let mut killed_at = None;
     for i in 0..2000 {
         arrivals.tick().await;
+        // No one else arrives until the master is dead: on a loaded machine the kill could
+        // otherwise come after the last unit, leaving nothing to sell on the new master.
+        if killed_at.is_none() && admitted_so_far.load(Ordering::Relaxed) >= 20 {
+            killed_at = Some((&mut fault).await.unwrap());
+        }
         let (sale, admitted_so_far) = (sale.clone(), admitted_so_far.clone());
         buyers.push(tokio::spawn(async move {
             let fs = &sale.fs[i % 2];
@@ -67,7 +73,10 @@ async fn a_master_killed_mid_sale_loses_no_admission_and_sells_no_unit_twice() {
             (answer, Instant::now())
         }));
     }
-    let killed_at = fault.await.unwrap();
+    let killed_at = match killed_at {
+        Some(at) => at,
+        None => fault.await.unwrap(),
+    };
 
     let mut admitted = HashSet::new();
     let mut after_the_kill = 0;
