@@ -288,6 +288,13 @@ struct Prepared {
     user: Option<String>,
 }
 
+impl Prepared {
+    /// Whom the rate limit counts for this request from `client`.
+    fn client_key<'a>(&'a self, client: &'a Peer) -> Client<'a> {
+        self.user.as_deref().map_or(Client::Ip(client.ip()), Client::User)
+    }
+}
+
 /// Authorizes `req` on `route` and makes its upstream request.
 fn prepare(
     state: &AppState,
@@ -321,10 +328,7 @@ enum Pending {
 }
 
 fn start(state: Arc<AppState>, pool: &Pool, client: &Peer, prepared: Prepared) -> Pending {
-    let key = prepared
-        .user
-        .as_deref()
-        .map_or(Client::Ip(client.ip()), Client::User);
+    let key = prepared.client_key(client);
     let path = prepared.upstream.uri().path();
     let bodiless = http_body::Body::is_end_stream(prepared.upstream.body());
     match bodiless.then(|| state.limiter.check_now(path, key)).flatten() {
@@ -341,10 +345,7 @@ async fn exchange(
     client: Peer,
     mut prepared: Prepared,
 ) -> Result<Response, GatewayError> {
-    let key = prepared
-        .user
-        .as_deref()
-        .map_or(Client::Ip(client.ip()), Client::User);
+    let key = prepared.client_key(&client);
     state.limiter.check(prepared.upstream.uri().path(), key).await?;
 
     // Read before anything goes upstream when small: a broken, oversized or trickling body is

@@ -201,8 +201,7 @@ impl RateLimiter {
             }
             match rule.scope {
                 Scope::Client | Scope::Route => self.take_local(&mut key, i, rule, path, client)?,
-                // Boxed: its Redis call would otherwise widen every request's future.
-                Scope::Cluster => Box::pin(self.cluster(rule, path)).await?,
+                Scope::Cluster => self.cluster(rule, path).await?,
             }
         }
         Ok(())
